@@ -1,0 +1,3 @@
+"""Bytewax dataflows; each module exposes `flow` for ``python -m bytewax.run dataflows.MODULE:flow``."""
+
+__all__: list[str] = []

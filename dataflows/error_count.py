@@ -1,0 +1,247 @@
+"""The rolling 24-hour signal-error count: events in, online feature, alerts and history out.
+
+Run it with ``streamml run error-count ...`` or directly with Bytewax::
+
+    STREAMML_SOURCE=file STREAMML_INPUT=errors.csv STREAMML_STATE_DIR=state \\
+        python -m bytewax.run dataflows.error_count:flow
+
+Environment variables (the CLI sets the same ones for the processes it starts):
+
+============================  =====================================================  ==========
+variable                      meaning                                                default
+============================  =====================================================  ==========
+STREAMML_SOURCE               ``file``, ``generate`` or ``kafka``                    ``file``
+STREAMML_INPUT                input files, separated by ``:``                        (required
+                                                                                     for file)
+STREAMML_FORMAT               ``csv`` or ``jsonl`` (default: by file extension)
+STREAMML_EVENTS               generated events                                       1000000
+STREAMML_ACCOUNTS             generated distinct accounts                            100000
+STREAMML_SEED                 generator seed                                         7
+STREAMML_STATE_DIR            RocksDB state and online store                         (required)
+STREAMML_SHARDS               state shards (fixed when the state dir is created)     16
+STREAMML_BUCKET_MS            bucket length in ms                                    3600000
+STREAMML_WINDOW_BUCKETS       buckets per window                                     24
+STREAMML_THRESHOLD            alert when the count goes above this                   2000
+STREAMML_ALERTS_OUT           JSON lines file of alerts                              none
+STREAMML_DEAD_LETTERS_OUT     JSON lines file of dead letters                        none
+STREAMML_LATE_OUT             JSON lines file of late events                         none
+STREAMML_HISTORY_DIR          history store root (Parquet by day); ``off`` disables  STATE/history
+STREAMML_STATS_PATH           JSON file of run counters, rewritten while running     none
+STREAMML_PIPELINE_VERSION     version written with every history row                 package version
+============================  =====================================================  ==========
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bytewax import operators as op
+from bytewax.dataflow import Dataflow
+
+from operators.decode import Decoded, decode_events
+from operators.rolling import RollingConfig, ShardUpdate, rolling_count
+from operators.shard import shard_events
+from operators.sinks import HistorySink, JsonLinesSink, StatsSink
+from operators.sources import FileSource, GeneratorConfig, GeneratorSource
+from state.layout import StateLayout
+
+__all__ = ["ErrorCountConfig", "SourceConfig", "build_flow"]
+
+PIPELINE_VERSION = "error_count/1"
+
+
+@dataclass(frozen=True, slots=True)
+class SourceConfig:
+    """Where events come from."""
+
+    kind: str = "file"
+    paths: tuple[str, ...] = ()
+    fmt: str | None = None
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("file", "generate", "kafka"):
+            raise ValueError(f"source must be file, generate or kafka, got {self.kind!r}")
+        if self.kind == "file" and not self.paths:
+            raise ValueError("the file source needs input paths (--input / STREAMML_INPUT)")
+        if self.fmt not in (None, "csv", "jsonl"):
+            raise ValueError(f"format must be csv or jsonl, got {self.fmt!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorCountConfig:
+    """Everything the error-count flow needs; built once from CLI flags or the environment."""
+
+    source: SourceConfig
+    state_dir: Path
+    layout: StateLayout = field(default_factory=StateLayout)
+    threshold: int = 2000
+    alerts_out: Path | None = None
+    dead_letters_out: Path | None = None
+    late_out: Path | None = None
+    history_dir: Path | None = None
+    stats_path: Path | None = None
+    pipeline_version: str = PIPELINE_VERSION
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ErrorCountConfig:
+        """Build the config from ``STREAMML_*`` variables (see the module docstring)."""
+        env = os.environ if env is None else env
+
+        def get(name: str, default: str | None = None) -> str | None:
+            value = env.get(f"STREAMML_{name}")
+            return value if value not in (None, "") else default
+
+        def path(name: str) -> Path | None:
+            value = get(name)
+            return Path(value) if value else None
+
+        state_dir = path("STATE_DIR")
+        if state_dir is None:
+            raise ValueError("STREAMML_STATE_DIR is required: the directory of the feature state")
+        kind = get("SOURCE", "file")
+        inputs = get("INPUT")
+        generator = GeneratorConfig(
+            events=int(get("EVENTS", "1000000")),
+            accounts=int(get("ACCOUNTS", "100000")),
+            seed=int(get("SEED", "7")),
+        )
+        source = SourceConfig(
+            kind=kind or "file",
+            paths=tuple(inputs.split(os.pathsep)) if inputs else (),
+            fmt=get("FORMAT"),
+            generator=generator,
+        )
+        layout = StateLayout(
+            shards=int(get("SHARDS", "16")),
+            bucket_ms=int(get("BUCKET_MS", "3600000")),
+            window_buckets=int(get("WINDOW_BUCKETS", "24")),
+        )
+        history = get("HISTORY_DIR")
+        return cls(
+            source=source,
+            state_dir=state_dir,
+            layout=layout,
+            threshold=int(get("THRESHOLD", "2000")),
+            alerts_out=path("ALERTS_OUT"),
+            dead_letters_out=path("DEAD_LETTERS_OUT"),
+            late_out=path("LATE_OUT"),
+            history_dir=None
+            if history == "off"
+            else Path(history)
+            if history
+            else state_dir / "history",
+            stats_path=path("STATS_PATH"),
+            pipeline_version=get("PIPELINE_VERSION", PIPELINE_VERSION) or PIPELINE_VERSION,
+        )
+
+    def to_env(self) -> dict[str, str]:
+        """Return the ``STREAMML_*`` variables that `from_env` turns back into this config."""
+        g = self.source.generator
+        env = {
+            "SOURCE": self.source.kind,
+            "INPUT": os.pathsep.join(self.source.paths),
+            "FORMAT": self.source.fmt or "",
+            "EVENTS": str(g.events),
+            "ACCOUNTS": str(g.accounts),
+            "SEED": str(g.seed),
+            "STATE_DIR": str(self.state_dir),
+            "SHARDS": str(self.layout.shards),
+            "BUCKET_MS": str(self.layout.bucket_ms),
+            "WINDOW_BUCKETS": str(self.layout.window_buckets),
+            "THRESHOLD": str(self.threshold),
+            "ALERTS_OUT": str(self.alerts_out or ""),
+            "DEAD_LETTERS_OUT": str(self.dead_letters_out or ""),
+            "LATE_OUT": str(self.late_out or ""),
+            "HISTORY_DIR": str(self.history_dir) if self.history_dir else "off",
+            "STATS_PATH": str(self.stats_path or ""),
+            "PIPELINE_VERSION": self.pipeline_version,
+        }
+        return {f"STREAMML_{k}": v for k, v in env.items()}
+
+
+def _decode_stats(d: Decoded) -> dict[str, int]:
+    stats = {"read": d.read, "bytes": d.bytes_read, "valid": len(d.events), "dead": len(d.dead)}
+    for reason, n in d.reasons().items():
+        stats[f"dead.{reason}"] = n
+    return stats
+
+
+def _update_stats(u: ShardUpdate) -> dict[str, int]:
+    return {
+        "accepted": u.accepted,
+        "late": u.late,
+        "skipped": u.skipped,
+        "alerts": len(u.alerts),
+    }
+
+
+def _late_records(u: ShardUpdate) -> list[dict[str, object]]:
+    return [
+        {"account": a.decode("utf-8"), "ts": int(t), "partition": u.partition, "position": int(p)}
+        for a, t, p in zip(
+            u.late_accounts.to_pylist(), u.late_ts.tolist(), u.late_positions.tolist(), strict=True
+        )
+    ]
+
+
+def _source(config: SourceConfig):
+    if config.kind == "file":
+        return FileSource(list(config.paths), fmt=config.fmt)
+    if config.kind == "generate":
+        return GeneratorSource(config.generator)
+    raise ValueError(f"source {config.kind!r} is not available in this flow")
+
+
+def _one_key(step_id: str, stream):
+    """Key every item alike: single-partition sinks then get every item on one worker."""
+    return op.key_on(step_id, stream, lambda _item: "all")
+
+
+def build_flow(config: ErrorCountConfig) -> Dataflow:
+    """Build the error-count dataflow for `config`."""
+    config.layout.ensure(config.state_dir)
+    flow = Dataflow("error_count")
+    raw = op.input("source", flow, _source(config.source))
+    decoded = decode_events("decode", raw)
+    keyed = shard_events("shard", decoded.events, config.layout.shards)
+    updates = op.key_rm(
+        "unkey",
+        rolling_count(
+            "rolling",
+            keyed,
+            RollingConfig(config.state_dir, config.layout, config.threshold),
+        ),
+    )
+    alerts = op.flat_map("alerts", updates, lambda u: u.alerts)
+    if config.alerts_out is not None:
+        op.output("alerts-out", _one_key("alerts-key", alerts), JsonLinesSink(config.alerts_out))
+    if config.dead_letters_out is not None:
+        op.output("dead-letters-out", _one_key("dead-key", decoded.dead), JsonLinesSink(config.dead_letters_out))
+    if config.late_out is not None:
+        late = op.flat_map("late", updates, _late_records)
+        op.output("late-out", _one_key("late-key", late), JsonLinesSink(config.late_out))
+    if config.history_dir is not None:
+        op.output(
+            "history",
+            updates,
+            HistorySink(config.history_dir, config.layout.feature, config.pipeline_version),
+        )
+    stats = op.merge(
+        "stats",
+        op.map("decode-stats", decoded.decoded, _decode_stats),
+        op.map("update-stats", updates, _update_stats),
+    )
+    op.output("stats-out", _one_key("stats-key", stats), StatsSink(config.stats_path))
+    return flow
+
+
+def __getattr__(name: str) -> Dataflow:
+    if name == "flow":
+        return build_flow(ErrorCountConfig.from_env())
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+

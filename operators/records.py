@@ -1,0 +1,110 @@
+"""Record types that travel between the steps of the feature flows.
+
+Sources emit undecoded batches (`LinesChunk` for files, `RecordList` for message streams); the
+decode step turns them into columnar `EventBatch`es plus `DeadLetter`s.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+__all__ = [
+    "DEAD_LETTER_RAW_LIMIT",
+    "Alert",
+    "DeadLetter",
+    "EventBatch",
+    "LinesChunk",
+    "RecordList",
+]
+
+DEAD_LETTER_RAW_LIMIT = 1024
+"""Dead letters keep at most this many bytes of the raw record."""
+
+
+@dataclass(frozen=True, slots=True)
+class LinesChunk:
+    """Whole lines read from a file, undecoded.
+
+    `data` holds complete lines; `base` is the byte offset of `data[0]` in the file, so the
+    position of a record is `base` plus the offset of its line inside `data`.
+    """
+
+    partition: str
+    fmt: str
+    data: bytes
+    base: int
+    header: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RecordList:
+    """Undecoded records of one message-stream partition, each with its position (offset)."""
+
+    partition: str
+    values: list[bytes | None]
+    positions: list[int]
+    topic: str = ""
+    topic_partition: int = -1
+
+
+@dataclass(frozen=True, slots=True)
+class EventBatch:
+    """Valid signal-error events of one source partition, in source order, as columns.
+
+    `accounts` is a binary array of UTF-8 account ids, `ts` epoch milliseconds and `positions`
+    the source position of each event; positions increase strictly. `shard` is set once the
+    batch has been split by account shard.
+    """
+
+    partition: str
+    accounts: pa.Array
+    ts: np.ndarray
+    positions: np.ndarray
+    shard: int = -1
+
+    def __len__(self) -> int:
+        return len(self.ts)
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A record that could not be decoded: why, its raw bytes (cut) and where it came from."""
+
+    reason: str
+    raw: bytes
+    partition: str
+    position: int
+    detail: str = field(default="")
+
+    def to_json(self) -> dict[str, object]:
+        """Return the JSON-ready form written to dead-letter files."""
+        return {
+            "reason": self.reason,
+            "detail": self.detail,
+            "partition": self.partition,
+            "position": self.position,
+            "raw": self.raw.decode("utf-8", errors="backslashreplace"),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    """An account crossed above the threshold: the crossing event and the count after it."""
+
+    account: str
+    ts: int
+    value: int
+    partition: str
+    position: int
+
+    @property
+    def alert_id(self) -> str:
+        """Deterministic id: the account and the source position of the crossing event."""
+        return f"{self.account}@{self.partition}:{self.position}"
+
+    def to_json(self) -> dict[str, object]:
+        """Return the JSON-ready form written to alert outputs."""
+        return {"account": self.account, "ts": self.ts, "value": self.value, "id": self.alert_id}

@@ -1,0 +1,271 @@
+"""Bounded sources of signal-error events: files (JSON lines or CSV) and a seeded generator.
+
+Every source is a Bytewax `FixedPartitionedSource` whose partitions emit undecoded batches with a
+position per record, and whose resume state is the position to read next, so Bytewax recovery
+and the position check of the rolling count work the same way for every source.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+
+from operators.records import EventBatch, LinesChunk
+
+__all__ = [
+    "FileSource",
+    "GeneratedEvents",
+    "GeneratorConfig",
+    "GeneratorSource",
+    "detect_format",
+    "generate_events",
+    "read_csv_header",
+]
+
+DEFAULT_CHUNK_BYTES = 4 << 20
+
+
+def detect_format(path: str | os.PathLike[str]) -> str:
+    """Return 'csv' for `.csv` files and 'jsonl' otherwise."""
+    return "csv" if str(path).lower().endswith(".csv") else "jsonl"
+
+
+def read_csv_header(path: str | os.PathLike[str]) -> tuple[tuple[str, ...], int]:
+    """Return the column names of a CSV file and the byte offset of its first record."""
+    with open(path, "rb") as f:
+        first = f.readline(64 << 10)
+    if not first.endswith(b"\n") and len(first) == 64 << 10:
+        return (), 0
+    text = first.decode("utf-8", errors="replace").strip().lstrip("\ufeff")
+    return tuple(c.strip() for c in text.split(",")), len(first)
+
+
+class _FilePartition(StatefulSourcePartition[LinesChunk, int]):
+    def __init__(
+        self,
+        name: str,
+        path: Path,
+        fmt: str,
+        header: tuple[str, ...] | None,
+        begin: int,
+        resume: int | None,
+        chunk_bytes: int,
+    ) -> None:
+        self.name = name
+        self.fmt = fmt
+        self.header = header
+        self.chunk_bytes = chunk_bytes
+        self.f = open(path, "rb")  # noqa: SIM115
+        self.pos = begin if resume is None else resume
+        self.f.seek(self.pos)
+
+    def next_batch(self) -> list[LinesChunk]:
+        data = self.f.read(self.chunk_bytes)
+        if not data:
+            raise StopIteration
+        cut = data.rfind(b"\n") + 1
+        if cut == 0:
+            data += self.f.readline()
+        elif cut < len(data):
+            data = data[:cut]
+            self.f.seek(self.pos + cut)
+        base = self.pos
+        self.pos += len(data)
+        return [LinesChunk(self.name, self.fmt, data, base, self.header)]
+
+    def snapshot(self) -> int:
+        return self.pos
+
+    def close(self) -> None:
+        self.f.close()
+
+
+class FileSource(FixedPartitionedSource[LinesChunk, int]):
+    """Read JSON lines or CSV files to their end, in chunks of whole lines.
+
+    Each file is one partition, ``file:PATH``, read in order; a record's position is the byte
+    offset of its line. Running again over a file that grew reads only what was appended once the
+    state holds the earlier positions. Counts are exact for the order of each file: keep each
+    account in one file (as a topic keeps each key in one partition) when reading several.
+    """
+
+    def __init__(
+        self,
+        paths: list[str | os.PathLike[str]],
+        *,
+        fmt: str | None = None,
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    ) -> None:
+        if not paths:
+            raise ValueError("FileSource needs at least one path")
+        self.paths = [Path(p).resolve() for p in paths]
+        for p in self.paths:
+            if not p.is_file():
+                raise FileNotFoundError(f"input file not found: {p}")
+        if len(set(self.paths)) != len(self.paths):
+            raise ValueError("the same input file was given twice")
+        self.fmt = fmt
+        self.chunk_bytes = chunk_bytes
+
+    def list_parts(self) -> list[str]:
+        """Return one partition name per file."""
+        return [f"file:{p}" for p in self.paths]
+
+    def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _FilePartition:
+        """Open one file, at `resume_state` if resuming."""
+        path = Path(for_part.removeprefix("file:"))
+        fmt = self.fmt or detect_format(path)
+        header, first = read_csv_header(path) if fmt == "csv" else (None, 0)
+        return _FilePartition(for_part, path, fmt, header, first, resume_state, self.chunk_bytes)
+
+
+@dataclass(frozen=True, slots=True)
+class GeneratorConfig:
+    """Shape of the generated stream.
+
+    Accounts are drawn from a heavy-tailed (Zipf-like) popularity; a few accounts get bursts of
+    errors that cross the alert threshold within an hour; a fraction of events arrive out of order
+    (up to `disorder_ms` early or late) and a smaller fraction is more than a day late.
+    """
+
+    events: int = 1_000_000
+    accounts: int = 100_000
+    seed: int = 7
+    partitions: int = 4
+    start_ms: int = int(datetime(2026, 1, 1, tzinfo=UTC).timestamp() * 1000)
+    span_ms: int = 3 * 86_400_000
+    zipf: float = 1.1
+    burst_accounts: int = 20
+    burst_size: int = 2600
+    disorder_rate: float = 0.05
+    disorder_ms: int = 1_800_000
+    late_rate: float = 0.001
+    batch_size: int = 50_000
+
+
+@dataclass(frozen=True, slots=True)
+class GeneratedEvents:
+    """Columns of generated events."""
+
+    accounts: pa.Array
+    ts: np.ndarray
+
+
+def _account_names(ids: np.ndarray) -> pa.Array:
+    width = 8
+    digits = np.char.zfill(ids.astype(str), width).astype(f"S{width}")
+    body = np.frombuffer(digits.tobytes(), dtype=np.uint8).reshape(len(ids), width)
+    prefix = np.frombuffer(b"acct-", dtype=np.uint8)
+    rows = np.hstack([np.broadcast_to(prefix, (len(ids), 5)), body])
+    size = 5 + width
+    offsets = np.arange(len(ids) + 1, dtype=np.int32) * size
+    return pa.Array.from_buffers(
+        pa.binary(), len(ids), [None, pa.py_buffer(offsets), pa.py_buffer(rows.tobytes())]
+    )
+
+
+def generate_events(
+    config: GeneratorConfig, partition: int = 0, start: int = 0, count: int | None = None
+) -> GeneratedEvents:
+    """Generate events `start..start+count` of one partition; the same arguments, the same events."""
+    per_part = _partition_sizes(config)[partition]
+    count = per_part - start if count is None else min(count, per_part - start)
+    if count <= 0:
+        return GeneratedEvents(pa.array([], type=pa.binary()), np.empty(0, dtype=np.int64))
+    rng = np.random.default_rng([config.seed, partition, start])
+    k = config.accounts
+    ranks = np.arange(1, k + 1, dtype=np.float64)
+    cdf = np.cumsum(ranks ** -config.zipf)
+    cdf /= cdf[-1]
+    ids = np.searchsorted(cdf, rng.random(count))
+    # Account ids are a fixed permutation of popularity ranks.
+    perm = np.random.default_rng([config.seed, 0xACC]).permutation(k)
+    ids = perm[np.minimum(ids, k - 1)]
+    # Partition i holds the accounts whose id is i modulo the partition count.
+    parts = config.partitions
+    ids = (ids // parts) * parts + partition
+    ids = np.where(ids < k, ids, partition % k)
+    index = np.arange(start, start + count, dtype=np.int64)
+    ts = config.start_ms + (index * config.span_ms) // max(per_part, 1)
+    disorder = rng.random(count) < config.disorder_rate
+    ts[disorder] += rng.integers(-config.disorder_ms, config.disorder_ms + 1, int(disorder.sum()))
+    late = rng.random(count) < config.late_rate
+    ts[late] -= rng.integers(25 * 3_600_000, 49 * 3_600_000, int(late.sum()))
+    bursts = min(config.burst_accounts, k)
+    if bursts and per_part:
+        burst_rng = np.random.default_rng([config.seed, 0xB0057])
+        burst_ids = burst_rng.choice(k, bursts, replace=False)
+        burst_at = burst_rng.integers(0, max(per_part - 1, 1), bursts)
+        # A burst takes every 4th event of its stretch: its events span 4x its size in positions.
+        stretch = min(config.burst_size * 4, per_part)
+        for acct, at in zip(burst_ids.tolist(), burst_at.tolist(), strict=True):
+            if acct % parts != partition:
+                continue
+            at = min(at, per_part - stretch)
+            lo, hi = max(at, start), min(at + stretch, start + count)
+            if lo >= hi:
+                continue
+            sel = np.arange(lo, hi, 4) - start
+            ids[sel] = acct
+    ts = np.maximum(ts, 0)
+    return GeneratedEvents(_account_names(ids), ts)
+
+
+def _partition_sizes(config: GeneratorConfig) -> list[int]:
+    base, extra = divmod(config.events, config.partitions)
+    return [base + (1 if i < extra else 0) for i in range(config.partitions)]
+
+
+class _GeneratorPartition(StatefulSourcePartition[EventBatch, int]):
+    def __init__(self, name: str, config: GeneratorConfig, index: int, resume: int | None) -> None:
+        self.name = name
+        self.config = config
+        self.index = index
+        self.pos = resume or 0
+        self.size = _partition_sizes(config)[index]
+        # Partitions advance together one batch at a time: a batch covers at most an hour of
+        # event time, so reading several partitions adds little disorder.
+        per_hour = self.size * 3_600_000 // max(config.span_ms, 1)
+        self.batch = int(min(config.batch_size, max(1_000, per_hour)))
+
+    def next_batch(self) -> list[EventBatch]:
+        if self.pos >= self.size:
+            raise StopIteration
+        ev = generate_events(self.config, self.index, self.pos, self.batch)
+        positions = np.arange(self.pos, self.pos + len(ev.ts), dtype=np.int64)
+        self.pos += len(ev.ts)
+        return [EventBatch(self.name, ev.accounts, ev.ts, positions)]
+
+    def snapshot(self) -> int:
+        return self.pos
+
+
+class GeneratorSource(FixedPartitionedSource[EventBatch, int]):
+    """A seeded, bounded stream of events resembling production signal errors."""
+
+    def __init__(self, config: GeneratorConfig) -> None:
+        if config.events < 0 or config.accounts < 1 or config.partitions < 1:
+            raise ValueError(
+                "generator needs events >= 0, accounts >= 1 and partitions >= 1, got "
+                f"{config.events}, {config.accounts}, {config.partitions}"
+            )
+        self.config = config
+
+    def list_parts(self) -> list[str]:
+        """Return the partition names, fixed by the seed and partition count."""
+        c = self.config
+        return [f"gen:{c.seed}:{i}" for i in range(c.partitions)]
+
+    def build_part(
+        self, step_id: str, for_part: str, resume_state: int | None
+    ) -> _GeneratorPartition:
+        """Build one partition, at `resume_state` if resuming."""
+        return _GeneratorPartition(
+            for_part, self.config, int(for_part.rsplit(":", 1)[1]), resume_state
+        )

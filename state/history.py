@@ -1,0 +1,112 @@
+"""The history store: every feature update appended to Parquet files partitioned by day.
+
+Layout: ``ROOT/FEATURE/day=YYYY-MM-DD/part-WRITER-SEQ.parquet`` with columns `account`,
+`event_time` (UTC, ms), `value` and `pipeline_version`. Writers buffer rows and write one file per
+day touched at each flush; several writers (one per worker) never share a file.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+__all__ = ["HISTORY_SCHEMA", "HistoryWriter", "read_history"]
+
+DAY_MS = 86_400_000
+HISTORY_SCHEMA = pa.schema(
+    [
+        ("account", pa.string()),
+        ("event_time", pa.timestamp("ms", tz="UTC")),
+        ("value", pa.int64()),
+        ("pipeline_version", pa.string()),
+    ]
+)
+
+
+class HistoryWriter:
+    """Append feature updates of one feature; flushes every `rows_per_flush` rows and on close."""
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        feature: str,
+        pipeline_version: str,
+        *,
+        writer_id: str | None = None,
+        rows_per_flush: int = 1_000_000,
+    ) -> None:
+        self.dir = Path(root) / feature
+        self.pipeline_version = pipeline_version
+        self.writer_id = writer_id or f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.rows_per_flush = rows_per_flush
+        self._accounts: list[pa.Array] = []
+        self._ts: list[np.ndarray] = []
+        self._values: list[np.ndarray] = []
+        self._buffered = 0
+        self._seq = 0
+        self.rows_written = 0
+
+    def append(self, accounts: pa.Array, ts: np.ndarray, values: np.ndarray) -> None:
+        """Buffer updates: the account, the event time of the update and the value after it."""
+        if not len(ts):
+            return
+        self._accounts.append(accounts)
+        self._ts.append(np.asarray(ts, dtype=np.int64))
+        self._values.append(np.asarray(values, dtype=np.int64))
+        self._buffered += len(ts)
+        if self._buffered >= self.rows_per_flush:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the buffered rows, one file per day."""
+        if not self._buffered:
+            return
+        accounts = pa.concat_arrays(
+            [a.cast(pa.binary()) if pa.types.is_string(a.type) else a for a in self._accounts]
+        ).cast(pa.string())
+        ts = np.concatenate(self._ts)
+        values = np.concatenate(self._values)
+        self._accounts, self._ts, self._values, self._buffered = [], [], [], 0
+        days = ts // DAY_MS
+        order = np.argsort(days, kind="stable")
+        days_sorted = days[order]
+        cuts = np.flatnonzero(np.diff(days_sorted)) + 1
+        for idx in np.split(order, cuts):
+            day = datetime.fromtimestamp(int(days[idx[0]]) * 86_400, tz=UTC).date().isoformat()
+            table = pa.table(
+                [
+                    accounts.take(pa.array(idx)),
+                    pa.array(ts[idx], type=pa.timestamp("ms", tz="UTC")),
+                    pa.array(values[idx], type=pa.int64()),
+                    pa.array([self.pipeline_version] * len(idx), type=pa.string()),
+                ],
+                schema=HISTORY_SCHEMA,
+            )
+            target = self.dir / f"day={day}"
+            target.mkdir(parents=True, exist_ok=True)
+            name = f"part-{self.writer_id}-{self._seq:06d}.parquet"
+            tmp = target / f".{name}.tmp"
+            pq.write_table(table, tmp, compression="zstd")
+            os.replace(tmp, target / name)
+            self._seq += 1
+            self.rows_written += len(idx)
+
+    def close(self) -> None:
+        """Flush what is buffered."""
+        self.flush()
+
+
+def read_history(root: str | os.PathLike[str], feature: str = "signal_errors_24h") -> pa.Table:
+    """Read every update of `feature` as one table, with a `day` column from the partitioning."""
+    path = Path(root) / feature
+    if not path.exists():
+        return HISTORY_SCHEMA.empty_table()
+    dataset = ds.dataset(path, format="parquet", partitioning="hive", schema=None)
+    return dataset.to_table()

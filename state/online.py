@@ -1,0 +1,116 @@
+"""The online feature store: current feature values per account, read while the flow writes.
+
+Values are computed at read time from the stored hour buckets, so they decay with no new events:
+a read as of T sums the buckets in ``[T // bucket_ms - window + 1, T // bucket_ms]``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from state.layout import StateLayout
+from state.rolling_store import RollingStateStore
+from state.sharding import shard_of
+
+__all__ = ["FeatureValue", "OnlineStore", "window_value"]
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureValue:
+    """A feature's value for one account, and the event time of its last accepted update."""
+
+    value: int
+    updated_at: int | None
+
+
+def window_value(counts, max_bucket: int, as_of_bucket: int, window: int) -> int:
+    """Sum the buckets of `counts` (``counts[k]`` is bucket ``max_bucket - k``) inside the window.
+
+    The window holds buckets ``[as_of_bucket - window + 1, as_of_bucket]``. Reads as of a bucket
+    before `max_bucket` only see the buckets still retained.
+    """
+    if max_bucket < 0:
+        return 0
+    lo = max(0, max_bucket - as_of_bucket)
+    hi = min(window - 1, max_bucket - as_of_bucket + window - 1)
+    if hi < lo:
+        return 0
+    return int(counts[lo : hi + 1].sum())
+
+
+class OnlineStore:
+    """Read-only access to the online store of a state directory, from any process.
+
+    Each shard is opened read-only on first use and sees the writes made before it was opened;
+    `refresh` reopens the shards to see newer writes.
+    """
+
+    def __init__(self, state_dir: str | os.PathLike[str], *, clock=time.time) -> None:
+        self.state_dir = Path(state_dir)
+        layout = StateLayout.read(self.state_dir)
+        if layout is None:
+            raise FileNotFoundError(
+                f"{self.state_dir} holds no feature state (no streamml-state.json); "
+                "run `streamml run error-count --state-dir DIR ...` first"
+            )
+        self.layout = layout
+        self._clock = clock
+        self._shards: dict[int, RollingStateStore | None] = {}
+
+    @property
+    def feature(self) -> str:
+        """Name of the feature this store serves."""
+        return self.layout.feature
+
+    def _shard(self, shard: int) -> RollingStateStore | None:
+        if shard not in self._shards:
+            path = StateLayout.shard_dir(self.state_dir, shard)
+            store = None
+            if (path / "CURRENT").exists():
+                store = RollingStateStore(
+                    path,
+                    feature=self.layout.feature_id,
+                    window=self.layout.window_buckets,
+                    read_only=True,
+                )
+            self._shards[shard] = store
+        return self._shards[shard]
+
+    def get(self, account: str | bytes, as_of: int | None = None) -> FeatureValue:
+        """Return the value of the feature for `account` as of `as_of` (epoch ms; default now)."""
+        key = account.encode("utf-8") if isinstance(account, str) else account
+        store = self._shard(shard_of(key, self.layout.shards))
+        record = None if store is None else store.load_one(key)
+        if record is None:
+            return FeatureValue(0, None)
+        if as_of is None:
+            as_of = int(self._clock() * 1000)
+        value = window_value(
+            record["counts"],
+            int(record["max_bucket"]),
+            as_of // self.layout.bucket_ms,
+            self.layout.window_buckets,
+        )
+        return FeatureValue(value, int(record["updated_at"]))
+
+    def get_many(
+        self, accounts: list[str] | list[bytes], as_of: int | None = None
+    ) -> list[FeatureValue]:
+        """Return `get` for each account, in order."""
+        if as_of is None:
+            as_of = int(self._clock() * 1000)
+        return [self.get(a, as_of) for a in accounts]
+
+    def refresh(self) -> None:
+        """Reopen the shards so that reads see the latest writes."""
+        self.close()
+
+    def close(self) -> None:
+        """Close every open shard."""
+        for store in self._shards.values():
+            if store is not None:
+                store.close()
+        self._shards.clear()

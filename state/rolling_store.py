@@ -1,0 +1,166 @@
+"""RocksDB-backed state of rolling bucket counts, one database per shard.
+
+Each account's state is one fixed-size record (little-endian):
+``max_bucket i64 | updated_at i64 | flags u32 | counts u32[window]``, where ``counts[k]`` is the
+number of accepted events in bucket ``max_bucket - k``. A new account has ``max_bucket = -1``.
+
+The last applied source position of every source partition is written in the same WriteBatch as
+the state it produced, so a replay after a crash can skip what was already applied.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from rocksdict import (
+    AccessType,
+    BlockBasedOptions,
+    Cache,
+    DBCompressionType,
+    Options,
+    Rdict,
+    WriteBatch,
+    WriteOptions,
+)
+
+from state import keys
+
+__all__ = [
+    "ALERT_FLAG",
+    "RollingStateStore",
+    "StoreTuning",
+    "empty_records",
+    "record_dtype",
+]
+
+ALERT_FLAG = 1
+_POSITION = np.dtype(">i8")
+
+
+def record_dtype(window: int) -> np.dtype:
+    """Return the numpy dtype of one account record for a window of `window` buckets."""
+    return np.dtype(
+        [("max_bucket", "<i8"), ("updated_at", "<i8"), ("flags", "<u4"), ("counts", "<u4", (window,))]
+    )
+
+
+def empty_records(n: int, window: int) -> np.ndarray:
+    """Return `n` records of accounts never seen."""
+    rec = np.zeros(n, dtype=record_dtype(window))
+    rec["max_bucket"] = -1
+    rec["updated_at"] = -1
+    return rec
+
+
+@dataclass(frozen=True, slots=True)
+class StoreTuning:
+    """RocksDB memory settings of one shard database."""
+
+    write_buffer_bytes: int = 16 << 20
+    max_write_buffers: int = 2
+    block_cache_bytes: int = 32 << 20
+
+
+def _options(tuning: StoreTuning, *, create: bool) -> Options:
+    opts = Options(raw_mode=True)
+    opts.create_if_missing(create)
+    opts.set_write_buffer_size(tuning.write_buffer_bytes)
+    opts.set_max_write_buffer_number(tuning.max_write_buffers)
+    opts.set_compression_type(DBCompressionType.lz4())
+    opts.set_max_background_jobs(2)
+    table = BlockBasedOptions()
+    table.set_block_cache(Cache(tuning.block_cache_bytes))
+    table.set_bloom_filter(10, False)
+    table.set_cache_index_and_filter_blocks(True)
+    table.set_pin_l0_filter_and_index_blocks_in_cache(True)
+    opts.set_block_based_table_factory(table)
+    return opts
+
+
+class RollingStateStore:
+    """The rolling-count state of one shard: batched reads, atomic batched writes."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        feature: int,
+        window: int,
+        read_only: bool = False,
+        tuning: StoreTuning | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.feature = feature
+        self.window = window
+        self.dtype = record_dtype(window)
+        self._prefix = keys.account_prefix(feature)
+        tuning = tuning or StoreTuning()
+        if read_only:
+            access = AccessType.read_only(False)
+            self._db = Rdict(str(self.path), _options(tuning, create=False), access_type=access)
+        else:
+            self.path.mkdir(parents=True, exist_ok=True)
+            self._db = Rdict(str(self.path), _options(tuning, create=True))
+            self._write_opts = WriteOptions()
+
+    def close(self) -> None:
+        """Close the database."""
+        self._db.close()
+
+    def key(self, account: bytes) -> bytes:
+        """Return the RocksDB key of an account."""
+        return self._prefix + account
+
+    def load(self, accounts: list[bytes]) -> np.ndarray:
+        """Return the records of `accounts` (one multi-get); unknown accounts get empty records."""
+        raw = self._db.get([self._prefix + a for a in accounts])
+        out = empty_records(len(accounts), self.window)
+        found = [i for i, v in enumerate(raw) if v is not None]
+        if found:
+            joined = b"".join([raw[i] for i in found])
+            out[np.asarray(found)] = np.frombuffer(joined, dtype=self.dtype)
+        return out
+
+    def load_one(self, account: bytes) -> np.void | None:
+        """Return the record of one account, or None if it was never written."""
+        raw = self._db.get(self._prefix + account)
+        if raw is None:
+            return None
+        return np.frombuffer(raw, dtype=self.dtype)[0]
+
+    def commit(self, accounts: list[bytes], records: np.ndarray, positions: dict[str, int]) -> None:
+        """Write `records` of `accounts` and the applied `positions` in one atomic WriteBatch."""
+        buf = records.astype(self.dtype, copy=False).tobytes()
+        size = self.dtype.itemsize
+        wb = WriteBatch(raw_mode=True)
+        prefix = self._prefix
+        for i, account in enumerate(accounts):
+            wb.put(prefix + account, buf[i * size : (i + 1) * size])
+        for partition, position in positions.items():
+            wb.put(keys.position_key(partition), int(position).to_bytes(8, "big", signed=True))
+        self._db.write(wb, self._write_opts)
+
+    def applied_position(self, partition: str) -> int:
+        """Return the last applied position of `partition`, or -1 if none was applied."""
+        raw = self._db.get(keys.position_key(partition))
+        return -1 if raw is None else int.from_bytes(raw, "big", signed=True)
+
+    def applied_positions(self) -> dict[str, int]:
+        """Return every partition's last applied position."""
+        out: dict[str, int] = {}
+        start = keys.position_key("")
+        for k, v in self._db.items(from_key=start):
+            if not k.startswith(start):
+                break
+            out[keys.decode_position_key(k)] = int.from_bytes(v, "big", signed=True)
+        return out
+
+    def iter_records(self):
+        """Yield `(account, record)` for every account in key order."""
+        for k, v in self._db.items(from_key=self._prefix):
+            if not k.startswith(self._prefix):
+                break
+            yield k[len(self._prefix) :], np.frombuffer(v, dtype=self.dtype)[0]
