@@ -4,9 +4,10 @@ A valid event is a JSON object (or a CSV row under a header naming the columns) 
 string `account` of at most 256 UTF-8 bytes and an integer `ts` >= 0 in epoch milliseconds (a
 number equal to an integer is accepted). `code` is optional; other fields are ignored.
 
-CSV lines that are plain printable ASCII with the right number of commas and a digits-only `ts`
-are decoded column-wise with numpy; every other line goes through the line-by-line decoder, which
-defines the semantics. Both give the same result for every line.
+A CSV chunk whose every line is a valid event is decoded by Arrow's CSV reader; otherwise lines
+that are plain printable ASCII with the right number of commas and a digits-only `ts` are decoded
+column-wise with numpy, and every other line goes through the line-by-line decoder, which defines
+the semantics. All three give the same result for every line.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
 from bytewax import operators as op
 from bytewax.dataflow import Stream, operator
 
@@ -229,25 +232,68 @@ def _parse_digits(buf: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> n
     return out
 
 
+def _decode_csv_arrow(chunk: LinesChunk, starts: np.ndarray) -> Decoded | None:
+    """Decode a chunk whose every line is a valid event with Arrow's CSV reader, else None."""
+    header = chunk.header or ()
+    data = chunk.data
+    if "account" not in header or "ts" not in header or b'"' in data or b"\r" in data:
+        return None
+    try:
+        table = pacsv.read_csv(
+            pa.py_buffer(data),
+            read_options=pacsv.ReadOptions(column_names=list(header), block_size=8 << 20),
+            parse_options=pacsv.ParseOptions(newlines_in_values=False, ignore_empty_lines=False),
+            convert_options=pacsv.ConvertOptions(
+                column_types={"account": pa.binary(), "ts": pa.int64()},
+                include_columns=["account", "ts"],
+                strings_can_be_null=False,
+            ),
+        )
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return None
+    if table.num_rows != len(starts):
+        return None
+    accounts = table.column("account").combine_chunks()
+    ts_col = table.column("ts").combine_chunks()
+    if accounts.null_count or ts_col.null_count:
+        return None
+    ts = ts_col.to_numpy()
+    lengths = pc.binary_length(accounts)
+    if len(ts) and (
+        ts.min() < 0
+        or pc.min(lengths).as_py() == 0
+        or pc.max(lengths).as_py() > MAX_ACCOUNT_BYTES
+    ):
+        return None
+    try:
+        accounts.cast(pa.string())
+    except pa.ArrowInvalid:
+        return None
+    events = EventBatch(chunk.partition, accounts, ts, chunk.base + starts)
+    return Decoded(events, [], len(starts), len(data))
+
+
 def _decode_csv(chunk: LinesChunk) -> Decoded:
     header = chunk.header or ()
     slow = _CsvLine(header)
     buf = np.frombuffer(chunk.data, dtype=np.uint8)
     starts, ends = _line_starts(buf)
+    whole = _decode_csv_arrow(chunk, starts)
+    if whole is not None:
+        return whole
     n_lines = len(starts)
     fast = np.zeros(n_lines, dtype=bool)
     fields = len(header)
+    comma_pos = np.flatnonzero(buf == 44)
     if slow.i_account >= 0 and n_lines:
-        printable = (buf >= 0x20) & (buf <= 0x7E) & (buf != 0x22)
-        bad_before = np.concatenate([[0], np.cumsum(~printable & (buf != 10))])
-        commas = np.concatenate([[0], np.cumsum(buf == 44)])
-        fast = (bad_before[ends] == bad_before[starts]) & (
-            commas[ends] - commas[starts] == fields - 1
-        )
+        bad = (buf < 0x20) | (buf > 0x7E) | (buf == 0x22)
+        bad_pos = np.flatnonzero(bad & (buf != 10))
+        clean = np.searchsorted(bad_pos, ends) == np.searchsorted(bad_pos, starts)
+        commas = np.searchsorted(comma_pos, ends) - np.searchsorted(comma_pos, starts)
+        fast = clean & (commas == fields - 1)
     events_acc: pa.Array | None = None
     if fast.any():
         rows = np.flatnonzero(fast)
-        comma_pos = np.flatnonzero(buf == 44)
         first_comma = np.searchsorted(comma_pos, starts[rows])
         bounds = np.empty((len(rows), fields + 1), dtype=np.int64)
         bounds[:, 0] = starts[rows] - 1

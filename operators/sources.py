@@ -25,10 +25,11 @@ __all__ = [
     "GeneratorSource",
     "detect_format",
     "generate_events",
+    "partition_sizes",
     "read_csv_header",
 ]
 
-DEFAULT_CHUNK_BYTES = 4 << 20
+DEFAULT_CHUNK_BYTES = 16 << 20
 
 
 def detect_format(path: str | os.PathLike[str]) -> str:
@@ -174,7 +175,7 @@ def generate_events(
     config: GeneratorConfig, partition: int = 0, start: int = 0, count: int | None = None
 ) -> GeneratedEvents:
     """Generate events `start..start+count` of one partition; the same arguments, the same events."""
-    per_part = _partition_sizes(config)[partition]
+    per_part = partition_sizes(config)[partition]
     count = per_part - start if count is None else min(count, per_part - start)
     if count <= 0:
         return GeneratedEvents(pa.array([], type=pa.binary()), np.empty(0, dtype=np.int64))
@@ -217,7 +218,7 @@ def generate_events(
     return GeneratedEvents(_account_names(ids), ts)
 
 
-def _partition_sizes(config: GeneratorConfig) -> list[int]:
+def partition_sizes(config: GeneratorConfig) -> list[int]:
     base, extra = divmod(config.events, config.partitions)
     return [base + (1 if i < extra else 0) for i in range(config.partitions)]
 
@@ -228,7 +229,7 @@ class _GeneratorPartition(StatefulSourcePartition[EventBatch, int]):
         self.config = config
         self.index = index
         self.pos = resume or 0
-        self.size = _partition_sizes(config)[index]
+        self.size = partition_sizes(config)[index]
         # Partitions advance together one batch at a time: a batch covers at most an hour of
         # event time, so reading several partitions adds little disorder.
         per_hour = self.size * 3_600_000 // max(config.span_ms, 1)

@@ -1,0 +1,19 @@
+"""`streamml bench`: benchmarks, run from the CLI and never part of the test suite."""
+
+from __future__ import annotations
+
+import argparse
+
+__all__ = ["register"]
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add `streamml bench` and every benchmark."""
+    from benchmarks import error_count, scoring
+
+    bench = sub.add_parser(
+        "bench", help="run a benchmark", description="Run a benchmark and print its figures."
+    )
+    bsub = bench.add_subparsers(dest="bench", metavar="BENCHMARK", required=True)
+    error_count.register(bsub)
+    scoring.register(bsub)
