@@ -54,6 +54,8 @@ class JsonLinesSink(FixedPartitionedSink[Any, int]):
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.touch()
 
     def list_parts(self) -> list[str]:
         """Return the single partition."""
