@@ -234,16 +234,24 @@ def _cmd(args: argparse.Namespace) -> int:
     print(
         format_table(
             rows,
-            headers=["processes", "events/s", "events/s incl. start", "CPU s", "peak RSS MiB",
-                     "alerts"],
+            headers=[
+                "processes",
+                "events/s",
+                "events/s incl. start",
+                "CPU s",
+                "peak RSS MiB",
+                "alerts",
+            ],
         )
     )
     if "scaling" in report:
         print(f"scaling {report['runs'][-1]['processes']} vs 1 process: {report['scaling']:.2f}x")
     if isinstance(report.get("flink"), dict):
         f = report["flink"]
-        print(f"Flink SQL (p=1): {human(f['events_per_s'])} events/s excluding start-up; "
-              f"streamml / Flink = {report['ratio_vs_flink']:.1f}x")
+        print(
+            f"Flink SQL (p=1): {human(f['events_per_s'])} events/s excluding start-up; "
+            f"streamml / Flink = {report['ratio_vs_flink']:.1f}x"
+        )
     elif "flink" in report:
         print(f"Flink SQL: {report['flink']}")
     return 0

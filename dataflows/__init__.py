@@ -1,3 +1,3 @@
-"""Bytewax dataflows; each module exposes `flow` for ``python -m bytewax.run dataflows.MODULE:flow``."""
+"""Bytewax dataflows: each module exposes `flow` for ``python -m bytewax.run``."""
 
 __all__: list[str] = []

@@ -1,8 +1,8 @@
-"""The rolling 24-hour signal-error count: events in, online feature, alerts and history out.
+r"""The rolling 24-hour signal-error count: events in, online feature, alerts and history out.
 
 Run it with ``streamml run error-count ...`` or directly with Bytewax::
 
-    STREAMML_SOURCE=file STREAMML_INPUT=errors.csv STREAMML_STATE_DIR=state \\
+    STREAMML_SOURCE=file STREAMML_INPUT=errors.csv STREAMML_STATE_DIR=state \
         python -m bytewax.run dataflows.error_count:flow
 
 Environment variables (the CLI sets the same ones for the processes it starts):
@@ -220,7 +220,11 @@ def build_flow(config: ErrorCountConfig) -> Dataflow:
     if config.alerts_out is not None:
         op.output("alerts-out", _one_key("alerts-key", alerts), JsonLinesSink(config.alerts_out))
     if config.dead_letters_out is not None:
-        op.output("dead-letters-out", _one_key("dead-key", decoded.dead), JsonLinesSink(config.dead_letters_out))
+        op.output(
+            "dead-letters-out",
+            _one_key("dead-key", decoded.dead),
+            JsonLinesSink(config.dead_letters_out),
+        )
     if config.late_out is not None:
         late = op.flat_map("late", updates, _late_records)
         op.output("late-out", _one_key("late-key", late), JsonLinesSink(config.late_out))
@@ -243,5 +247,3 @@ def __getattr__(name: str) -> Dataflow:
     if name == "flow":
         return build_flow(ErrorCountConfig.from_env())
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-

@@ -29,8 +29,8 @@ from operators.records import DEAD_LETTER_RAW_LIMIT, DeadLetter, EventBatch, Lin
 
 __all__ = [
     "MAX_ACCOUNT_BYTES",
-    "Decoded",
     "DecodeOutputs",
+    "Decoded",
     "decode_chunk",
     "decode_events",
     "decode_json_value",
@@ -260,9 +260,7 @@ def _decode_csv_arrow(chunk: LinesChunk, starts: np.ndarray) -> Decoded | None:
     ts = ts_col.to_numpy()
     lengths = pc.binary_length(accounts)
     if len(ts) and (
-        ts.min() < 0
-        or pc.min(lengths).as_py() == 0
-        or pc.max(lengths).as_py() > MAX_ACCOUNT_BYTES
+        ts.min() < 0 or pc.min(lengths).as_py() == 0 or pc.max(lengths).as_py() > MAX_ACCOUNT_BYTES
     ):
         return None
     try:
@@ -401,8 +399,6 @@ class DecodeOutputs:
 def decode_events(step_id: str, up: Stream[LinesChunk | RecordList | EventBatch]) -> DecodeOutputs:
     """Decode raw batches into event batches and dead letters; never raises on bad input."""
     decoded = op.map("decode", up, _decode_any)
-    events = op.filter_map(
-        "events", decoded, lambda d: d.events if len(d.events) else None
-    )
+    events = op.filter_map("events", decoded, lambda d: d.events if len(d.events) else None)
     dead = op.flat_map("dead", decoded, lambda d: d.dead)
     return DecodeOutputs(decoded, events, dead)

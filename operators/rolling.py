@@ -50,7 +50,7 @@ class Advance:
 
 
 def _grouped_cummax(groups: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """Running maximum of `values` restarting at every group; `groups` sorted ascending."""
+    """Return the running maximum of `values`, restarting at every group (sorted ascending)."""
     uniq, rank = np.unique(values, return_inverse=True)
     n = np.int64(len(uniq))
     combined = groups.astype(np.int64) * n + rank
@@ -232,9 +232,7 @@ class _RollingLogic(StatefulBatchLogic[EventBatch, ShardUpdate, None]):
             accounts, ts, positions = accounts.take(pa.array(idx)), ts[idx], positions[idx]
         if len(ts) == 0:
             empty = accounts.slice(0, 0)
-            return ShardUpdate(
-                batch.partition, empty, ts, ts, empty, ts, ts, [], skipped
-            )
+            return ShardUpdate(batch.partition, empty, ts, ts, empty, ts, ts, [], skipped)
         encoded = accounts.dictionary_encode()
         codes = encoded.indices.to_numpy(zero_copy_only=False)
         uniq = encoded.dictionary.to_pylist()

@@ -174,7 +174,7 @@ def _account_names(ids: np.ndarray) -> pa.Array:
 def generate_events(
     config: GeneratorConfig, partition: int = 0, start: int = 0, count: int | None = None
 ) -> GeneratedEvents:
-    """Generate events `start..start+count` of one partition; the same arguments, the same events."""
+    """Generate events `start..start+count` of one partition, the same for the same arguments."""
     per_part = partition_sizes(config)[partition]
     count = per_part - start if count is None else min(count, per_part - start)
     if count <= 0:
@@ -182,7 +182,7 @@ def generate_events(
     rng = np.random.default_rng([config.seed, partition, start])
     k = config.accounts
     ranks = np.arange(1, k + 1, dtype=np.float64)
-    cdf = np.cumsum(ranks ** -config.zipf)
+    cdf = np.cumsum(ranks**-config.zipf)
     cdf /= cdf[-1]
     ids = np.searchsorted(cdf, rng.random(count))
     # Account ids are a fixed permutation of popularity ranks.
@@ -219,6 +219,7 @@ def generate_events(
 
 
 def partition_sizes(config: GeneratorConfig) -> list[int]:
+    """Return the number of events of each generator partition."""
     base, extra = divmod(config.events, config.partitions)
     return [base + (1 if i < extra else 0) for i in range(config.partitions)]
 

@@ -1,0 +1,26 @@
+"""Keyed state on RocksDB: rolling-count state, the online feature store and the history store."""
+
+from state.history import HISTORY_SCHEMA, HistoryWriter, read_history
+from state.layout import IncompatibleStateError, StateLayout
+from state.online import FeatureValue, OnlineStore, window_value
+from state.rolling_store import RollingStateStore, StoreTuning, empty_records, record_dtype
+from state.sharding import hash_account, hash_many, shard_many, shard_of
+
+__all__ = [
+    "HISTORY_SCHEMA",
+    "FeatureValue",
+    "HistoryWriter",
+    "IncompatibleStateError",
+    "OnlineStore",
+    "RollingStateStore",
+    "StateLayout",
+    "StoreTuning",
+    "empty_records",
+    "hash_account",
+    "hash_many",
+    "read_history",
+    "record_dtype",
+    "shard_many",
+    "shard_of",
+    "window_value",
+]

@@ -43,7 +43,12 @@ _POSITION = np.dtype(">i8")
 def record_dtype(window: int) -> np.dtype:
     """Return the numpy dtype of one account record for a window of `window` buckets."""
     return np.dtype(
-        [("max_bucket", "<i8"), ("updated_at", "<i8"), ("flags", "<u4"), ("counts", "<u4", (window,))]
+        [
+            ("max_bucket", "<i8"),
+            ("updated_at", "<i8"),
+            ("flags", "<u4"),
+            ("counts", "<u4", (window,)),
+        ]
     )
 
 

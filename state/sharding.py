@@ -52,7 +52,11 @@ def hash_many(accounts: pa.Array) -> np.ndarray:
     lengths = np.diff(offsets)
     if int(lengths.max(initial=0)) > MAX_ACCOUNT_BYTES:
         raise ValueError(f"accounts must be at most {MAX_ACCOUNT_BYTES} bytes")
-    data = np.frombuffer(buffers[2], dtype=np.uint8) if buffers[2] is not None else np.zeros(1, np.uint8)
+    data = (
+        np.frombuffer(buffers[2], dtype=np.uint8)
+        if buffers[2] is not None
+        else np.zeros(1, np.uint8)
+    )
     crc = np.full(n, 0xFFFFFFFF, dtype=np.uint32)
     starts = offsets[:-1]
     distinct = np.unique(lengths)

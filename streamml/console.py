@@ -30,9 +30,7 @@ def format_table(rows: Sequence[Sequence[object]], headers: Sequence[str] | None
     ]
     lines = []
     for k, r in enumerate(cells):
-        parts = [
-            c.rjust(widths[i]) if numeric[i] else c.ljust(widths[i]) for i, c in enumerate(r)
-        ]
+        parts = [c.rjust(widths[i]) if numeric[i] else c.ljust(widths[i]) for i, c in enumerate(r)]
         lines.append("  ".join(parts).rstrip())
         if headers and k == 0:
             lines.append("  ".join("-" * w for w in widths))

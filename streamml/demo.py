@@ -49,7 +49,9 @@ def run_demo(args: argparse.Namespace) -> int:
             target.unlink()
     gen = GeneratorConfig(events=args.events, accounts=args.accounts, seed=args.seed)
     print(f"1. generating {human(args.events)} signal errors over {human(args.accounts)} accounts")
-    [path] = write_events(root / "errors.csv", gen, fmt="csv", junk_rate=0.0005, progress=Progress())
+    [path] = write_events(
+        root / "errors.csv", gen, fmt="csv", junk_rate=0.0005, progress=Progress()
+    )
     print(f"   {path}")
     print("2. running the rolling 24-hour error count (alert above 2000)")
     config = ErrorCountConfig(
@@ -78,8 +80,10 @@ def run_demo(args: argparse.Namespace) -> int:
     accounts = list(dict.fromkeys(a["account"] for a in alerts))[:5]
     values = store.get_many(accounts, as_of=end)
     store.close()
-    print("4. online store, as of the end of the stream (streamml features get ... --as-of "
-          f"{end} --state-dir {config.state_dir}):")
+    print(
+        "4. online store, as of the end of the stream (streamml features get ... --as-of "
+        f"{end} --state-dir {config.state_dir}):"
+    )
     print(
         format_table(
             [(a, v.value, v.updated_at) for a, v in zip(accounts, values, strict=True)],

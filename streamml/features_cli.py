@@ -52,7 +52,10 @@ def _cmd_get(args: argparse.Namespace) -> int:
     name = store.feature
     if args.json:
         for account, v in zip(args.accounts, values, strict=True):
-            body = {"account": account, "features": {name: {"value": v.value, "updated_at": v.updated_at}}}
+            body = {
+                "account": account,
+                "features": {name: {"value": v.value, "updated_at": v.updated_at}},
+            }
             sys.stdout.write(orjson.dumps(body).decode() + "\n")
         return 0
     rows = [

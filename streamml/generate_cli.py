@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from operators.sources import GeneratorConfig, partition_sizes, generate_events
+from operators.sources import GeneratorConfig, generate_events, partition_sizes
 from streamml.console import Progress, human
 
 __all__ = ["JUNK_LINES", "register", "write_events"]
@@ -132,8 +132,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_generate(args: argparse.Namespace) -> int:
     if args.events < 0 or args.accounts < 1 or not 0 <= args.junk_rate < 1:
-        print("streamml generate: need --events >= 0, --accounts >= 1, 0 <= --junk-rate < 1",
-              file=sys.stderr)
+        print(
+            "streamml generate: need --events >= 0, --accounts >= 1, 0 <= --junk-rate < 1",
+            file=sys.stderr,
+        )
         return 2
     fmt = args.format or ("csv" if args.out.suffix.lower() == ".csv" else "jsonl")
     config = GeneratorConfig(events=args.events, accounts=args.accounts, seed=args.seed)

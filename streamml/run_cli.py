@@ -80,9 +80,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--history-dir", type=Path, help="history store root (default: STATE_DIR/history)"
     )
     out.add_argument("--no-history", action="store_true", help="do not write the history store")
-    out.add_argument(
-        "--processes", type=int, default=1, help="worker processes on this machine"
-    )
+    out.add_argument("--processes", type=int, default=1, help="worker processes on this machine")
     out.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=_cmd_error_count)
 
@@ -192,7 +190,9 @@ def _cmd_error_count(args: argparse.Namespace) -> int:
             return 2
         result = run_error_count(config, processes=args.processes)
     if result.returncode != 0:
-        print(f"streamml run error-count: the flow failed (exit {result.returncode})", file=sys.stderr)
+        print(
+            f"streamml run error-count: the flow failed (exit {result.returncode})", file=sys.stderr
+        )
         return 1
     if args.json:
         import orjson

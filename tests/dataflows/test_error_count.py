@@ -42,7 +42,9 @@ events_strategy = st.lists(
 ).map(lambda evs: [(a, max(0, t + i)) for i, (a, t) in enumerate(evs)])
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(events=events_strategy, window=st.integers(1, 5), threshold=st.integers(0, 5))
 def test_flow_matches_oracle(tmp_path_factory, events, window, threshold):
     tmp = tmp_path_factory.mktemp("flow")

@@ -55,7 +55,12 @@ def decode_lines(lines: list[bytes], fmt: str):
     data = b"".join(line + b"\n" for line in lines)
     d = decode_chunk(LinesChunk("p", fmt, data, 100, HEADER if fmt == "csv" else None))
     got = {}
-    for a, t, p in zip(d.events.accounts.to_pylist(), d.events.ts.tolist(), d.events.positions.tolist(), strict=True):
+    for a, t, p in zip(
+        d.events.accounts.to_pylist(),
+        d.events.ts.tolist(),
+        d.events.positions.tolist(),
+        strict=True,
+    ):
         got[p] = (a, t)
     for dead in d.dead:
         assert dead.position not in got
@@ -112,7 +117,9 @@ def test_dead_letter_raw_is_cut_to_one_kib():
 
 
 def test_kafka_records_with_null_values():
-    d = decode_records(RecordList("kafka:t:0", [b'{"account": "a", "ts": 1}', None, b"x"], [10, 11, 12]))
+    d = decode_records(
+        RecordList("kafka:t:0", [b'{"account": "a", "ts": 1}', None, b"x"], [10, 11, 12])
+    )
     assert d.events.positions.tolist() == [10]
     assert [(x.reason, x.position) for x in d.dead] == [("null_value", 11), ("not_json", 12)]
 
@@ -165,7 +172,12 @@ csv_fields = st.one_of(
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.tuples(csv_fields, st.one_of(st.integers(-5, 10**19).map(str), csv_fields), csv_fields), max_size=25))
+@given(
+    st.lists(
+        st.tuples(csv_fields, st.one_of(st.integers(-5, 10**19).map(str), csv_fields), csv_fields),
+        max_size=25,
+    )
+)
 def test_csv_chunk_equals_line_by_line(rows):
     lines = [",".join(r).encode() for r in rows]
     lines = [line for line in lines if b"\n" not in line]
@@ -179,8 +191,15 @@ def test_csv_chunk_equals_line_by_line(rows):
     st.lists(
         st.one_of(
             st.fixed_dictionaries(
-                {"account": st.one_of(st.text(max_size=4), st.integers(), st.none()),
-                 "ts": st.one_of(st.integers(-3, 2**62), st.floats(allow_nan=True), st.booleans(), st.text(max_size=3))},
+                {
+                    "account": st.one_of(st.text(max_size=4), st.integers(), st.none()),
+                    "ts": st.one_of(
+                        st.integers(-3, 2**62),
+                        st.floats(allow_nan=True),
+                        st.booleans(),
+                        st.text(max_size=3),
+                    ),
+                },
                 optional={"code": st.text(max_size=3)},
             ).map(lambda d: json.dumps(d).encode()),
             st.binary(max_size=12),

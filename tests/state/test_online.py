@@ -111,8 +111,12 @@ def test_history_round_trip_by_day(tmp_path):
     writer.close()
     table = read_history(tmp_path, "f")
     rows = sorted(
-        zip(table.column("account").to_pylist(), table.column("value").to_pylist(),
-            table.column("pipeline_version").to_pylist(), strict=True)
+        zip(
+            table.column("account").to_pylist(),
+            table.column("value").to_pylist(),
+            table.column("pipeline_version").to_pylist(),
+            strict=True,
+        )
     )
     assert rows == [("a", 1, "v1"), ("b", 2, "v1"), ("c", 7, "v1"), ("d", 9, "v1")]
     days = sorted(p.name for p in (tmp_path / "f").iterdir())

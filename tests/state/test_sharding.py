@@ -18,7 +18,10 @@ def test_vectorised_hash_equals_scalar(accounts, shards):
 
 def test_hash_is_crc32_based_and_stable():
     # Routing must never change between versions: existing state directories depend on it.
-    assert hash_account(b"acct-00000001") == ((zlib.crc32(b"acct-00000001") * 0x9E3779B1) & 0xFFFFFFFF) >> 8
+    assert (
+        hash_account(b"acct-00000001")
+        == ((zlib.crc32(b"acct-00000001") * 0x9E3779B1) & 0xFFFFFFFF) >> 8
+    )
 
 
 def test_sliced_arrays_hash_like_their_values():

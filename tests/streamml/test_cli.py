@@ -68,15 +68,28 @@ def test_file_with_malformed_lines_of_every_kind(tmp_path):
     lines = []
     for i, (a, t) in enumerate(good):
         lines.append(orjson.dumps({"account": a, "ts": t, "code": "E1", "extra": [i]}))
-        lines.extend(list(MALFORMED)[i::len(good)])
+        lines.extend(list(MALFORMED)[i :: len(good)])
     path = tmp_path / "errors.jsonl"
     path.write_bytes(b"\n".join(lines) + b"\n")
     state = tmp_path / "state"
     dead = tmp_path / "dead.jsonl"
     alerts = tmp_path / "alerts.jsonl"
     out = streamml(
-        "run", "error-count", "--source", "file", "--input", str(path), "--state-dir", str(state),
-        "--dead-letters-out", str(dead), "--alerts-out", str(alerts), "--threshold", "3", "--json",
+        "run",
+        "error-count",
+        "--source",
+        "file",
+        "--input",
+        str(path),
+        "--state-dir",
+        str(state),
+        "--dead-letters-out",
+        str(dead),
+        "--alerts-out",
+        str(alerts),
+        "--threshold",
+        "3",
+        "--json",
     )
     summary = orjson.loads(out.stdout)["counters"]
     assert summary["read"] == len(lines)
@@ -103,16 +116,37 @@ def test_file_with_malformed_lines_of_every_kind(tmp_path):
     expected = [(a, t, v) for a, t in good for k, v, f in [oracle.apply(a, t)] if f]
     assert [(x["account"], x["ts"], x["value"]) for x in got_alerts] == expected
 
-    got = streamml("features", "get", "acct-1", "acct-2", "nobody", "--state-dir", str(state),
-                   "--as-of", "7200000", "--json")
+    got = streamml(
+        "features",
+        "get",
+        "acct-1",
+        "acct-2",
+        "nobody",
+        "--state-dir",
+        str(state),
+        "--as-of",
+        "7200000",
+        "--json",
+    )
     rows = [orjson.loads(x) for x in got.stdout.splitlines()]
     assert rows == [
         {"account": "acct-1", "features": {"signal_errors_24h": {"value": 5, "updated_at": 5000}}},
-        {"account": "acct-2", "features": {"signal_errors_24h": {"value": 1, "updated_at": 7_200_000}}},
+        {
+            "account": "acct-2",
+            "features": {"signal_errors_24h": {"value": 1, "updated_at": 7_200_000}},
+        },
         {"account": "nobody", "features": {"signal_errors_24h": {"value": 0, "updated_at": None}}},
     ]
-    later = streamml("features", "get", "acct-1", "--state-dir", str(state), "--as-of",
-                     str(30 * 3_600_000), "--json")
+    later = streamml(
+        "features",
+        "get",
+        "acct-1",
+        "--state-dir",
+        str(state),
+        "--as-of",
+        str(30 * 3_600_000),
+        "--json",
+    )
     assert orjson.loads(later.stdout)["features"]["signal_errors_24h"]["value"] == 0
 
 
@@ -129,8 +163,9 @@ def test_csv_with_malformed_lines(tmp_path):
         b"acct-1,4000.0,E2\n"
         b"\xff\xfe,5000,E1\n"
     )
-    out = streamml("run", "error-count", "--input", str(path), "--state-dir",
-                   str(tmp_path / "s"), "--json")
+    out = streamml(
+        "run", "error-count", "--input", str(path), "--state-dir", str(tmp_path / "s"), "--json"
+    )
     c = orjson.loads(out.stdout)["counters"]
     assert (c["read"], c["accepted"], c["dead"]) == (8, 2, 6)
     assert (c["dead.bad_ts"], c["dead.bad_csv"], c["dead.missing_account"]) == (1, 1, 1)
@@ -138,13 +173,27 @@ def test_csv_with_malformed_lines(tmp_path):
 
 
 def test_bad_arguments_give_clear_errors(tmp_path):
-    missing = streamml("run", "error-count", "--input", str(tmp_path / "nope.csv"),
-                       "--state-dir", str(tmp_path / "s"), check=False)
+    missing = streamml(
+        "run",
+        "error-count",
+        "--input",
+        str(tmp_path / "nope.csv"),
+        "--state-dir",
+        str(tmp_path / "s"),
+        check=False,
+    )
     assert missing.returncode == 2 and "not found" in missing.stderr
     bad_header = tmp_path / "h.csv"
     bad_header.write_text("user,time\nx,1\n")
-    out = streamml("run", "error-count", "--input", str(bad_header), "--state-dir",
-                   str(tmp_path / "s"), check=False)
+    out = streamml(
+        "run",
+        "error-count",
+        "--input",
+        str(bad_header),
+        "--state-dir",
+        str(tmp_path / "s"),
+        check=False,
+    )
     assert out.returncode == 2 and "account" in out.stderr
     nostate = streamml("features", "get", "a", "--state-dir", str(tmp_path / "empty"), check=False)
     assert nostate.returncode == 2 and "no feature state" in nostate.stderr
@@ -154,19 +203,47 @@ def test_state_dir_settings_are_checked(tmp_path):
     path = tmp_path / "e.jsonl"
     path.write_bytes(b'{"account": "a", "ts": 1}\n')
     streamml("run", "error-count", "--input", str(path), "--state-dir", str(tmp_path / "s"))
-    out = streamml("run", "error-count", "--input", str(path), "--state-dir", str(tmp_path / "s"),
-                   "--window-buckets", "12", check=False)
+    out = streamml(
+        "run",
+        "error-count",
+        "--input",
+        str(path),
+        "--state-dir",
+        str(tmp_path / "s"),
+        "--window-buckets",
+        "12",
+        check=False,
+    )
     assert out.returncode == 2 and "window_buckets" in out.stderr
 
 
 @pytest.mark.parametrize("processes", [2])
 def test_generated_stream_with_several_processes_equals_one(tmp_path, processes):
-    args = ["run", "error-count", "--source", "generate", "--events", "60000", "--accounts",
-            "300", "--threshold", "300", "--json"]
-    one = streamml(*args, "--state-dir", str(tmp_path / "one"), "--alerts-out",
-                   str(tmp_path / "a1.jsonl"))
-    many = streamml(*args, "--state-dir", str(tmp_path / "many"), "--alerts-out",
-                    str(tmp_path / "a2.jsonl"), "--processes", str(processes))
+    args = [
+        "run",
+        "error-count",
+        "--source",
+        "generate",
+        "--events",
+        "60000",
+        "--accounts",
+        "300",
+        "--threshold",
+        "300",
+        "--json",
+    ]
+    one = streamml(
+        *args, "--state-dir", str(tmp_path / "one"), "--alerts-out", str(tmp_path / "a1.jsonl")
+    )
+    many = streamml(
+        *args,
+        "--state-dir",
+        str(tmp_path / "many"),
+        "--alerts-out",
+        str(tmp_path / "a2.jsonl"),
+        "--processes",
+        str(processes),
+    )
     c1, c2 = orjson.loads(one.stdout)["counters"], orjson.loads(many.stdout)["counters"]
     for k in ("read", "accepted", "late", "alerts"):
         assert c1[k] == c2[k], k
@@ -174,8 +251,24 @@ def test_generated_stream_with_several_processes_equals_one(tmp_path, processes)
     a2 = sorted(orjson.loads(x)["id"] for x in (tmp_path / "a2.jsonl").read_bytes().splitlines())
     assert a1 == a2 and a1
     accounts = [f"acct-{i:08d}" for i in range(0, 300, 7)]
-    for_one = streamml("features", "get", *accounts, "--state-dir", str(tmp_path / "one"),
-                       "--as-of", "1767484800000", "--json").stdout
-    for_many = streamml("features", "get", *accounts, "--state-dir", str(tmp_path / "many"),
-                        "--as-of", "1767484800000", "--json").stdout
+    for_one = streamml(
+        "features",
+        "get",
+        *accounts,
+        "--state-dir",
+        str(tmp_path / "one"),
+        "--as-of",
+        "1767484800000",
+        "--json",
+    ).stdout
+    for_many = streamml(
+        "features",
+        "get",
+        *accounts,
+        "--state-dir",
+        str(tmp_path / "many"),
+        "--as-of",
+        "1767484800000",
+        "--json",
+    ).stdout
     assert for_one == for_many
