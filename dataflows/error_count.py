@@ -28,6 +28,11 @@ STREAMML_LATE_OUT             JSON lines file of late events                    
 STREAMML_HISTORY_DIR          history store root (Parquet by day); ``off`` disables  STATE/history
 STREAMML_STATS_PATH           JSON file of run counters, rewritten while running     none
 STREAMML_PIPELINE_VERSION     version written with every history row                 package version
+STREAMML_KAFKA_*              Kafka source and sinks (see `operators.kafka`):
+                              ``BROKERS``, ``TOPIC``, ``START``, ``STOP_AT_END``,
+                              ``ALERTS_TOPIC``, ``DEAD_LETTERS_TOPIC`` and the
+                              security settings (``SECURITY_PROTOCOL``, ``SASL_*``,
+                              ``SSL_*``)
 ============================  =====================================================  ==========
 """
 
@@ -51,6 +56,7 @@ from state.layout import StateLayout
 __all__ = ["ErrorCountConfig", "SourceConfig", "build_flow"]
 
 PIPELINE_VERSION = "error_count/1"
+KAFKA_PREFIX = "STREAMML_KAFKA_"
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +91,7 @@ class ErrorCountConfig:
     history_dir: Path | None = None
     stats_path: Path | None = None
     pipeline_version: str = PIPELINE_VERSION
+    kafka_env: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ErrorCountConfig:
@@ -136,6 +143,7 @@ class ErrorCountConfig:
             else state_dir / "history",
             stats_path=path("STATS_PATH"),
             pipeline_version=get("PIPELINE_VERSION", PIPELINE_VERSION) or PIPELINE_VERSION,
+            kafka_env=tuple(sorted((k, v) for k, v in env.items() if k.startswith(KAFKA_PREFIX))),
         )
 
     def to_env(self) -> dict[str, str]:
@@ -160,7 +168,7 @@ class ErrorCountConfig:
             "STATS_PATH": str(self.stats_path or ""),
             "PIPELINE_VERSION": self.pipeline_version,
         }
-        return {f"STREAMML_{k}": v for k, v in env.items()}
+        return {**{f"STREAMML_{k}": v for k, v in env.items()}, **dict(self.kafka_env)}
 
 
 def _decode_stats(d: Decoded) -> dict[str, int]:
@@ -188,12 +196,25 @@ def _late_records(u: ShardUpdate) -> list[dict[str, object]]:
     ]
 
 
-def _source(config: SourceConfig):
-    if config.kind == "file":
-        return FileSource(list(config.paths), fmt=config.fmt)
-    if config.kind == "generate":
-        return GeneratorSource(config.generator)
-    raise ValueError(f"source {config.kind!r} is not available in this flow")
+def _source(config: ErrorCountConfig):
+    source = config.source
+    if source.kind == "file":
+        return FileSource(list(source.paths), fmt=source.fmt)
+    if source.kind == "generate":
+        return GeneratorSource(source.generator)
+    from operators.kafka import KafkaSource, KafkaSourceConfig
+
+    return KafkaSource(KafkaSourceConfig.from_env(env=dict(config.kafka_env)))
+
+
+def _kafka_sink(config: ErrorCountConfig, topic_var: str):
+    """Return the Kafka sink config for `topic_var` if that topic is configured, else None."""
+    env = dict(config.kafka_env)
+    if not env.get(KAFKA_PREFIX + topic_var):
+        return None
+    from operators.kafka import KafkaSinkConfig
+
+    return KafkaSinkConfig.from_env(topic_var=topic_var, env=env)
 
 
 def _one_key(step_id: str, stream):
@@ -205,7 +226,7 @@ def build_flow(config: ErrorCountConfig) -> Dataflow:
     """Build the error-count dataflow for `config`."""
     config.layout.ensure(config.state_dir)
     flow = Dataflow("error_count")
-    raw = op.input("source", flow, _source(config.source))
+    raw = op.input("source", flow, _source(config))
     decoded = decode_events("decode", raw)
     keyed = shard_events("shard", decoded.events, config.layout.shards)
     updates = op.key_rm(
@@ -219,6 +240,16 @@ def build_flow(config: ErrorCountConfig) -> Dataflow:
     alerts = op.flat_map("alerts", updates, lambda u: u.alerts)
     if config.alerts_out is not None:
         op.output("alerts-out", _one_key("alerts-key", alerts), JsonLinesSink(config.alerts_out))
+    alerts_kafka = _kafka_sink(config, "ALERTS_TOPIC")
+    if alerts_kafka is not None:
+        from operators.kafka import KafkaAlertSink
+
+        op.output("alerts-kafka", alerts, KafkaAlertSink(alerts_kafka))
+    dead_kafka = _kafka_sink(config, "DEAD_LETTERS_TOPIC")
+    if dead_kafka is not None:
+        from operators.kafka import KafkaDeadLetterSink
+
+        op.output("dead-letters-kafka", decoded.dead, KafkaDeadLetterSink(dead_kafka))
     if config.dead_letters_out is not None:
         op.output(
             "dead-letters-out",

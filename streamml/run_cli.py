@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from dataflows.error_count import ErrorCountConfig, SourceConfig
+from dataflows.error_count import KAFKA_PREFIX, ErrorCountConfig, SourceConfig
 from operators.sources import GeneratorConfig, detect_format, read_csv_header
 from state.layout import IncompatibleStateError, StateLayout
 from streamml.console import Progress, format_table, human
@@ -22,10 +23,31 @@ def add_error_count_options(p: argparse.ArgumentParser) -> None:
     src = p.add_argument_group("source")
     src.add_argument(
         "--source",
-        choices=["file", "generate"],
+        choices=["file", "generate", "kafka"],
         default="file",
-        help="read files (--input) or generate a seeded stream (--events/--accounts/--seed)",
+        help="read files (--input), generate a seeded stream (--events/--accounts/--seed) or "
+        "read a Kafka topic (--brokers/--topic)",
     )
+    kafka = p.add_argument_group(
+        "kafka",
+        "Kafka source and outputs; security settings come from STREAMML_KAFKA_SECURITY_PROTOCOL, "
+        "STREAMML_KAFKA_SASL_*, STREAMML_KAFKA_SSL_* (see README)",
+    )
+    kafka.add_argument("--brokers", help="bootstrap servers HOST:PORT[,HOST:PORT...]")
+    kafka.add_argument("--topic", help="topic of signal-error events")
+    kafka.add_argument(
+        "--start",
+        choices=["stored", "earliest", "latest"],
+        default="stored",
+        help="where to start: the position in the recovery snapshot, or the topic's ends",
+    )
+    kafka.add_argument(
+        "--stop-at-end",
+        action="store_true",
+        help="read up to the end offsets present at start, then finish (backfills)",
+    )
+    kafka.add_argument("--alerts-topic", help="also write alerts to this topic")
+    kafka.add_argument("--dead-letters-topic", help="also write dead letters to this topic")
     src.add_argument(
         "--input",
         action="append",
@@ -101,6 +123,23 @@ def config_from_args(args: argparse.Namespace, stats_path: Path | None) -> Error
                         f"{path}: CSV header {list(header)} must name the columns account and ts "
                         "(expected: account,ts,code)"
                     )
+    kafka_env = {k: v for k, v in os.environ.items() if k.startswith(KAFKA_PREFIX)}
+    for flag, var in (
+        ("brokers", "BROKERS"),
+        ("topic", "TOPIC"),
+        ("start", "START"),
+        ("alerts_topic", "ALERTS_TOPIC"),
+        ("dead_letters_topic", "DEAD_LETTERS_TOPIC"),
+    ):
+        if getattr(args, flag, None):
+            kafka_env[KAFKA_PREFIX + var] = str(getattr(args, flag))
+    if getattr(args, "stop_at_end", False):
+        kafka_env[KAFKA_PREFIX + "STOP_AT_END"] = "1"
+    needs_brokers = args.source == "kafka" or args.alerts_topic or args.dead_letters_topic
+    if needs_brokers and not kafka_env.get(KAFKA_PREFIX + "BROKERS"):
+        raise ValueError("Kafka needs --brokers HOST:PORT (or STREAMML_KAFKA_BROKERS)")
+    if args.source == "kafka" and not kafka_env.get(KAFKA_PREFIX + "TOPIC"):
+        raise ValueError("--source kafka needs --topic NAME")
     if args.events < 0 or args.accounts < 1:
         raise ValueError("--events must be >= 0 and --accounts >= 1")
     if args.processes < 1:
@@ -128,6 +167,7 @@ def config_from_args(args: argparse.Namespace, stats_path: Path | None) -> Error
         late_out=getattr(args, "late_out", None),
         history_dir=history,
         stats_path=stats_path,
+        kafka_env=tuple(sorted(kafka_env.items())),
     )
 
 

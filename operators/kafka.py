@@ -1,0 +1,709 @@
+"""Kafka source and sinks for Bytewax, on kafka-python; the only module that imports kafka-python.
+
+Source: `KafkaSource` reads one topic, one Bytewax partition per topic partition (named
+`kafka:{topic}:{partition}`), each with its own `KafkaConsumer` on an assigned partition (no
+consumer group, no offset commits). The position lives in Bytewax snapshots: the snapshot of a
+partition is the next offset to read. Each batch is one `RecordList` of raw values (bytes, or
+`None` for null values) and their offsets.
+
+Sinks: `KafkaAlertSink` writes `Alert`s (key = account, value = JSON with the deterministic `id`,
+header `alert_id`) and `KafkaDeadLetterSink` writes `DeadLetter`s (value = the raw record, headers
+`reason`, `detail`, `source`, `source_topic`, `source_partition`, `source_offset`). Both use an
+idempotent producer with `acks="all"` and flush before `write_batch` returns, so everything the
+flow emitted before a snapshot is acknowledged by the broker (at-least-once across restarts;
+consumers deduplicate alerts by `alert_id`).
+
+Environment variables read by `KafkaSourceConfig.from_env()` / `KafkaSinkConfig.from_env()`
+(prefix `STREAMML_KAFKA_` by default):
+
+- `BROKERS` comma-separated `host:port` list (required)
+- `TOPIC` source topic; sinks read the variable named by `topic_var` (e.g. `ALERTS_TOPIC`)
+- source: `START` (`stored` | `earliest` | `latest`), `STOP_AT_END` (`1`/`0`), `BATCH_SIZE`,
+  `FETCH_MAX_BYTES`, `MAX_PARTITION_FETCH_BYTES`, `FETCH_MIN_BYTES`, `FETCH_MAX_WAIT_MS`
+- sinks: `LINGER_MS`, `PRODUCER_BATCH_SIZE`, `COMPRESSION_TYPE`, `MAX_REQUEST_SIZE`
+- security, passed through to kafka-python: `SECURITY_PROTOCOL`, `SASL_MECHANISM`,
+  `SASL_PLAIN_USERNAME`, `SASL_PLAIN_PASSWORD`, `SASL_KERBEROS_SERVICE_NAME`,
+  `SASL_KERBEROS_DOMAIN_NAME`, `SSL_CAFILE`, `SSL_CERTFILE`, `SSL_KEYFILE`, `SSL_PASSWORD`,
+  `SSL_CRLFILE`, `SSL_CIPHERS`, `SSL_CHECK_HOSTNAME`
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal, TypeVar
+
+import orjson
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import NewTopic
+from kafka.errors import TopicAlreadyExistsError
+
+from operators.records import Alert, DeadLetter, RecordList
+
+__all__ = [
+    "SECURITY_KEYS",
+    "KafkaAlertSink",
+    "KafkaDeadLetterSink",
+    "KafkaSinkConfig",
+    "KafkaSource",
+    "KafkaSourceConfig",
+    "ensure_topic",
+    "kafka_partition_name",
+    "parse_kafka_partition_name",
+    "topic_partitions",
+]
+
+log = logging.getLogger(__name__)
+
+MiB = 1024 * 1024
+
+SECURITY_KEYS: frozenset[str] = frozenset(
+    {
+        "security_protocol",
+        "sasl_mechanism",
+        "sasl_plain_username",
+        "sasl_plain_password",
+        "sasl_kerberos_name",
+        "sasl_kerberos_service_name",
+        "sasl_kerberos_domain_name",
+        "ssl_cafile",
+        "ssl_certfile",
+        "ssl_keyfile",
+        "ssl_password",
+        "ssl_crlfile",
+        "ssl_ciphers",
+        "ssl_check_hostname",
+    }
+)
+"""kafka-python connection settings accepted in `security` (string values)."""
+
+_BOOL_SECURITY_KEYS = frozenset({"ssl_check_hostname"})
+_TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+_STARTS = ("stored", "earliest", "latest")
+_PROBE_TIMEOUT_S = 10.0
+
+StartFrom = Literal["stored", "earliest", "latest"]
+
+
+def kafka_partition_name(topic: str, partition: int) -> str:
+    """Return the source-partition name used in records and snapshots: `kafka:{topic}:{p}`."""
+    return f"kafka:{topic}:{partition}"
+
+
+def parse_kafka_partition_name(name: str) -> tuple[str, int] | None:
+    """Return `(topic, partition)` from a `kafka:{topic}:{p}` name, or None for other sources."""
+    if not name.startswith("kafka:"):
+        return None
+    topic, sep, part = name[len("kafka:") :].rpartition(":")
+    if not sep or not topic or not part.isdigit():
+        return None
+    return topic, int(part)
+
+
+def _brokers_tuple(value: object, what: str) -> tuple[str, ...]:
+    if isinstance(value, str):
+        items = [b.strip() for b in value.split(",")]
+    elif isinstance(value, Sequence):
+        items = [str(b).strip() for b in value]
+    else:
+        raise TypeError(
+            f"{what}.brokers: expected a list of 'host:port' strings, got {type(value).__name__}"
+        )
+    items = [b for b in items if b]
+    if not items:
+        raise ValueError(
+            f"{what}.brokers: expected at least one 'host:port', got {value!r}; pass the "
+            "bootstrap servers, e.g. ['127.0.0.1:9092'] or set STREAMML_KAFKA_BROKERS"
+        )
+    return tuple(items)
+
+
+def _check_topic(topic: object, what: str) -> None:
+    if not isinstance(topic, str) or not _TOPIC_RE.match(topic):
+        raise ValueError(
+            f"{what}.topic: expected a Kafka topic name (1-249 of A-Z a-z 0-9 . _ -), got {topic!r}"
+        )
+
+
+def _check_security(security: object, what: str) -> dict[str, str]:
+    if not isinstance(security, Mapping):
+        raise TypeError(
+            f"{what}.security: expected a dict of kafka-python settings, got "
+            f"{type(security).__name__}"
+        )
+    unknown = sorted(set(security) - SECURITY_KEYS)
+    if unknown:
+        raise ValueError(
+            f"{what}.security: unknown setting(s) {unknown}; expected some of "
+            f"{sorted(SECURITY_KEYS)}"
+        )
+    return {str(k): str(v) for k, v in security.items()}
+
+
+def _security_kwargs(security: Mapping[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in security.items():
+        if key in _BOOL_SECURITY_KEYS:
+            out[key] = value.strip().lower() in ("1", "true", "yes", "on")
+        else:
+            out[key] = value
+    return out
+
+
+def _positive(name: str, value: int, what: str, *, allow_zero: bool = False) -> None:
+    ok = (
+        isinstance(value, int) and not isinstance(value, bool) and value >= (0 if allow_zero else 1)
+    )
+    if not ok:
+        bound = ">= 0" if allow_zero else ">= 1"
+        raise ValueError(f"{what}.{name}: expected an integer {bound}, got {value!r}")
+
+
+def _env_int(env: Mapping[str, str], key: str, default: int) -> int:
+    raw = env.get(key)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"{key}: expected an integer, got {raw!r}") from None
+
+
+def _env_bool(env: Mapping[str, str], key: str, default: bool) -> bool:
+    raw = env.get(key)
+    if raw is None or raw.strip() == "":
+        return default
+    low = raw.strip().lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{key}: expected 1/0/true/false, got {raw!r}")
+
+
+def _env_security(env: Mapping[str, str], prefix: str) -> dict[str, str]:
+    return {
+        k: env[prefix + k.upper()] for k in sorted(SECURITY_KEYS) if env.get(prefix + k.upper())
+    }
+
+
+def _env_required(env: Mapping[str, str], key: str) -> str:
+    raw = env.get(key, "").strip()
+    if not raw:
+        raise ValueError(f"{key}: expected a value, the variable is unset or empty; set it")
+    return raw
+
+
+@dataclass(frozen=True)
+class KafkaSourceConfig:
+    """Where and how `KafkaSource` reads.
+
+    `start`: `"stored"` resumes from the Bytewax snapshot and starts at the earliest offset
+    when there is none; `"earliest"` / `"latest"` ignore snapshots and start at the beginning /
+    the end of each partition. `stop_at_end` reads up to the end offsets present when the
+    partition starts, then finishes it (backfills, tests). `batch_size` caps records per
+    `RecordList`. Fetch sizes are kafka-python's (large defaults for throughput).
+    `security` is passed to kafka-python as-is (keys in `SECURITY_KEYS`).
+    `poll_timeout_ms` is how long one `next_batch` may wait for data (0 = never blocks);
+    `idle_wait_ms` is the longest pause between polls while a partition is idle.
+    """
+
+    brokers: Sequence[str]
+    topic: str
+    start: StartFrom = "stored"
+    stop_at_end: bool = False
+    batch_size: int = 10_000
+    fetch_max_bytes: int = 64 * MiB
+    max_partition_fetch_bytes: int = 16 * MiB
+    fetch_min_bytes: int = 1
+    fetch_max_wait_ms: int = 100
+    poll_timeout_ms: int = 0
+    idle_wait_ms: int = 50
+    check_crcs: bool = True
+    client_id: str = "streamml"
+    security: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        """Validate and normalise the settings."""
+        what = "KafkaSourceConfig"
+        object.__setattr__(self, "brokers", _brokers_tuple(self.brokers, what))
+        _check_topic(self.topic, what)
+        if self.start not in _STARTS:
+            raise ValueError(f"{what}.start: expected one of {_STARTS}, got {self.start!r}")
+        for name in ("batch_size", "fetch_max_bytes", "max_partition_fetch_bytes"):
+            _positive(name, getattr(self, name), what)
+        for name in ("fetch_min_bytes", "fetch_max_wait_ms", "poll_timeout_ms", "idle_wait_ms"):
+            _positive(name, getattr(self, name), what, allow_zero=True)
+        object.__setattr__(self, "security", _check_security(self.security, what))
+
+    @classmethod
+    def from_env(
+        cls,
+        prefix: str = "STREAMML_KAFKA_",
+        *,
+        topic_var: str = "TOPIC",
+        env: Mapping[str, str] | None = None,
+    ) -> KafkaSourceConfig:
+        """Build from environment variables `{prefix}BROKERS`, `{prefix}{topic_var}`, ...
+
+        See the module docstring for every variable name.
+        """
+        env = os.environ if env is None else env
+        d = cls.__dataclass_fields__
+        return cls(
+            brokers=_env_required(env, prefix + "BROKERS"),  # type: ignore[arg-type]
+            topic=_env_required(env, prefix + topic_var),
+            start=env.get(prefix + "START", "stored").strip() or "stored",  # type: ignore[arg-type]
+            stop_at_end=_env_bool(env, prefix + "STOP_AT_END", False),
+            batch_size=_env_int(env, prefix + "BATCH_SIZE", d["batch_size"].default),
+            fetch_max_bytes=_env_int(env, prefix + "FETCH_MAX_BYTES", d["fetch_max_bytes"].default),
+            max_partition_fetch_bytes=_env_int(
+                env, prefix + "MAX_PARTITION_FETCH_BYTES", d["max_partition_fetch_bytes"].default
+            ),
+            fetch_min_bytes=_env_int(env, prefix + "FETCH_MIN_BYTES", d["fetch_min_bytes"].default),
+            fetch_max_wait_ms=_env_int(
+                env, prefix + "FETCH_MAX_WAIT_MS", d["fetch_max_wait_ms"].default
+            ),
+            security=_env_security(env, prefix),
+        )
+
+    def consumer_kwargs(self) -> dict[str, Any]:
+        """Return the kafka-python `KafkaConsumer` settings for one assigned partition."""
+        return {
+            "bootstrap_servers": list(self.brokers),
+            "client_id": self.client_id,
+            "group_id": None,
+            "enable_auto_commit": False,
+            "auto_offset_reset": "earliest",
+            "allow_auto_create_topics": False,
+            "fetch_max_bytes": self.fetch_max_bytes,
+            "max_partition_fetch_bytes": self.max_partition_fetch_bytes,
+            "fetch_min_bytes": self.fetch_min_bytes,
+            "fetch_max_wait_ms": self.fetch_max_wait_ms,
+            "max_poll_records": self.batch_size,
+            "check_crcs": self.check_crcs,
+            "receive_buffer_bytes": 4 * MiB,
+            **_security_kwargs(self.security),
+        }
+
+
+def topic_partitions(
+    brokers: Sequence[str], topic: str, security: Mapping[str, str] | None = None
+) -> list[int]:
+    """Return the sorted partition ids of `topic`; raise `ValueError` when it does not exist."""
+    consumer = KafkaConsumer(
+        bootstrap_servers=list(brokers),
+        group_id=None,
+        enable_auto_commit=False,
+        allow_auto_create_topics=False,
+        **_security_kwargs(security or {}),
+    )
+    try:
+        parts = consumer.partitions_for_topic(topic)
+    finally:
+        consumer.close()
+    if not parts:
+        raise ValueError(
+            f"topic {topic!r} not found on {','.join(brokers)}: expected an existing topic; "
+            "create it first (operators.kafka.ensure_topic or your Kafka admin tools)"
+        )
+    return sorted(parts)
+
+
+class _KafkaSourcePartition(StatefulSourcePartition[RecordList, int]):
+    """One topic partition read by its own assigned consumer; the snapshot is the next offset."""
+
+    def __init__(self, config: KafkaSourceConfig, partition: int, resume_state: int | None):
+        self._config = config
+        self._name = kafka_partition_name(config.topic, partition)
+        self._topic = config.topic
+        self._partition = partition
+        self._tp = TopicPartition(config.topic, partition)
+        self._consumer = KafkaConsumer(**config.consumer_kwargs())
+        self._batch_size = config.batch_size
+        self._poll_timeout_ms = config.poll_timeout_ms
+        self._idle_max = config.idle_wait_ms / 1000.0
+        self._idle = 0.0
+        self._awake: datetime | None = None
+        try:
+            self._consumer.assign([self._tp])
+            begin = self._consumer.beginning_offsets([self._tp])[self._tp]
+            listed_end = self._consumer.end_offsets([self._tp])[self._tp]
+            need_end = config.stop_at_end or (config.start == "latest")
+            end = self._true_end(begin, listed_end) if need_end else None
+            if config.start == "latest":
+                assert end is not None
+                start = end
+            elif config.start == "stored" and resume_state is not None:
+                start = int(resume_state)
+                if start < begin:
+                    log.warning(
+                        "%s: stored offset %d is before the log start %d (records expired); "
+                        "reading from %d",
+                        self._name,
+                        start,
+                        begin,
+                        begin,
+                    )
+                    start = begin
+            else:
+                start = begin
+            self._consumer.seek(self._tp, start)
+        except BaseException:
+            self._consumer.close()
+            raise
+        self._next = start
+        self._end = end if config.stop_at_end else None
+
+    def _true_end(self, begin: int, listed_end: int) -> int:
+        """Return the offset after the last record now in the partition.
+
+        A broker's ListOffsets(latest) can under-report the end (tansu answers the base offset
+        of the last record batch + 1), so read the last batch and take the fetch high
+        watermark, which is exact.
+        """
+        if listed_end <= begin:
+            return listed_end
+        self._consumer.seek(self._tp, listed_end - 1)
+        deadline = time.monotonic() + _PROBE_TIMEOUT_S
+        hw: int | None = None
+        while time.monotonic() < deadline:
+            self._consumer.poll(timeout_ms=200, max_records=1)
+            hw = self._consumer.highwater(self._tp)
+            if hw is not None:
+                break
+        if hw is None:
+            log.warning(
+                "%s: no fetch high watermark within %.0fs; using the listed end offset %d",
+                self._name,
+                _PROBE_TIMEOUT_S,
+                listed_end,
+            )
+            return listed_end
+        return max(hw, listed_end)
+
+    def next_batch(self) -> list[RecordList]:
+        """Return `[RecordList]` with the records ready now, or `[]`; StopIteration at the end."""
+        end = self._end
+        if end is not None and self._next >= end:
+            raise StopIteration
+        polled = self._consumer.poll(timeout_ms=self._poll_timeout_ms, max_records=self._batch_size)
+        records = polled.get(self._tp) if polled else None
+        if not records:
+            if end is not None:
+                position = self._consumer.position(self._tp)
+                if position is not None and position >= end:
+                    self._next = max(self._next, min(position, end))
+                    raise StopIteration
+            self._idle = min(self._idle_max, self._idle * 2 if self._idle else 0.001)
+            self._awake = datetime.now(UTC) + timedelta(seconds=self._idle)
+            return []
+        self._idle = 0.0
+        self._awake = None
+        if end is not None and records[-1].offset >= end:
+            records = [r for r in records if r.offset < end]
+            if not records:
+                self._next = end
+                raise StopIteration
+        values = [r.value for r in records]
+        positions = [r.offset for r in records]
+        self._next = positions[-1] + 1
+        return [RecordList(self._name, values, positions, self._topic, self._partition)]
+
+    def next_awake(self) -> datetime | None:
+        """Return when to poll again: at once while data flows, later while idle."""
+        return self._awake
+
+    def snapshot(self) -> int:
+        """Return the offset of the next record to read."""
+        return self._next
+
+    def close(self) -> None:
+        """Close the consumer."""
+        self._consumer.close()
+
+
+class KafkaSource(FixedPartitionedSource[RecordList, int]):
+    """Read a topic as `RecordList` batches; one Bytewax partition per topic partition.
+
+    Offsets are kept in Bytewax snapshots (no consumer group, no commits); see
+    `KafkaSourceConfig` for where each partition starts and when it stops.
+    """
+
+    def __init__(self, config: KafkaSourceConfig):
+        """Read with `config`; partitions are listed from the broker when the flow starts."""
+        if not isinstance(config, KafkaSourceConfig):
+            raise TypeError(
+                f"KafkaSource: expected a KafkaSourceConfig, got {type(config).__name__}; "
+                "build one with KafkaSourceConfig(brokers=[...], topic=...)"
+            )
+        self.config = config
+
+    def list_parts(self) -> list[str]:
+        """Return `kafka:{topic}:{p}` for every partition of the topic."""
+        cfg = self.config
+        parts = topic_partitions(cfg.brokers, cfg.topic, cfg.security)
+        return [kafka_partition_name(cfg.topic, p) for p in parts]
+
+    def build_part(
+        self, step_id: str, for_part: str, resume_state: int | None
+    ) -> StatefulSourcePartition[RecordList, int]:
+        """Build the reader of one topic partition, resuming at `resume_state` if given."""
+        parsed = parse_kafka_partition_name(for_part)
+        if parsed is None or parsed[0] != self.config.topic:
+            raise ValueError(
+                f"{step_id}: expected a partition named kafka:{self.config.topic}:N, got "
+                f"{for_part!r}; the recovery store may belong to another topic"
+            )
+        return _KafkaSourcePartition(self.config, parsed[1], resume_state)
+
+
+@dataclass(frozen=True)
+class KafkaSinkConfig:
+    """Where and how a Kafka sink writes.
+
+    The producer is idempotent with `acks="all"`; `linger_ms`, `batch_size` (bytes per producer
+    batch), `compression_type` and `max_request_size` are kafka-python's; `flush_timeout_s`
+    bounds how long `write_batch` waits for acknowledgements. `security` as in
+    `KafkaSourceConfig`.
+    """
+
+    brokers: Sequence[str]
+    topic: str
+    linger_ms: int = 5
+    batch_size: int = 1 * MiB
+    compression_type: str | None = None
+    max_request_size: int = 16 * MiB
+    flush_timeout_s: float = 60.0
+    client_id: str = "streamml"
+    security: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        """Validate and normalise the settings."""
+        what = "KafkaSinkConfig"
+        object.__setattr__(self, "brokers", _brokers_tuple(self.brokers, what))
+        _check_topic(self.topic, what)
+        _positive("linger_ms", self.linger_ms, what, allow_zero=True)
+        _positive("batch_size", self.batch_size, what)
+        _positive("max_request_size", self.max_request_size, what)
+        allowed = (None, "gzip", "snappy", "lz4", "zstd")
+        if self.compression_type not in allowed:
+            raise ValueError(
+                f"{what}.compression_type: expected one of {allowed}, got {self.compression_type!r}"
+            )
+        if not self.flush_timeout_s > 0:
+            raise ValueError(
+                f"{what}.flush_timeout_s: expected seconds > 0, got {self.flush_timeout_s!r}"
+            )
+        object.__setattr__(self, "security", _check_security(self.security, what))
+
+    @classmethod
+    def from_env(
+        cls,
+        prefix: str = "STREAMML_KAFKA_",
+        *,
+        topic_var: str = "ALERTS_TOPIC",
+        env: Mapping[str, str] | None = None,
+    ) -> KafkaSinkConfig:
+        """Build from `{prefix}BROKERS`, `{prefix}{topic_var}` and the optional producer settings.
+
+        Use `topic_var="DEAD_LETTERS_TOPIC"` for the dead-letter sink.
+        """
+        env = os.environ if env is None else env
+        d = cls.__dataclass_fields__
+        compression = env.get(prefix + "COMPRESSION_TYPE", "").strip() or None
+        return cls(
+            brokers=_env_required(env, prefix + "BROKERS"),  # type: ignore[arg-type]
+            topic=_env_required(env, prefix + topic_var),
+            linger_ms=_env_int(env, prefix + "LINGER_MS", d["linger_ms"].default),
+            batch_size=_env_int(env, prefix + "PRODUCER_BATCH_SIZE", d["batch_size"].default),
+            compression_type=compression,
+            max_request_size=_env_int(
+                env, prefix + "MAX_REQUEST_SIZE", d["max_request_size"].default
+            ),
+            security=_env_security(env, prefix),
+        )
+
+    def producer_kwargs(self) -> dict[str, Any]:
+        """Return the kafka-python `KafkaProducer` settings (idempotent, acks=all)."""
+        return {
+            "bootstrap_servers": list(self.brokers),
+            "client_id": self.client_id,
+            "acks": "all",
+            "enable_idempotence": True,
+            "linger_ms": self.linger_ms,
+            "batch_size": self.batch_size,
+            "compression_type": self.compression_type,
+            "max_request_size": self.max_request_size,
+            **_security_kwargs(self.security),
+        }
+
+
+X = TypeVar("X")
+_Encoded = tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]
+
+
+class _ProducerPartition(StatelessSinkPartition[X]):
+    """Send a batch, flush, and fail loudly if any record was not acknowledged."""
+
+    def __init__(self, config: KafkaSinkConfig, encode: Callable[[X], _Encoded]):
+        self._topic = config.topic
+        self._flush_timeout_s = config.flush_timeout_s
+        self._encode = encode
+        self._producer = KafkaProducer(**config.producer_kwargs())
+
+    def write_batch(self, items: list[X]) -> None:
+        """Send every item and wait until the broker acknowledged all of them."""
+        if not items:
+            return
+        send = self._producer.send
+        topic = self._topic
+        futures = []
+        for item in items:
+            key, value, headers = self._encode(item)
+            futures.append(send(topic, key=key, value=value, headers=headers))
+        self._producer.flush(timeout=self._flush_timeout_s)
+        failed = [f for f in futures if f.failed()]
+        if failed:
+            raise RuntimeError(
+                f"Kafka sink for topic {topic!r}: {len(failed)} of {len(futures)} records were "
+                f"not acknowledged (first error: {failed[0].exception!r}); expected the broker "
+                "to accept every record; the flow stops so a restart replays from the last "
+                "snapshot"
+            )
+
+    def close(self) -> None:
+        """Flush and close the producer."""
+        self._producer.close(timeout=self._flush_timeout_s)
+
+
+def _encode_alert(alert: Alert) -> _Encoded:
+    return (
+        alert.account.encode("utf-8"),
+        orjson.dumps(alert.to_json()),
+        [("alert_id", alert.alert_id.encode("utf-8"))],
+    )
+
+
+def _encode_dead_letter(item: DeadLetter | tuple[DeadLetter, bytes | None]) -> _Encoded:
+    if isinstance(item, tuple):
+        letter, value = item
+    else:
+        letter, value = item, item.raw
+    parsed = parse_kafka_partition_name(letter.partition)
+    topic, partition = parsed if parsed is not None else ("", -1)
+    headers = [
+        ("reason", letter.reason.encode("utf-8")),
+        ("detail", letter.detail.encode("utf-8")),
+        ("source", letter.partition.encode("utf-8")),
+        ("source_topic", topic.encode("utf-8")),
+        ("source_partition", str(partition).encode("ascii")),
+        ("source_offset", str(letter.position).encode("ascii")),
+    ]
+    return letter.partition.encode("utf-8"), value, headers
+
+
+class KafkaAlertSink(DynamicSink[Alert]):
+    """Write `Alert`s to a topic: key = account (UTF-8), value = JSON, header `alert_id`.
+
+    Alerts of one account land in one topic partition, in order. After a restart the flow may
+    emit again what it emitted since its last snapshot; readers drop repeats by `alert_id`.
+    """
+
+    def __init__(self, config: KafkaSinkConfig):
+        """Write with `config` (one idempotent producer per worker)."""
+        if not isinstance(config, KafkaSinkConfig):
+            raise TypeError(
+                f"KafkaAlertSink: expected a KafkaSinkConfig, got {type(config).__name__}"
+            )
+        self.config = config
+
+    def build(
+        self, step_id: str, worker_index: int, worker_count: int
+    ) -> StatelessSinkPartition[Alert]:
+        """Build this worker's producer."""
+        return _ProducerPartition(self.config, _encode_alert)
+
+
+class KafkaDeadLetterSink(DynamicSink[DeadLetter | tuple[DeadLetter, bytes | None]]):
+    """Write dead letters to a topic: value = the raw record, where it came from in headers.
+
+    Items are `DeadLetter`s (value = `raw`, possibly cut) or `(DeadLetter, full_value)` pairs
+    carrying the record exactly as it came (`None` for a null value). Headers: `reason`,
+    `detail`, `source` (source partition name), `source_topic`, `source_partition` and
+    `source_offset` (decimal ASCII; topic empty and partition -1 for non-Kafka sources).
+    Key = the source partition name, so letters of one source partition stay in order.
+    """
+
+    def __init__(self, config: KafkaSinkConfig):
+        """Write with `config` (one idempotent producer per worker)."""
+        if not isinstance(config, KafkaSinkConfig):
+            raise TypeError(
+                f"KafkaDeadLetterSink: expected a KafkaSinkConfig, got {type(config).__name__}"
+            )
+        self.config = config
+
+    def build(
+        self, step_id: str, worker_index: int, worker_count: int
+    ) -> StatelessSinkPartition[DeadLetter | tuple[DeadLetter, bytes | None]]:
+        """Build this worker's producer."""
+        return _ProducerPartition(self.config, _encode_dead_letter)
+
+
+def ensure_topic(
+    brokers: Sequence[str] | str,
+    topic: str,
+    partitions: int,
+    *,
+    replication_factor: int = 1,
+    configs: Mapping[str, str] | None = None,
+    security: Mapping[str, str] | None = None,
+    timeout_s: float = 30.0,
+) -> int:
+    """Create `topic` with `partitions` partitions unless it exists; return its partition count.
+
+    An existing topic is left as it is (its partition count is returned, and a warning is
+    logged when it differs from `partitions`).
+    """
+    servers = list(_brokers_tuple(brokers, "ensure_topic"))
+    _check_topic(topic, "ensure_topic")
+    _positive("partitions", partitions, "ensure_topic")
+    sec = _security_kwargs(_check_security(security or {}, "ensure_topic"))
+    admin = KafkaAdminClient(bootstrap_servers=servers, **sec)
+    try:
+        if topic not in set(admin.list_topics()):
+            new = NewTopic(
+                topic,
+                num_partitions=partitions,
+                replication_factor=replication_factor,
+                topic_configs=dict(configs or {}),
+            )
+            with contextlib.suppress(TopicAlreadyExistsError):
+                admin.create_topics([new], timeout_ms=int(timeout_s * 1000))
+    finally:
+        admin.close()
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            found = topic_partitions(servers, topic, security)
+            break
+        except ValueError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+    if len(found) != partitions:
+        log.warning(
+            "topic %r exists with %d partitions, %d were asked for; left as it is",
+            topic,
+            len(found),
+            partitions,
+        )
+    return len(found)

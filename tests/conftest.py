@@ -1,0 +1,58 @@
+"""Shared fixtures: a real Kafka-protocol broker (tansu) for the whole session, topic helpers."""
+
+from __future__ import annotations
+
+import itertools
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from streamml.broker import BrokerProcess, start_broker  # noqa: E402
+
+__all__ = ["create_topic", "kafka_broker", "kafka_broker_process", "make_topic"]
+
+_topic_seq = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def kafka_broker_process() -> Iterator[BrokerProcess]:
+    """The running tansu broker (in-memory, free loopback port), stopped after the session."""
+    with start_broker() as broker:
+        yield broker
+
+
+@pytest.fixture(scope="session")
+def kafka_broker(kafka_broker_process: BrokerProcess) -> str:
+    """Bootstrap address `127.0.0.1:PORT` of the session's tansu broker."""
+    return kafka_broker_process.bootstrap
+
+
+def create_topic(bootstrap: str, name: str, partitions: int = 1) -> str:
+    """Create `name` with `partitions` partitions (kafka-python admin client); return the name."""
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)])
+    finally:
+        admin.close()
+    return name
+
+
+@pytest.fixture
+def make_topic(kafka_broker: str, request: pytest.FixtureRequest) -> Callable[..., str]:
+    """Return `make(partitions=1, prefix=None) -> topic`: a fresh, uniquely named topic."""
+
+    def make(partitions: int = 1, prefix: str | None = None) -> str:
+        base = prefix or request.node.name
+        safe = "".join(c if c.isalnum() or c in "._-" else "-" for c in base)[:180]
+        return create_topic(kafka_broker, f"{safe}-{next(_topic_seq)}", partitions)
+
+    return make
