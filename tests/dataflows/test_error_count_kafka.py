@@ -79,7 +79,7 @@ def test_kafka_in_alerts_and_dead_letters_out(kafka_broker, make_topic, tmp_path
     oracle = RollingOracle(threshold=150)
     expected = []
     for account, ts in sent:  # one producer, keyed: each account's order is its send order
-        kind, value, fired = oracle.apply(account, ts)
+        _kind, value, fired = oracle.apply(account, ts)
         if fired:
             expected.append((account, ts, value))
     alerts = [orjson.loads(r.value) for r in read_topic(kafka_broker, alerts_topic)]
