@@ -1,0 +1,108 @@
+"""The demo triage model shipped in `onnx_models/bundled/`, and seeding a registry from it.
+
+`python -m onnx_models.bundle` rebuilds the bundled files deterministically (fixed data seed,
+model seed and creation time): `speedtest-triage.onnx` (50 trees of depth 3 per class) and
+`speedtest-triage.contract.json`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import orjson
+
+from onnx_models.contract import FeatureContract
+from onnx_models.registry import ModelRegistry, ModelVersion
+from onnx_models.training import TRIAGE_MODEL_NAME, train_and_export, triage_contract
+
+__all__ = [
+    "BUNDLED_DIR",
+    "BUNDLED_VERSION",
+    "build_bundled",
+    "bundled_contract",
+    "bundled_contract_path",
+    "bundled_model_path",
+    "ensure_demo_registry",
+    "main",
+]
+
+BUNDLED_DIR = Path(__file__).resolve().parent / "bundled"
+"""Directory holding the bundled demo model and its contract."""
+BUNDLED_VERSION = "1"
+"""Version of the bundled demo model."""
+
+_ROWS = 20_000
+_SEED = 7
+_CREATED_AT = datetime(2025, 1, 1, tzinfo=UTC)
+
+
+def bundled_model_path() -> Path:
+    """Return the path of the bundled triage ONNX model."""
+    return BUNDLED_DIR / f"{TRIAGE_MODEL_NAME}.onnx"
+
+
+def bundled_contract_path() -> Path:
+    """Return the path of the bundled model's feature-contract JSON."""
+    return BUNDLED_DIR / f"{TRIAGE_MODEL_NAME}.contract.json"
+
+
+def bundled_contract() -> FeatureContract:
+    """Return the bundled model's feature contract."""
+    return FeatureContract.from_json(orjson.loads(bundled_contract_path().read_bytes()))
+
+
+def build_bundled(out_dir: str | os.PathLike[str] = BUNDLED_DIR) -> Path:
+    """Train and export the demo model and its contract into `out_dir`; return the model path."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    trained, exported = train_and_export(
+        out / f"{TRIAGE_MODEL_NAME}.onnx",
+        name=TRIAGE_MODEL_NAME,
+        version=BUNDLED_VERSION,
+        rows=_ROWS,
+        seed=_SEED,
+        created_at=_CREATED_AT,
+        created_by="onnx_models.bundle",
+    )
+    contract_path = out / f"{TRIAGE_MODEL_NAME}.contract.json"
+    contract_path.write_bytes(
+        orjson.dumps(triage_contract().to_json(), option=orjson.OPT_INDENT_2) + b"\n"
+    )
+    print(
+        f"wrote {exported.path} ({exported.path.stat().st_size} bytes, sha256 "
+        f"{exported.sha256[:12]}), accuracy {trained.metrics['accuracy']:.3f} vs majority "
+        f"{trained.metrics['majority_baseline']:.3f}"
+    )
+    return exported.path
+
+
+def ensure_demo_registry(
+    registry_dir: str | os.PathLike[str], *, stage: str = "live"
+) -> ModelVersion:
+    """Register the bundled model in `registry_dir` (if absent) and put it in `stage`.
+
+    Idempotent: calling it again returns the same version. Works offline.
+    """
+    registry = ModelRegistry(registry_dir)
+    version = registry.register(
+        bundled_model_path(),
+        contract=bundled_contract(),
+        name=TRIAGE_MODEL_NAME,
+        registered_by="onnx_models.bundle",
+    )
+    if version.stage != stage:
+        version = registry.promote(version.name, version.version, stage, actor="onnx_models.bundle")
+    return version
+
+
+def main() -> int:
+    """Rebuild the bundled model in place."""
+    build_bundled()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""Train, evaluate and export the speed-test triage model (wifi / modem / network)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+
+from onnx_models.contract import FeatureContract, FeatureSpec, MissingPolicy
+from onnx_models.data import CLASSES, FEATURE_NAMES, TriageData, generate_speedtests
+from onnx_models.export import ExportedModel, export
+
+__all__ = [
+    "TRIAGE_MODEL_NAME",
+    "TrainedTriage",
+    "evaluate",
+    "train_and_export",
+    "train_triage",
+    "triage_contract",
+]
+
+TRIAGE_MODEL_NAME = "speedtest-triage"
+"""Registry name of the speed-test triage model."""
+
+_MINUTE_MS = 60_000
+
+
+@dataclass(frozen=True)
+class TrainedTriage:
+    """A fitted triage classifier with its data split and held-out metrics."""
+
+    model: Any
+    data: TriageData
+    X_train: np.ndarray
+    y_train: np.ndarray
+    X_holdout: np.ndarray
+    y_holdout: np.ndarray
+    metrics: dict[str, float]
+
+
+def triage_contract() -> FeatureContract:
+    """Return the feature contract of the triage model (TTLs and missing-value policies)."""
+    specs = [
+        FeatureSpec("signal_errors_24h", 5 * _MINUTE_MS, MissingPolicy.default(0.0)),
+        FeatureSpec("download_ratio", 1 * _MINUTE_MS, MissingPolicy.reject()),
+        FeatureSpec("upload_ratio", 1 * _MINUTE_MS, MissingPolicy.reject()),
+        FeatureSpec("latency_ms", 1 * _MINUTE_MS, MissingPolicy.reject()),
+        FeatureSpec("packet_loss_pct", 1 * _MINUTE_MS, MissingPolicy.default(0.0)),
+        FeatureSpec("wifi_rssi_dbm", 15 * _MINUTE_MS, MissingPolicy.default(-60.0)),
+        FeatureSpec("wifi_noise_dbm", 15 * _MINUTE_MS, MissingPolicy.default(-92.0)),
+        FeatureSpec("connected_devices", 15 * _MINUTE_MS, MissingPolicy.default(8.0)),
+        FeatureSpec("modem_uptime_h", 60 * _MINUTE_MS, MissingPolicy.default(24.0)),
+        FeatureSpec("node_health", 5 * _MINUTE_MS, MissingPolicy.default(1.0)),
+    ]
+    return FeatureContract(tuple(specs), allow_nan=False)
+
+
+def evaluate(model: Any, X: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """Return accuracy, majority-class baseline, macro F1, log loss and per-class recall."""
+    from sklearn.metrics import accuracy_score, f1_score, log_loss, recall_score
+
+    pred = model.predict(X)
+    proba = model.predict_proba(X)
+    _, counts = np.unique(y, return_counts=True)
+    metrics = {
+        "rows": float(len(y)),
+        "accuracy": float(accuracy_score(y, pred)),
+        "majority_baseline": float(counts.max() / counts.sum()),
+        "macro_f1": float(f1_score(y, pred, average="macro")),
+        "log_loss": float(log_loss(y, proba, labels=list(model.classes_))),
+    }
+    recalls = recall_score(y, pred, average=None, labels=list(CLASSES), zero_division=0)
+    for cls, r in zip(CLASSES, recalls, strict=True):
+        metrics[f"recall_{cls}"] = float(r)
+    return metrics
+
+
+def train_triage(
+    rows: int = 20_000,
+    seed: int = 7,
+    *,
+    n_estimators: int = 50,
+    max_depth: int = 3,
+    learning_rate: float = 0.2,
+    holdout_fraction: float = 0.2,
+) -> TrainedTriage:
+    """Generate `rows` speed tests from `seed`, fit a GradientBoostingClassifier, evaluate it."""
+    from sklearn.ensemble import GradientBoostingClassifier
+
+    if not 0.0 < holdout_fraction < 1.0:
+        raise ValueError(f"holdout_fraction must be in (0, 1), got {holdout_fraction}")
+    data = generate_speedtests(rows, seed)
+    n_hold = max(1, round(rows * holdout_fraction))
+    if rows - n_hold < 10:
+        raise ValueError(f"rows={rows} is too few to train; use at least 50")
+    order = np.random.default_rng(seed + 1).permutation(rows)
+    hold, train = order[:n_hold], order[n_hold:]
+    model = GradientBoostingClassifier(
+        n_estimators=n_estimators,
+        max_depth=max_depth,
+        learning_rate=learning_rate,
+        random_state=seed,
+    )
+    X_train, y_train = data.X[train], data.y[train]
+    model.fit(X_train, y_train)
+    metrics = evaluate(model, data.X[hold], data.y[hold])
+    return TrainedTriage(
+        model=model,
+        data=data,
+        X_train=X_train,
+        y_train=y_train,
+        X_holdout=data.X[hold],
+        y_holdout=data.y[hold],
+        metrics=metrics,
+    )
+
+
+def train_and_export(
+    out: str | os.PathLike[str],
+    *,
+    name: str = TRIAGE_MODEL_NAME,
+    version: str | None = None,
+    rows: int = 20_000,
+    seed: int = 7,
+    n_estimators: int = 50,
+    max_depth: int = 3,
+    created_at: datetime | None = None,
+    created_by: str = "onnx_models.training",
+) -> tuple[TrainedTriage, ExportedModel]:
+    """Train the triage model and export it to `out` (file or directory), parity-checked."""
+    trained = train_triage(rows, seed, n_estimators=n_estimators, max_depth=max_depth)
+    exported = export(
+        trained.model,
+        FEATURE_NAMES,
+        name,
+        X_holdout=trained.X_holdout,
+        version=version,
+        metrics=trained.metrics,
+        training_data=trained.X_train,
+        out=out,
+        created_at=created_at,
+        created_by=created_by,
+    )
+    return trained, exported

@@ -1,0 +1,352 @@
+"""`streamml models`: train, register, list, show and promote ONNX models in the registry."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from onnx_models import (
+    REGISTRY_ENV,
+    STAGES,
+    TRIAGE_MODEL_NAME,
+    ContractError,
+    ExportError,
+    FeatureContract,
+    ModelRegistry,
+    ModelVersion,
+    RegistryError,
+    default_registry_dir,
+    ensure_demo_registry,
+    train_and_export,
+    triage_contract,
+)
+
+__all__ = ["register"]
+
+_USER_ERRORS = (RegistryError, ContractError, ExportError, ValueError, OSError)
+
+
+def _emit_json(obj: Any) -> None:
+    sys.stdout.write(orjson.dumps(obj, option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
+def _fail(args: argparse.Namespace, message: str) -> int:
+    print(f"streamml models {args.models_command}: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    cells = [[str(h) for h in headers]] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return "-" if value is None else str(value)
+
+
+def _version_rows(versions: Sequence[ModelVersion]) -> list[list[str]]:
+    rows = []
+    for v in versions:
+        metrics = v.provenance.get("metrics") or {}
+        rows.append(
+            [
+                v.name,
+                v.version,
+                v.stage,
+                v.sha256[:12],
+                _fmt(metrics.get("accuracy")),
+                _fmt(v.provenance.get("created_at")),
+                _fmt(v.provenance.get("registered_at")),
+            ]
+        )
+    return rows
+
+
+_LIST_HEADERS = ("NAME", "VERSION", "STAGE", "SHA256", "ACCURACY", "CREATED", "REGISTERED")
+
+
+def _registry(args: argparse.Namespace) -> ModelRegistry:
+    return ModelRegistry(args.registry)
+
+
+def _guard(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return handler(args)
+        except _USER_ERRORS as exc:
+            return _fail(args, str(exc))
+
+    run.__name__ = handler.__name__
+    run.__doc__ = handler.__doc__
+    return run
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    """Generate data, train, export with parity check and register as a candidate."""
+    if args.rows < 50:
+        return _fail(args, f"--rows must be at least 50, got {args.rows}")
+    if args.estimators < 1 or args.depth < 1:
+        return _fail(args, "--estimators and --depth must be positive")
+    registry = _registry(args)
+    version = args.version or registry.next_version(args.name)
+    progress = sys.stderr if not args.json else None
+    if progress:
+        print(
+            f"training {args.name}@{version} on {args.rows} generated speed tests "
+            f"(seed {args.seed}, {args.estimators} trees of depth {args.depth})...",
+            file=progress,
+        )
+    with tempfile.TemporaryDirectory() as tmp:
+        trained, exported = train_and_export(
+            Path(tmp) / "model.onnx",
+            name=args.name,
+            version=version,
+            rows=args.rows,
+            seed=args.seed,
+            n_estimators=args.estimators,
+            max_depth=args.depth,
+            created_by="streamml models train",
+        )
+        registered = registry.register(
+            exported.path,
+            contract=triage_contract(),
+            name=args.name,
+            version=version,
+            registered_by="streamml models train",
+        )
+    if args.json:
+        _emit_json(
+            {
+                "model": registered.to_json(),
+                "metrics": trained.metrics,
+                "parity": exported.parity.to_json(),
+            }
+        )
+        return 0
+    m = trained.metrics
+    rows = [[k, _fmt(v)] for k, v in m.items()]
+    rows.append(["parity_label_agreement", _fmt(exported.parity.label_agreement)])
+    rows.append(["parity_max_prob_diff", f"{exported.parity.max_probability_diff:.2e}"])
+    print(_table(("METRIC", "VALUE"), rows))
+    print(
+        f"\nregistered {registered.ref} as {registered.stage} (sha256 {registered.sha256[:12]}) "
+        f"in {registry.root}; accuracy {m['accuracy']:.3f} vs majority class "
+        f"{m['majority_baseline']:.3f}"
+    )
+    return 0
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    """List registered model versions."""
+    versions = _registry(args).list(args.name)
+    if args.json:
+        _emit_json([v.to_json() for v in versions])
+        return 0
+    if not versions:
+        print(f"no models in {args.registry}")
+        return 0
+    print(_table(_LIST_HEADERS, _version_rows(versions)))
+    return 0
+
+
+def _split_ref(ref: str) -> tuple[str, str | None]:
+    name, sep, version = ref.partition("@")
+    if not name or (sep and not version):
+        raise ValueError(f"expected NAME or NAME@VERSION, got {ref!r}")
+    return name, version or None
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    """Show one version: stage, hash, contract and provenance."""
+    name, version = _split_ref(args.ref)
+    registry = _registry(args)
+    v = registry.show(name, version)
+    if args.json:
+        data = v.to_json()
+        data["history"] = [h for h in registry.history(name) if h["version"] == v.version]
+        _emit_json(data)
+        return 0
+    prov = v.provenance
+    print(f"{v.ref}  stage={v.stage}  sha256={v.sha256}")
+    print(f"path: {v.path}")
+    print(f"classes: {', '.join(v.classes)}")
+    for key in ("created_at", "created_by", "registered_at", "registered_by", "source_path"):
+        print(f"{key}: {_fmt(prov.get(key))}")
+    print(f"training_data_sha256: {_fmt(prov.get('training_data_sha256'))}")
+    metrics = prov.get("metrics") or {}
+    if metrics:
+        print(_table(("METRIC", "VALUE"), [[k, _fmt(x)] for k, x in metrics.items()]))
+    print()
+    rows = [
+        [
+            i,
+            f.name,
+            f.dtype,
+            f.ttl_ms,
+            f.on_missing.policy
+            + (f"={f.on_missing.value}" if f.on_missing.policy == "default" else ""),
+        ]
+        for i, f in enumerate(v.contract.features)
+    ]
+    print(_table(("#", "FEATURE", "DTYPE", "TTL_MS", "ON_MISSING"), rows))
+    print(f"allow_nan: {v.contract.allow_nan}")
+    return 0
+
+
+def _cmd_promote(args: argparse.Namespace) -> int:
+    """Move a version to a stage."""
+    registry = _registry(args)
+    before = {v.version: v.stage for v in registry.versions(args.name)}
+    v = registry.promote(args.name, args.version, args.stage)
+    after = {x.version: x.stage for x in registry.versions(args.name)}
+    changed = {k: (before.get(k), after[k]) for k in after if before.get(k) != after[k]}
+    if args.json:
+        _emit_json({"model": v.to_json(), "changed": {k: list(x) for k, x in changed.items()}})
+        return 0
+    if not changed:
+        print(f"{v.ref} is already {v.stage}")
+    for ver, (old, new) in changed.items():
+        print(f"{args.name}@{ver}: {old} -> {new}")
+    return 0
+
+
+def _cmd_register(args: argparse.Namespace) -> int:
+    """Register an ONNX file with its feature contract."""
+    contract_path = Path(args.contract)
+    try:
+        raw = orjson.loads(contract_path.read_bytes())
+    except FileNotFoundError:
+        return _fail(args, f"contract file {args.contract!r} does not exist")
+    except orjson.JSONDecodeError as exc:
+        return _fail(args, f"contract file {args.contract!r} is not valid JSON: {exc}")
+    contract = FeatureContract.from_json(raw)
+    v = _registry(args).register(
+        args.path,
+        contract=contract,
+        name=args.name,
+        version=args.version,
+        registered_by="streamml models register",
+    )
+    if args.json:
+        _emit_json(v.to_json())
+        return 0
+    print(f"registered {v.ref} as {v.stage} (sha256 {v.sha256[:12]}) in {args.registry}")
+    return 0
+
+
+def _cmd_seed(args: argparse.Namespace) -> int:
+    """Register the bundled demo model and make it live."""
+    v = ensure_demo_registry(args.registry, stage=args.stage)
+    if args.json:
+        _emit_json(v.to_json())
+        return 0
+    print(f"{v.ref} is {v.stage} in {args.registry} (bundled demo model, sha256 {v.sha256[:12]})")
+    return 0
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--registry",
+        type=Path,
+        default=default_registry_dir(),
+        metavar="DIR",
+        help=f"model registry directory (default: ${REGISTRY_ENV}, else ./models)",
+    )
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the `models` command and its subcommands to the top-level subparsers `sub`."""
+    models = sub.add_parser(
+        "models",
+        help="train, register, list, show and promote ONNX models",
+        description=(
+            "Manage the versioned model registry. Versions are immutable and verified by "
+            "sha256 on load; stages are candidate, live, shadow and retired (one live version "
+            "per model; promoting another retires the old one)."
+        ),
+    )
+    msub = models.add_subparsers(dest="models_command", metavar="SUBCOMMAND", required=True)
+
+    p = msub.add_parser(
+        "train",
+        help="generate speed-test data, train the triage model, export and register it",
+        description=(
+            "Generate seeded speed-test data, train a GradientBoostingClassifier that says "
+            "whether the trouble is wifi, modem or network, export it to ONNX (refused unless "
+            "ONNX Runtime matches scikit-learn on held-out rows) and register it as a candidate."
+        ),
+    )
+    p.add_argument("--name", default=TRIAGE_MODEL_NAME, help="model name (default: %(default)s)")
+    p.add_argument(
+        "--rows", type=int, default=20_000, help="rows to generate (default: %(default)s)"
+    )
+    p.add_argument("--seed", type=int, default=7, help="data and model seed (default: %(default)s)")
+    p.add_argument(
+        "--estimators", type=int, default=50, help="trees per class (default: %(default)s)"
+    )
+    p.add_argument("--depth", type=int, default=3, help="tree depth (default: %(default)s)")
+    p.add_argument("--version", help="version to register under (default: next integer)")
+    _common(p)
+    p.set_defaults(func=_guard(_cmd_train))
+
+    p = msub.add_parser("list", help="list model versions and their stages")
+    p.add_argument("name", nargs="?", help="only this model")
+    _common(p)
+    p.set_defaults(func=_guard(_cmd_list))
+
+    p = msub.add_parser(
+        "show",
+        help="show a version's contract, metrics and provenance",
+        description="Show NAME@VERSION, or NAME's live version (else its newest).",
+    )
+    p.add_argument("ref", metavar="NAME[@VERSION]")
+    _common(p)
+    p.set_defaults(func=_guard(_cmd_show))
+
+    p = msub.add_parser(
+        "promote",
+        help="move a version to a stage",
+        description="Move NAME VERSION to --stage; promoting to live retires the previous live.",
+    )
+    p.add_argument("name")
+    p.add_argument("version")
+    p.add_argument("--stage", required=True, choices=STAGES, help="target stage")
+    _common(p)
+    p.set_defaults(func=_guard(_cmd_promote))
+
+    p = msub.add_parser(
+        "register",
+        help="register an exported ONNX file with its feature contract",
+        description=(
+            "Copy PATH.onnx into the registry as a candidate. The contract JSON lists the "
+            'features in order: {"features": [{"name": ..., "ttl_ms": 60000, "on_missing": '
+            '"reject"}], "allow_nan": false}.'
+        ),
+    )
+    p.add_argument("path", metavar="PATH.onnx")
+    p.add_argument("--name", help="model name (default: the model's streamml.name metadata)")
+    p.add_argument("--version", help="version (default: model metadata, else next integer)")
+    p.add_argument("--contract", required=True, metavar="CONTRACT.json", help="feature contract")
+    _common(p)
+    p.set_defaults(func=_guard(_cmd_register))
+
+    p = msub.add_parser(
+        "seed",
+        help="register the bundled demo model (works offline)",
+        description="Register the bundled speed-test triage model and put it in --stage.",
+    )
+    p.add_argument("--stage", default="live", choices=STAGES, help="stage (default: live)")
+    _common(p)
+    p.set_defaults(func=_guard(_cmd_seed))
