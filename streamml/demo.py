@@ -90,4 +90,40 @@ def run_demo(args: argparse.Namespace) -> int:
             headers=["account", "signal_errors_24h", "updated_at (ms)"],
         )
     )
+    _score_demo(root, accounts, [v.value for v in values])
     return 0
+
+
+def _score_demo(root: Path, accounts: list[str], errors_24h: list[int]) -> None:
+    """Score slow speed tests of the alerted accounts with the bundled triage model."""
+    from bytewax import operators as op
+    from bytewax.dataflow import Dataflow
+    from bytewax.testing import TestingSink, TestingSource, run_main
+
+    from onnx_models import ensure_demo_registry, generate_speedtests
+    from operators.scoring import ScoreRequest, ScoringConfig, score
+
+    registry = root / "models"
+    version = ensure_demo_registry(registry)
+    rows = generate_speedtests(len(accounts), seed=1)
+    column = list(rows.feature_names).index("signal_errors_24h")
+    requests = []
+    for i, (account, errors) in enumerate(zip(accounts, errors_24h, strict=True)):
+        x = rows.X[i].copy()
+        x[column] = errors
+        requests.append(ScoreRequest(f"speedtest-{account}", version.name, version.version, x))
+    flow = Dataflow("demo_scoring")
+    outs = score(
+        "score",
+        op.input("requests", flow, TestingSource(requests)),
+        ScoringConfig(registry_dir=registry),
+    )
+    predictions: list = []
+    op.output("predictions", outs.oks, TestingSink(predictions))
+    run_main(flow)
+    print(f"5. slow speed tests triaged by {version.name} v{version.version} (ONNX Runtime):")
+    rows_out = [
+        (a, e, p.label, f"{max(p.probabilities):.2f}")
+        for a, e, p in zip(accounts, errors_24h, predictions, strict=True)
+    ]
+    print(format_table(rows_out, headers=["account", "signal_errors_24h", "trouble", "p"]))
