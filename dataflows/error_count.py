@@ -28,6 +28,9 @@ STREAMML_LATE_OUT             JSON lines file of late events                    
 STREAMML_HISTORY_DIR          history store root (Parquet by day); ``off`` disables  STATE/history
 STREAMML_STATS_PATH           JSON file of run counters, rewritten while running     none
 STREAMML_PIPELINE_VERSION     version written with every history row                 package version
+STREAMML_RECOVERY_DIR         the Bytewax recovery dir (``-r``) when run with one:  none
+                              what each batch emitted is kept so a replay emits it
+                              again, and output files are cut back on resume
 STREAMML_KAFKA_*              Kafka source and sinks (see `operators.kafka`):
                               ``BROKERS``, ``TOPIC``, ``START``, ``STOP_AT_END``,
                               ``ALERTS_TOPIC``, ``DEAD_LETTERS_TOPIC`` and the
@@ -43,11 +46,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from bytewax import operators as op
 from bytewax.dataflow import Dataflow
 
 from operators.decode import Decoded, decode_events
-from operators.rolling import RollingConfig, ShardUpdate, rolling_count
+from operators.rolling import KIND_ALERT, KIND_LATE, RollingConfig, ShardUpdate, rolling_count
 from operators.shard import shard_events
 from operators.sinks import HistorySink, JsonLinesSink, StatsSink
 from operators.sources import FileSource, GeneratorConfig, GeneratorSource
@@ -92,6 +96,12 @@ class ErrorCountConfig:
     stats_path: Path | None = None
     pipeline_version: str = PIPELINE_VERSION
     kafka_env: tuple[tuple[str, str], ...] = ()
+    recovery_dir: Path | None = None
+
+    @property
+    def recovery(self) -> bool:
+        """Whether the flow runs with Bytewax recovery."""
+        return self.recovery_dir is not None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ErrorCountConfig:
@@ -144,6 +154,7 @@ class ErrorCountConfig:
             stats_path=path("STATS_PATH"),
             pipeline_version=get("PIPELINE_VERSION", PIPELINE_VERSION) or PIPELINE_VERSION,
             kafka_env=tuple(sorted((k, v) for k, v in env.items() if k.startswith(KAFKA_PREFIX))),
+            recovery_dir=path("RECOVERY_DIR"),
         )
 
     def to_env(self) -> dict[str, str]:
@@ -167,6 +178,7 @@ class ErrorCountConfig:
             "HISTORY_DIR": str(self.history_dir) if self.history_dir else "off",
             "STATS_PATH": str(self.stats_path or ""),
             "PIPELINE_VERSION": self.pipeline_version,
+            "RECOVERY_DIR": str(self.recovery_dir or ""),
         }
         return {**{f"STREAMML_{k}": v for k, v in env.items()}, **dict(self.kafka_env)}
 
@@ -179,19 +191,25 @@ def _decode_stats(d: Decoded) -> dict[str, int]:
 
 
 def _update_stats(u: ShardUpdate) -> dict[str, int]:
+    kind = u.rows.column("kind").to_numpy()
     return {
-        "accepted": u.accepted,
-        "late": u.late,
+        "accepted": int(np.count_nonzero(kind != KIND_LATE)),
+        "late": int(np.count_nonzero(kind == KIND_LATE)),
         "skipped": u.skipped,
-        "alerts": len(u.alerts),
+        "replayed": u.replayed,
+        "alerts": int(np.count_nonzero(kind == KIND_ALERT)),
     }
 
 
 def _late_records(u: ShardUpdate) -> list[dict[str, object]]:
+    late = u.late_rows()
     return [
-        {"account": a.decode("utf-8"), "ts": int(t), "partition": u.partition, "position": int(p)}
+        {"account": a.decode("utf-8"), "ts": t, "partition": u.partition, "position": p}
         for a, t, p in zip(
-            u.late_accounts.to_pylist(), u.late_ts.tolist(), u.late_positions.tolist(), strict=True
+            late.column("account").to_pylist(),
+            late.column("ts").to_pylist(),
+            late.column("position").to_pylist(),
+            strict=True,
         )
     ]
 
@@ -229,17 +247,19 @@ def build_flow(config: ErrorCountConfig) -> Dataflow:
     raw = op.input("source", flow, _source(config))
     decoded = decode_events("decode", raw)
     keyed = shard_events("shard", decoded.events, config.layout.shards)
-    updates = op.key_rm(
-        "unkey",
-        rolling_count(
-            "rolling",
-            keyed,
-            RollingConfig(config.state_dir, config.layout, config.threshold),
-        ),
+    by_shard = rolling_count(
+        "rolling",
+        keyed,
+        RollingConfig(config.state_dir, config.layout, config.threshold, recovery=config.recovery),
     )
+    updates = op.key_rm("unkey", by_shard)
     alerts = op.flat_map("alerts", updates, lambda u: u.alerts)
     if config.alerts_out is not None:
-        op.output("alerts-out", _one_key("alerts-key", alerts), JsonLinesSink(config.alerts_out))
+        op.output(
+            "alerts-out",
+            _one_key("alerts-key", alerts),
+            JsonLinesSink(config.alerts_out, recovery_dir=config.recovery_dir),
+        )
     alerts_kafka = _kafka_sink(config, "ALERTS_TOPIC")
     if alerts_kafka is not None:
         from operators.kafka import KafkaAlertSink
@@ -254,16 +274,26 @@ def build_flow(config: ErrorCountConfig) -> Dataflow:
         op.output(
             "dead-letters-out",
             _one_key("dead-key", decoded.dead),
-            JsonLinesSink(config.dead_letters_out),
+            JsonLinesSink(config.dead_letters_out, recovery_dir=config.recovery_dir),
         )
     if config.late_out is not None:
         late = op.flat_map("late", updates, _late_records)
-        op.output("late-out", _one_key("late-key", late), JsonLinesSink(config.late_out))
+        op.output(
+            "late-out",
+            _one_key("late-key", late),
+            JsonLinesSink(config.late_out, recovery_dir=config.recovery_dir),
+        )
     if config.history_dir is not None:
         op.output(
             "history",
-            updates,
-            HistorySink(config.history_dir, config.layout.feature, config.pipeline_version),
+            by_shard,
+            HistorySink(
+                config.history_dir,
+                config.layout.feature,
+                config.pipeline_version,
+                shards=config.layout.shards,
+                recovery_dir=config.recovery_dir,
+            ),
         )
     stats = op.merge(
         "stats",

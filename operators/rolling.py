@@ -9,11 +9,13 @@ alert when, after an accepted event, its value is at or below the threshold.
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from bytewax import operators as op
 from bytewax.dataflow import operator
 from bytewax.operators import KeyedStream, StatefulBatchLogic
@@ -22,7 +24,17 @@ from operators.records import Alert, EventBatch
 from state.layout import StateLayout
 from state.rolling_store import ALERT_FLAG, RollingStateStore, StoreTuning
 
-__all__ = ["Advance", "RollingConfig", "ShardUpdate", "advance", "rolling_count"]
+__all__ = [
+    "KIND_ACCEPTED",
+    "KIND_ALERT",
+    "KIND_LATE",
+    "ROW_SCHEMA",
+    "Advance",
+    "RollingConfig",
+    "ShardUpdate",
+    "advance",
+    "rolling_count",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +45,7 @@ class RollingConfig:
     layout: StateLayout = field(default_factory=StateLayout)
     threshold: int = 2000
     tuning: StoreTuning = field(default_factory=StoreTuning)
+    recovery: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,41 +182,105 @@ def advance(
     )
 
 
+ROW_SCHEMA = pa.schema(
+    [
+        ("position", pa.int64()),
+        ("account", pa.binary()),
+        ("ts", pa.int64()),
+        ("value", pa.int64()),
+        ("kind", pa.int8()),
+    ]
+)
+"""One row per applied event: its source position, account, event time, value after it and kind."""
+KIND_ACCEPTED = 0
+KIND_ALERT = 1
+KIND_LATE = 2
+
+
 @dataclass(frozen=True, slots=True)
 class ShardUpdate:
     """The outcome of one batch of events on one shard.
 
-    `accounts`, `ts`, `values` describe every accepted event in source order (the feature value
-    after it); `late_*` every late event; `alerts` every crossing; `skipped` events already
-    applied before (a replay).
+    `rows` holds every applied event in source order (see `ROW_SCHEMA`): accepted ones with the
+    feature value after them (kind `KIND_ALERT` when an alert fired on it) and late ones.
+    `skipped` counts events that were already applied before (a replay); `replayed` counts rows
+    emitted again from the outbox for them after a restart with recovery.
     """
 
     partition: str
-    accounts: pa.Array
-    ts: np.ndarray
-    values: np.ndarray
-    late_accounts: pa.Array
-    late_ts: np.ndarray
-    late_positions: np.ndarray
-    alerts: list[Alert]
-    skipped: int
+    rows: pa.RecordBatch
+    skipped: int = 0
+    replayed: int = 0
+
+    def _col(self, name: str) -> np.ndarray:
+        return self.rows.column(name).to_numpy()
+
+    def _accepted(self) -> pa.Array:
+        return pc.not_equal(self.rows.column("kind"), KIND_LATE)
 
     @property
     def accepted(self) -> int:
         """Number of accepted events."""
-        return len(self.ts)
+        return self.rows.num_rows - self.late
 
     @property
     def late(self) -> int:
         """Number of late events."""
-        return len(self.late_ts)
+        return int(np.count_nonzero(self._col("kind") == KIND_LATE))
+
+    def accepted_rows(self) -> pa.RecordBatch:
+        """Return the rows of accepted events."""
+        if not self.late:
+            return self.rows
+        return self.rows.filter(self._accepted())
+
+    def late_rows(self) -> pa.RecordBatch:
+        """Return the rows of late events."""
+        return self.rows.filter(pc.equal(self.rows.column("kind"), KIND_LATE))
+
+    @property
+    def alerts(self) -> list[Alert]:
+        """Return the alerts fired in this batch, in source order."""
+        kind = self._col("kind")
+        idx = np.flatnonzero(kind == KIND_ALERT)
+        if not len(idx):
+            return []
+        rows = self.rows.take(pa.array(idx))
+        return [
+            Alert(a.decode("utf-8"), t, v, self.partition, p)
+            for p, a, t, v in zip(
+                rows.column("position").to_pylist(),
+                rows.column("account").to_pylist(),
+                rows.column("ts").to_pylist(),
+                rows.column("value").to_pylist(),
+                strict=True,
+            )
+        ]
 
 
-class _RollingLogic(StatefulBatchLogic[EventBatch, ShardUpdate, None]):
-    def __init__(self, config: RollingConfig) -> None:
+def _rows(positions, accounts, ts, values, kind) -> pa.RecordBatch:
+    return pa.record_batch(
+        [
+            pa.array(positions, type=pa.int64()),
+            accounts,
+            pa.array(ts, type=pa.int64()),
+            pa.array(values, type=pa.int64()),
+            pa.array(kind, type=pa.int8()),
+        ],
+        schema=ROW_SCHEMA,
+    )
+
+
+_EMPTY_ROWS = _rows([], pa.array([], pa.binary()), [], [], [])
+
+
+class _RollingLogic(StatefulBatchLogic[EventBatch, ShardUpdate, dict[str, int]]):
+    def __init__(self, config: RollingConfig, resume: dict[str, int] | None) -> None:
         self.config = config
         self._store: RollingStateStore | None = None
         self.applied: dict[str, int] = {}
+        self.resume = dict(resume or {})
+        self.snapshots: deque[dict[str, int]] = deque()
 
     def _open(self, shard: int) -> RollingStateStore:
         if self._store is None:
@@ -216,74 +293,90 @@ class _RollingLogic(StatefulBatchLogic[EventBatch, ShardUpdate, None]):
             )
         return self._store
 
+    def _replay(
+        self, store: RollingStateStore, partition: str, skipped: np.ndarray
+    ) -> pa.RecordBatch:
+        """Rows emitted before a restart for `skipped` positions after the resumed snapshot."""
+        floor = self.resume.get(partition, -1)
+        skipped = skipped[skipped > floor]
+        if not len(skipped):
+            return _EMPTY_ROWS
+        lo, hi = int(skipped[0]), int(skipped[-1])
+        batches = [
+            pa.ipc.read_record_batch(pa.py_buffer(blob), ROW_SCHEMA)
+            for blob in store.outbox(partition, lo, hi)
+        ]
+        if not batches:
+            return _EMPTY_ROWS
+        rows = pa.Table.from_batches(batches).combine_chunks().to_batches()[0]
+        pos = rows.column("position").to_numpy()
+        return rows.filter(pa.array(np.isin(pos, skipped)))
+
     def _apply(self, batch: EventBatch) -> ShardUpdate:
         layout = self.config.layout
         store = self._open(batch.shard)
+        partition = batch.partition
         positions = batch.positions
-        done = self.applied.get(batch.partition)
+        done = self.applied.get(partition)
         if done is None:
-            done = self.applied[batch.partition] = store.applied_position(batch.partition)
+            done = self.applied[partition] = store.applied_position(partition)
         accounts, ts = batch.accounts, batch.ts
         skipped = 0
+        replayed = None
         if len(positions) and positions[0] <= done:
             fresh = positions > done
             skipped = int(len(positions) - fresh.sum())
+            if self.config.recovery:
+                replayed = self._replay(store, partition, positions[~fresh])
             idx = np.flatnonzero(fresh)
             accounts, ts, positions = accounts.take(pa.array(idx)), ts[idx], positions[idx]
-        if len(ts) == 0:
-            empty = accounts.slice(0, 0)
-            return ShardUpdate(batch.partition, empty, ts, ts, empty, ts, ts, [], skipped)
-        encoded = accounts.dictionary_encode()
-        codes = encoded.indices.to_numpy(zero_copy_only=False)
-        uniq = encoded.dictionary.to_pylist()
-        records = store.load(uniq)
-        result = advance(
-            records,
-            codes,
-            ts // layout.bucket_ms,
-            ts,
-            window=layout.window_buckets,
-            threshold=self.config.threshold,
-        )
-        last = int(positions[-1])
-        store.commit(uniq, result.records, {batch.partition: last})
-        self.applied[batch.partition] = last
-        acc = result.accepted
-        alerts = [
-            Alert(
-                uniq[codes[i]].decode("utf-8"),
-                int(ts[i]),
-                int(result.values[i]),
-                batch.partition,
-                int(positions[i]),
+        parts = [] if replayed is None or not replayed.num_rows else [replayed]
+        if len(ts):
+            encoded = accounts.dictionary_encode()
+            codes = encoded.indices.to_numpy(zero_copy_only=False)
+            uniq = encoded.dictionary.to_pylist()
+            records = store.load(uniq)
+            result = advance(
+                records,
+                codes,
+                ts // layout.bucket_ms,
+                ts,
+                window=layout.window_buckets,
+                threshold=self.config.threshold,
             )
-            for i in np.flatnonzero(result.fired).tolist()
-        ]
-        if acc.all():
-            late_idx = np.empty(0, dtype=np.int64)
-            acc_accounts, acc_ts, acc_values = accounts, ts, result.values
+            kind = np.where(
+                result.accepted, np.where(result.fired, KIND_ALERT, KIND_ACCEPTED), KIND_LATE
+            )
+            values = np.where(result.accepted, result.values, -1)
+            rows = _rows(positions, accounts, ts, values, kind)
+            first, last = int(positions[0]), int(positions[-1])
+            outbox = None
+            if self.config.recovery:
+                outbox = (partition, first, last, rows.serialize().to_pybytes())
+            store.commit(uniq, result.records, {partition: last}, outbox)
+            self.applied[partition] = last
+            parts.append(rows)
+        if not parts:
+            rows = _EMPTY_ROWS
+        elif len(parts) == 1:
+            rows = parts[0]
         else:
-            acc_idx = np.flatnonzero(acc)
-            late_idx = np.flatnonzero(~acc)
-            acc_accounts = accounts.take(pa.array(acc_idx))
-            acc_ts, acc_values = ts[acc_idx], result.values[acc_idx]
-        return ShardUpdate(
-            partition=batch.partition,
-            accounts=acc_accounts,
-            ts=acc_ts,
-            values=acc_values,
-            late_accounts=accounts.take(pa.array(late_idx, type=pa.int64())),
-            late_ts=ts[late_idx],
-            late_positions=positions[late_idx],
-            alerts=alerts,
-            skipped=skipped,
-        )
+            rows = pa.Table.from_batches(parts).combine_chunks().to_batches()[0]
+        n_replayed = 0 if replayed is None else replayed.num_rows
+        return ShardUpdate(partition, rows, skipped, n_replayed)
 
     def on_batch(self, values: list[EventBatch]) -> tuple[list[ShardUpdate], bool]:
         return [self._apply(b) for b in values], StatefulBatchLogic.RETAIN
 
-    def snapshot(self) -> None:
-        return None
+    def snapshot(self) -> dict[str, int]:
+        state = {**self.resume, **self.applied}
+        if self.config.recovery and self._store is not None:
+            # A restart resumes from one of the last snapshots: keep the outbox two snapshots deep.
+            self.snapshots.append(state)
+            if len(self.snapshots) > 2:
+                for partition, position in self.snapshots.popleft().items():
+                    self._store.prune_outbox(partition, position)
+        return state
 
 
 @operator
@@ -299,4 +392,4 @@ def rolling_count(
     `ShardUpdate` per batch. Batches whose positions were already applied to a shard (a replay
     after a restart) are skipped, so every event counts exactly once.
     """
-    return op.stateful_batch("shards", up, lambda _resume: _RollingLogic(config))
+    return op.stateful_batch("shards", up, lambda resume: _RollingLogic(config, resume))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from collections import Counter
@@ -10,23 +11,42 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from bytewax.outputs import (
-    DynamicSink,
-    FixedPartitionedSink,
-    StatefulSinkPartition,
-    StatelessSinkPartition,
-)
+from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
 from operators.rolling import ShardUpdate
+from operators.shard import shard_key
 from state.history import HistoryWriter
 
-__all__ = ["HistorySink", "JsonLinesSink", "StatsSink", "read_stats"]
+__all__ = ["HistorySink", "JsonLinesSink", "StatsSink", "first_start", "read_stats"]
+
+
+def first_start(recovery_dir: Path | None, output: str, current: Any) -> Any:
+    """Return what `output` was when the flow first started with `recovery_dir`.
+
+    The first call for an output records `current` in the recovery dir; later calls (a restart
+    before any snapshot was committed) return the recorded value, so the restart can cut the
+    output back to where the run began. Without a recovery dir, returns `current`.
+    """
+    if recovery_dir is None:
+        return current
+    marks = Path(recovery_dir) / "streamml-outputs"
+    marks.mkdir(parents=True, exist_ok=True)
+    mark = marks / (hashlib.sha256(output.encode()).hexdigest()[:32] + ".json")
+    try:
+        fd = os.open(mark, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+    except FileExistsError:
+        return orjson.loads(mark.read_bytes())["start"]
+    with os.fdopen(fd, "wb") as f:
+        f.write(orjson.dumps({"output": output, "start": current}))
+    return current
 
 
 class _JsonLinesPartition(StatefulSinkPartition[Any, int]):
-    def __init__(self, path: Path, resume: int | None) -> None:
+    def __init__(self, path: Path, resume: int | None, recovery_dir: Path | None) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.f = open(path, "ab")  # noqa: SIM115
+        if resume is None and recovery_dir is not None:
+            resume = first_start(recovery_dir, str(path.resolve()), self.f.tell())
         if resume is not None:
             self.f.truncate(resume)
             self.f.seek(resume)
@@ -50,10 +70,15 @@ class JsonLinesSink(FixedPartitionedSink[Any, int]):
     """Append items (objects with `to_json()` or JSON-ready values) to one JSON lines file.
 
     All items go to one partition, so one worker writes the file whatever the number of workers.
+    With a `recovery_dir`, a resumed run first cuts the file back to its length at the resumed
+    snapshot (or at the first start), so each item is in the file once.
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], *, recovery_dir: str | os.PathLike[str] | None = None
+    ) -> None:
         self.path = Path(path)
+        self.recovery_dir = Path(recovery_dir) if recovery_dir is not None else None
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.path.touch()
 
@@ -63,35 +88,79 @@ class JsonLinesSink(FixedPartitionedSink[Any, int]):
 
     def build_part(self, step_id: str, for_part: str, resume_state: int | None):
         """Open the file for appending."""
-        return _JsonLinesPartition(self.path, resume_state)
+        return _JsonLinesPartition(self.path, resume_state, self.recovery_dir)
 
 
-class _HistoryPartition(StatelessSinkPartition[ShardUpdate]):
+class _HistoryPartition(StatefulSinkPartition[ShardUpdate, tuple[str, int]]):
     def __init__(self, writer: HistoryWriter) -> None:
         self.writer = writer
 
     def write_batch(self, items: list[ShardUpdate]) -> None:
         for u in items:
-            self.writer.append(u.accounts, u.ts, u.values)
+            rows = u.accepted_rows()
+            self.writer.append(
+                rows.column("account"),
+                rows.column("ts").to_numpy(),
+                rows.column("value").to_numpy(),
+            )
+
+    def snapshot(self) -> tuple[str, int]:
+        self.writer.flush()
+        return self.writer.writer_id, self.writer.seq
 
     def close(self) -> None:
         self.writer.close()
 
 
-class HistorySink(DynamicSink[ShardUpdate]):
-    """Append every accepted event's feature value to the history store; one writer per worker."""
+class HistorySink(FixedPartitionedSink[ShardUpdate, tuple[str, int]]):
+    """Append every accepted event's feature value to the history store, one writer per shard.
 
-    def __init__(self, root: str | os.PathLike[str], feature: str, pipeline_version: str) -> None:
+    Items are keyed by shard (``shard-NNN``). A snapshot flushes the shard's buffer; on resume, the
+    files written after the resumed snapshot are removed, since the replay writes them again.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        feature: str,
+        pipeline_version: str,
+        *,
+        shards: int,
+        recovery_dir: str | os.PathLike[str] | None = None,
+    ) -> None:
         self.root = Path(root)
+        self.recovery_dir = Path(recovery_dir) if recovery_dir is not None else None
         self.feature = feature
         self.pipeline_version = pipeline_version
+        self.shards = shards
 
-    def build(self, step_id: str, worker_index: int, worker_count: int) -> _HistoryPartition:
-        """Open this worker's writer."""
-        writer_id = f"w{worker_index}-{os.getpid()}-{time.time_ns():x}"
-        return _HistoryPartition(
-            HistoryWriter(self.root, self.feature, self.pipeline_version, writer_id=writer_id)
-        )
+    def list_parts(self) -> list[str]:
+        """Return one partition per shard."""
+        return [shard_key(i) for i in range(self.shards)]
+
+    def part_fn(self, item_key: str) -> int:
+        """Route a shard's updates to that shard's partition."""
+        return int(item_key.rsplit("-", 1)[1])
+
+    def build_part(
+        self, step_id: str, for_part: str, resume_state: tuple[str, int] | None
+    ) -> _HistoryPartition:
+        """Open the shard's writer, discarding what was written after the resumed snapshot."""
+        if resume_state is None:
+            writer_id = f"{for_part}-{time.time_ns():x}-{os.getpid()}"
+            target = str((self.root / self.feature).resolve()) + f"#{for_part}"
+            writer_id = first_start(self.recovery_dir, target, writer_id)
+            writer = HistoryWriter(
+                self.root, self.feature, self.pipeline_version, writer_id=writer_id
+            )
+            writer.discard_from(0)
+        else:
+            writer_id, seq = resume_state
+            writer = HistoryWriter(
+                self.root, self.feature, self.pipeline_version, writer_id=writer_id, seq=seq
+            )
+            writer.discard_from(seq)
+        return _HistoryPartition(writer)
 
 
 class _StatsPartition(StatefulSinkPartition[Mapping[str, int], None]):

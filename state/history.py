@@ -41,6 +41,7 @@ class HistoryWriter:
         *,
         writer_id: str | None = None,
         rows_per_flush: int = 1_000_000,
+        seq: int = 0,
     ) -> None:
         self.dir = Path(root) / feature
         self.pipeline_version = pipeline_version
@@ -50,7 +51,7 @@ class HistoryWriter:
         self._ts: list[np.ndarray] = []
         self._values: list[np.ndarray] = []
         self._buffered = 0
-        self._seq = 0
+        self.seq = seq
         self.rows_written = 0
 
     def append(self, accounts: pa.Array, ts: np.ndarray, values: np.ndarray) -> None:
@@ -91,16 +92,24 @@ class HistoryWriter:
             )
             target = self.dir / f"day={day}"
             target.mkdir(parents=True, exist_ok=True)
-            name = f"part-{self.writer_id}-{self._seq:06d}.parquet"
+            name = f"part-{self.writer_id}-{self.seq:06d}.parquet"
             tmp = target / f".{name}.tmp"
             pq.write_table(table, tmp, compression="zstd")
             os.replace(tmp, target / name)
-            self._seq += 1
+            self.seq += 1
             self.rows_written += len(idx)
 
     def close(self) -> None:
         """Flush what is buffered."""
         self.flush()
+
+    def discard_from(self, seq: int) -> None:
+        """Delete this writer's files numbered `seq` and later, and drop what is buffered."""
+        self._accounts, self._ts, self._values, self._buffered = [], [], [], 0
+        prefix = f"part-{self.writer_id}-"
+        for path in self.dir.glob(f"day=*/{prefix}*.parquet"):
+            if int(path.stem[len(prefix) :]) >= seq:
+                path.unlink()
 
 
 def read_history(root: str | os.PathLike[str], feature: str = "signal_errors_24h") -> pa.Table:

@@ -6,6 +6,7 @@ payload. Namespaces never share a prefix, so a prefix scan of one never sees ano
 - account feature state: ``VERSION | b"A" | feature id (u16, big-endian) | account bytes``
 - applied source position: ``VERSION | b"P" | partition name (UTF-8)``
 - metadata: ``VERSION | b"M" | name (UTF-8)``
+- outbox of emitted updates: ``VERSION | b"O" | len(partition) (u16) | partition | position (u64)``
 
 The account is the last component, so keys of one feature sort exactly like their account bytes.
 """
@@ -18,12 +19,16 @@ __all__ = [
     "ACCOUNT_NS",
     "FORMAT_VERSION",
     "META_NS",
+    "OUTBOX_NS",
     "POSITION_NS",
     "account_key",
     "account_prefix",
     "decode_account_key",
+    "decode_outbox_key",
     "decode_position_key",
     "meta_key",
+    "outbox_key",
+    "outbox_prefix",
     "position_key",
 ]
 
@@ -32,6 +37,9 @@ _V = bytes([FORMAT_VERSION])
 ACCOUNT_NS = b"A"
 POSITION_NS = b"P"
 META_NS = b"M"
+OUTBOX_NS = b"O"
+_LEN = struct.Struct(">H")
+_POS = struct.Struct(">Q")
 _FEATURE = struct.Struct(">H")
 
 
@@ -69,3 +77,26 @@ def decode_position_key(key: bytes) -> str:
 def meta_key(name: str) -> bytes:
     """Return the key of a metadata entry."""
     return _V + META_NS + name.encode("utf-8")
+
+
+def outbox_prefix(partition: str) -> bytes:
+    """Return the prefix of every outbox key of a source partition."""
+    name = partition.encode("utf-8")
+    if len(name) > 0xFFFF:
+        raise ValueError(f"partition names are at most 65535 bytes, got {len(name)}")
+    return _V + OUTBOX_NS + _LEN.pack(len(name)) + name
+
+
+def outbox_key(partition: str, position: int) -> bytes:
+    """Return the outbox key of the updates ending at `position` of a source partition."""
+    if position < 0:
+        raise ValueError(f"positions are >= 0, got {position}")
+    return outbox_prefix(partition) + _POS.pack(position)
+
+
+def decode_outbox_key(key: bytes) -> tuple[str, int]:
+    """Return `(partition, position)` from a key built by `outbox_key`."""
+    if key[:1] != _V or key[1:2] != OUTBOX_NS:
+        raise ValueError(f"not an outbox key of format version {FORMAT_VERSION}: {key[:16]!r}")
+    (n,) = _LEN.unpack_from(key, 2)
+    return key[4 : 4 + n].decode("utf-8"), _POS.unpack_from(key, 4 + n)[0]

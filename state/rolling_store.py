@@ -136,8 +136,18 @@ class RollingStateStore:
             return None
         return np.frombuffer(raw, dtype=self.dtype)[0]
 
-    def commit(self, accounts: list[bytes], records: np.ndarray, positions: dict[str, int]) -> None:
-        """Write `records` of `accounts` and the applied `positions` in one atomic WriteBatch."""
+    def commit(
+        self,
+        accounts: list[bytes],
+        records: np.ndarray,
+        positions: dict[str, int],
+        outbox: tuple[str, int, int, bytes] | None = None,
+    ) -> None:
+        """Write `records` of `accounts` and the applied `positions` in one atomic WriteBatch.
+
+        `outbox` is ``(partition, first position, last position, payload)``: what this batch
+        emitted, kept so that a replay after a restart can emit it again.
+        """
         buf = records.astype(self.dtype, copy=False).tobytes()
         size = self.dtype.itemsize
         wb = WriteBatch(raw_mode=True)
@@ -146,7 +156,27 @@ class RollingStateStore:
             wb.put(prefix + account, buf[i * size : (i + 1) * size])
         for partition, position in positions.items():
             wb.put(keys.position_key(partition), int(position).to_bytes(8, "big", signed=True))
+        if outbox is not None:
+            partition, first, last, payload = outbox
+            wb.put(keys.outbox_key(partition, last), first.to_bytes(8, "big") + payload)
         self._db.write(wb, self._write_opts)
+
+    def outbox(self, partition: str, first: int, last: int) -> list[bytes]:
+        """Return the outbox payloads of `partition` holding positions in ``[first, last]``."""
+        prefix = keys.outbox_prefix(partition)
+        out = []
+        for k, v in self._db.items(from_key=keys.outbox_key(partition, max(first, 0))):
+            if not k.startswith(prefix) or int.from_bytes(v[:8], "big") > last:
+                break
+            out.append(v[8:])
+        return out
+
+    def prune_outbox(self, partition: str, upto: int) -> None:
+        """Delete the outbox entries of `partition` whose positions are all at or below `upto`."""
+        if upto >= 0:
+            self._db.delete_range(
+                keys.outbox_key(partition, 0), keys.outbox_key(partition, upto + 1)
+            )
 
     def applied_position(self, partition: str) -> int:
         """Return the last applied position of `partition`, or -1 if none was applied."""

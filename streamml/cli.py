@@ -12,7 +12,7 @@ __all__ = ["build_parser", "main"]
 def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser with every subcommand registered."""
     from benchmarks import cli as bench_cli
-    from streamml import broker, demo, features_cli, generate_cli, models_cli, run_cli
+    from streamml import broker, demo, features_cli, generate_cli, models_cli, recovery, run_cli
 
     parser = argparse.ArgumentParser(
         prog="streamml",
@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate_cli.register(sub)
     models_cli.register(sub)
     broker.register(sub)
+    recovery.register(sub)
     bench_cli.register(sub)
     return parser
 

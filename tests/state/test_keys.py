@@ -40,3 +40,19 @@ def test_namespaces_are_isolated(feature, account, partition, name):
     for other in range(0, 0xFFFF, 4099):
         if other != feature:
             assert not k.startswith(keys.account_prefix(other))
+
+
+@given(partitions, st.integers(0, 2**63 - 1))
+def test_outbox_key_round_trip(partition, position):
+    assert keys.decode_outbox_key(keys.outbox_key(partition, position)) == (partition, position)
+
+
+@given(partitions, st.integers(0, 2**63 - 1), st.integers(0, 2**63 - 1))
+def test_outbox_keys_sort_by_position_within_a_partition(partition, a, b):
+    assert (keys.outbox_key(partition, a) < keys.outbox_key(partition, b)) == (a < b)
+
+
+@given(partitions, partitions, st.integers(0, 2**40))
+def test_outbox_partitions_are_isolated(p1, p2, position):
+    if p1 != p2:
+        assert not keys.outbox_key(p1, position).startswith(keys.outbox_prefix(p2))

@@ -1,0 +1,140 @@
+"""Crash recovery: kill -9 the flow at random moments, resume, and lose or double nothing."""
+
+import os
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+
+from dataflows.error_count import ErrorCountConfig, SourceConfig
+from operators.sources import GeneratorConfig
+from state.history import read_history
+from state.layout import StateLayout
+from state.rolling_store import RollingStateStore
+from streamml.generate_cli import write_events
+from streamml.recovery import ensure_recovery_dir, recovery_args
+
+ROOT = Path(__file__).resolve().parents[2]
+KILLS = 5
+
+
+def flow_cmd(extra: list[str]) -> list[str]:
+    return [sys.executable, "-m", "bytewax.run", "dataflows.error_count:flow", *extra]
+
+
+def env_for(config: ErrorCountConfig) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(ROOT), **config.to_env()}
+
+
+def config_for(tmp: Path, name: str, source: SourceConfig, recovery: bool, kafka_env=()):
+    return ErrorCountConfig(
+        source=source,
+        state_dir=tmp / name / "state",
+        layout=StateLayout(shards=4),
+        threshold=300,
+        alerts_out=tmp / name / "alerts.jsonl",
+        history_dir=tmp / name / "history",
+        stats_path=tmp / name / "stats.json",
+        recovery_dir=tmp / name / "recovery" if recovery else None,
+        kafka_env=kafka_env,
+    )
+
+
+def run_clean(config: ErrorCountConfig) -> None:
+    subprocess.run(flow_cmd([]), env=env_for(config), check=True, timeout=600)
+
+
+def run_with_kills(
+    config: ErrorCountConfig, seed: int, windows: list[tuple[float, float]]
+) -> int:
+    """Kill the flow KILLS times, at a random moment of each attempt's window, then let it end."""
+    rng = random.Random(seed)
+    rdir = config.recovery_dir
+    ensure_recovery_dir(rdir)
+    args = recovery_args(rdir, 1)
+    kills = 0
+    for _attempt in range(40):
+        stats = config.stats_path
+        if stats.exists():
+            stats.unlink()
+        proc = subprocess.Popen(flow_cmd(args), env=env_for(config))
+        if kills < KILLS:
+            deadline = time.time() + 120
+            while not stats.exists() and proc.poll() is None and time.time() < deadline:
+                time.sleep(0.01)
+            time.sleep(rng.uniform(*windows[kills % len(windows)]))
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+                kills += 1
+                continue
+        assert proc.wait(timeout=600) == 0
+        return kills
+    raise AssertionError("the flow did not finish")
+
+
+def final_state(config: ErrorCountConfig):
+    records = {}
+    for shard in range(config.layout.shards):
+        store = RollingStateStore(
+            StateLayout.shard_dir(config.state_dir, shard), feature=1, window=24, read_only=True
+        )
+        for account, rec in store.iter_records():
+            records[account] = (
+                int(rec["max_bucket"]),
+                int(rec["updated_at"]),
+                int(rec["flags"]),
+                tuple(rec["counts"].tolist()),
+            )
+        store.close()
+    return records
+
+
+def alerts(config: ErrorCountConfig) -> list[str]:
+    return [orjson.loads(x)["id"] for x in config.alerts_out.read_bytes().splitlines()]
+
+
+def history(config: ErrorCountConfig):
+    t = read_history(config.history_dir)
+    return sorted(
+        zip(
+            t.column("account").to_pylist(),
+            t.column("event_time").to_pylist(),
+            t.column("value").to_pylist(),
+            strict=True,
+        )
+    )
+
+
+def assert_same(clean: ErrorCountConfig, crashed: ErrorCountConfig) -> None:
+    a_clean, a_crashed = alerts(clean), alerts(crashed)
+    assert a_clean, "the input should raise alerts"
+    assert sorted(a_crashed) == sorted(a_clean)  # exactly once in the file: no repeats
+    s_clean, s_crashed = final_state(clean), final_state(crashed)
+    assert len(s_clean) > 100
+    assert s_crashed == s_clean
+    assert history(crashed) == history(clean)
+
+
+def test_file_source_survives_kill_9(tmp_path):
+    [path] = write_events(
+        tmp_path / "errors.csv",
+        GeneratorConfig(events=2_500_000, accounts=2_000, seed=3),
+        fmt="csv",
+        junk_rate=0.0001,
+    )
+    source = SourceConfig(kind="file", paths=(str(path),))
+    clean = config_for(tmp_path, "clean", source, recovery=False)
+    run_clean(clean)
+    crashed = config_for(tmp_path, "crashed", source, recovery=True)
+    # Short attempts die before their first snapshot, long ones after a few.
+    kills = run_with_kills(crashed, seed=42, windows=[(0.1, 0.8), (1.8, 2.6)])
+    assert kills >= KILLS
+    assert_same(clean, crashed)
+    # The last run resumed from a snapshot, not from the start, and found state already applied.
+    last = orjson.loads(crashed.stats_path.read_bytes())["counters"]
+    total = orjson.loads(clean.stats_path.read_bytes())["counters"]["read"]
+    assert last["read"] < total
