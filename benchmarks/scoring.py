@@ -28,12 +28,11 @@ from typing import Any
 
 import bytewax.operators as op
 import numpy as np
-import onnxruntime as ort
 import orjson
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, TestingSource, run_main
 
-from onnx_models import ModelRegistry, ensure_demo_registry, generate_speedtests
+from onnx_models import ModelRegistry, create_session, ensure_demo_registry, generate_speedtests
 from operators.scoring import (
     Prediction,
     PredictionBatch,
@@ -131,7 +130,7 @@ def _progress(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
 
-def _bare(sess: ort.InferenceSession, batches: Sequence[np.ndarray]) -> tuple[_Times, np.ndarray]:
+def _bare(sess: Any, batches: Sequence[np.ndarray]) -> tuple[_Times, np.ndarray]:
     t = _Times.start()
     labels = [sess.run(["label"], {"features": b})[0] for b in batches]
     return t.stop(), np.concatenate(labels).astype(str)
@@ -205,11 +204,10 @@ def _run(
     ]
     row_items = [ScoreRequest(ids[i], name, version, X[i]) for i in range(rows)]
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = cfg.intra_op_threads
-    opts.inter_op_num_threads = 1
-    sess = ort.InferenceSession(
-        registry.load_bytes(name, version), opts, providers=list(config.providers)
+    sess = create_session(
+        registry.load_bytes(name, version),
+        intra_op_threads=cfg.intra_op_threads,
+        providers=config.providers,
     )
     inf = _Times(float("inf"), float("inf"))
     bare_best = flow_b_best = flow_r_best = inf

@@ -34,6 +34,7 @@ from onnx_models.registry import (
     UnsafeModelError,
     default_registry_dir,
 )
+from onnx_models.runtime import create_session
 from onnx_models.training import (
     TRIAGE_MODEL_NAME,
     TrainedTriage,
@@ -74,6 +75,7 @@ __all__ = [
     "bundled_contract_path",
     "bundled_model_path",
     "check_parity",
+    "create_session",
     "default_registry_dir",
     "ensure_demo_registry",
     "evaluate",
