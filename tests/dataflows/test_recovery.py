@@ -47,9 +47,7 @@ def run_clean(config: ErrorCountConfig) -> None:
     subprocess.run(flow_cmd([]), env=env_for(config), check=True, timeout=600)
 
 
-def run_with_kills(
-    config: ErrorCountConfig, seed: int, windows: list[tuple[float, float]]
-) -> int:
+def run_with_kills(config: ErrorCountConfig, seed: int, windows: list[tuple[float, float]]) -> int:
     """Kill the flow KILLS times, at a random moment of each attempt's window, then let it end."""
     rng = random.Random(seed)
     rdir = config.recovery_dir
@@ -138,3 +136,41 @@ def test_file_source_survives_kill_9(tmp_path):
     last = orjson.loads(crashed.stats_path.read_bytes())["counters"]
     total = orjson.loads(clean.stats_path.read_bytes())["counters"]["read"]
     assert last["read"] < total
+
+
+def test_kafka_source_survives_kill_9(tmp_path, kafka_broker, make_topic):
+    from kafka import KafkaProducer
+
+    from operators.sources import generate_events
+    from tests.dataflows.test_error_count_kafka import read_topic
+
+    topic = make_topic(3)
+    gen = GeneratorConfig(events=240_000, accounts=1_500, seed=9, partitions=1)
+    events = generate_events(gen, 0)
+    producer = KafkaProducer(
+        bootstrap_servers=kafka_broker, acks="all", linger_ms=20, batch_size=1 << 20
+    )
+    for account, ts in zip(events.accounts.to_pylist(), events.ts.tolist(), strict=True):
+        producer.send(topic, key=account, value=b'{"account": "%s", "ts": %d}' % (account, ts))
+    producer.flush()
+    producer.close()
+
+    def kafka_env(alerts_topic: str):
+        return (
+            ("STREAMML_KAFKA_ALERTS_TOPIC", alerts_topic),
+            ("STREAMML_KAFKA_BROKERS", kafka_broker),
+            ("STREAMML_KAFKA_STOP_AT_END", "1"),
+            ("STREAMML_KAFKA_TOPIC", topic),
+        )
+
+    source = SourceConfig(kind="kafka")
+    clean_topic, crashed_topic = make_topic(1), make_topic(1)
+    clean = config_for(tmp_path, "clean", source, False, kafka_env(clean_topic))
+    run_clean(clean)
+    crashed = config_for(tmp_path, "crashed", source, True, kafka_env(crashed_topic))
+    kills = run_with_kills(crashed, seed=7, windows=[(0.1, 0.6), (1.5, 2.5)])
+    assert kills >= KILLS
+    assert_same(clean, crashed)
+    # The topic is written at least once: readers drop repeats by id.
+    ids = {orjson.loads(r.value)["id"] for r in read_topic(kafka_broker, crashed_topic)}
+    assert ids == set(alerts(clean))
