@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -40,6 +41,7 @@ __all__ = [
 MAX_ACCOUNT_BYTES = 256
 _MAX_TS = (1 << 63) - 1
 _FAST_TS_DIGITS = 18
+_INTEGER = re.compile(r"[+-]?[0-9]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +104,9 @@ def _check_ts_text(text: str) -> int:
     s = text.strip()
     if not s:
         raise _Invalid("missing_ts")
-    if s.lstrip("+-").isdigit() and s.isascii():
+    if not s.isascii():
+        raise _Invalid("bad_ts", f"ts must be an integer, got {text[:40]!r}")
+    if _INTEGER.fullmatch(s):
         return _check_ts_number(int(s))
     try:
         value = float(s)
