@@ -62,12 +62,29 @@ class Advance:
     records: np.ndarray
 
 
-def _grouped_cummax(groups: np.ndarray, values: np.ndarray) -> np.ndarray:
+def _dense(values: np.ndarray, groups: int) -> tuple[np.ndarray, np.ndarray | None, int]:
+    """Map `values` to ranks in ``[0, span)`` that keep their order, with ``groups * span``
+    small enough to combine with a group index in int64.
+
+    Returns ``(ranks, table, span)``: ``table[rank]`` is the value (None when ranks are offsets
+    from the minimum, the cheap case of values within a narrow range).
+    """
+    if not len(values):
+        return values, None, 1
+    lo = int(values.min())
+    span = int(values.max()) - lo + 1
+    if span * max(groups, 1) < (1 << 62):
+        return values - lo, None, span
+    table, ranks = np.unique(values, return_inverse=True)
+    return ranks, table, len(table)
+
+
+def _grouped_cummax(groups: np.ndarray, values: np.ndarray, ngroups: int) -> np.ndarray:
     """Return the running maximum of `values`, restarting at every group (sorted ascending)."""
-    uniq, rank = np.unique(values, return_inverse=True)
-    n = np.int64(len(uniq))
-    combined = groups.astype(np.int64) * n + rank
-    return uniq[np.maximum.accumulate(combined) - groups.astype(np.int64) * n]
+    ranks, table, span = _dense(values, ngroups)
+    base = groups * np.int64(span)
+    cm = np.maximum.accumulate(base + ranks) - base
+    return cm + int(values.min()) if table is None else table[cm]
 
 
 def advance(
@@ -78,16 +95,18 @@ def advance(
     *,
     window: int,
     threshold: int,
+    order: np.ndarray | None = None,
 ) -> Advance:
     """Apply events to account records, exactly as if they were applied one by one in order.
 
     `records` holds one state record per account (see `state.rolling_store.record_dtype`),
     `codes[i]` is the index into `records` of event i's account, `buckets` and `ts` its bucket and
-    event time.
+    event time. `order`, when given, is ``np.argsort(codes, kind="stable")``.
     """
     n = len(codes)
     ng = len(records)
-    order = np.argsort(codes, kind="stable")
+    if order is None:
+        order = np.argsort(codes, kind="stable")
     g = codes[order].astype(np.int64)
     b = buckets[order].astype(np.int64)
     t = ts[order].astype(np.int64)
@@ -100,7 +119,7 @@ def advance(
     last = np.ones(n, dtype=bool)
     last[:-1] = first[1:]
 
-    cm = _grouped_cummax(g, b)
+    cm = _grouped_cummax(g, b, ng)
     before = np.empty(n, dtype=np.int64)
     before[1:] = cm[:-1]
     before[first] = -1
@@ -120,10 +139,9 @@ def advance(
     # Accepted events of this batch still inside each later event's window: event j counts for
     # events j..exit_j-1 of its account, exit_j being the first whose window starts after b_j.
     j = np.flatnonzero(acc)
-    vals = np.unique(np.concatenate([lower, b[j]]))
-    nv = np.int64(len(vals))
-    key_lower = g * nv + np.searchsorted(vals, lower)
-    key_b = g[j] * nv + np.searchsorted(vals, b[j])
+    ranks, _table, span = _dense(np.concatenate([lower, b[j]]), ng)
+    key_lower = g * np.int64(span) + ranks[:n]
+    key_b = g[j] * np.int64(span) + ranks[n:]
     exits = np.searchsorted(key_lower, key_b, side="right")
     delta = np.zeros(n + 1, dtype=np.int64)
     delta[j] += 1
@@ -332,9 +350,17 @@ class _RollingLogic(StatefulBatchLogic[EventBatch, ShardUpdate, dict[str, int]])
             accounts, ts, positions = accounts.take(pa.array(idx)), ts[idx], positions[idx]
         parts = [] if replayed is None or not replayed.num_rows else [replayed]
         if len(ts):
-            encoded = accounts.dictionary_encode()
-            codes = encoded.indices.to_numpy(zero_copy_only=False)
-            uniq = encoded.dictionary.to_pylist()
+            if not pa.types.is_dictionary(accounts.type):
+                accounts = accounts.dictionary_encode()
+            indices = accounts.indices.to_numpy(zero_copy_only=False)
+            order = np.argsort(indices, kind="stable")
+            ordered = indices[order]
+            starts = np.ones(len(ordered), dtype=bool)
+            starts[1:] = ordered[1:] != ordered[:-1]
+            codes = np.empty(len(ordered), dtype=np.int64)
+            codes[order] = np.cumsum(starts) - 1
+            uniq = accounts.dictionary.take(pa.array(ordered[starts])).to_pylist()
+            accounts = accounts.dictionary.take(accounts.indices)
             records = store.load(uniq)
             result = advance(
                 records,
@@ -343,6 +369,7 @@ class _RollingLogic(StatefulBatchLogic[EventBatch, ShardUpdate, dict[str, int]])
                 ts,
                 window=layout.window_buckets,
                 threshold=self.config.threshold,
+                order=order,
             )
             kind = np.where(
                 result.accepted, np.where(result.fired, KIND_ALERT, KIND_ACCEPTED), KIND_LATE

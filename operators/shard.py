@@ -20,7 +20,11 @@ def shard_key(shard: int) -> str:
 
 
 def split_by_shard(batch: EventBatch, shards: int) -> list[tuple[str, EventBatch]]:
-    """Split a batch into one sub-batch per shard present, each keeping source order."""
+    """Split a batch into one sub-batch per shard present, each keeping source order.
+
+    The sub-batches carry their accounts dictionary-encoded against the whole batch's accounts,
+    so the rolling count finds each account's records without hashing the strings again.
+    """
     if not len(batch):
         return []
     encoded = batch.accounts.dictionary_encode()
@@ -29,7 +33,7 @@ def split_by_shard(batch: EventBatch, shards: int) -> list[tuple[str, EventBatch
     shard = shard_of_code[codes]
     if shards == 1 or (shard == shard[0]).all():
         s = int(shard[0])
-        return [(shard_key(s), _with_shard(batch, s))]
+        return [(shard_key(s), _with_shard(batch, encoded, s))]
     order = np.argsort(shard, kind="stable")
     sorted_shards = shard[order]
     cuts = np.flatnonzero(np.diff(sorted_shards)) + 1
@@ -38,7 +42,7 @@ def split_by_shard(batch: EventBatch, shards: int) -> list[tuple[str, EventBatch
         s = int(shard[idx[0]])
         sub = EventBatch(
             batch.partition,
-            batch.accounts.take(pa.array(idx)),
+            encoded.take(pa.array(idx)),
             batch.ts[idx],
             batch.positions[idx],
             s,
@@ -47,8 +51,8 @@ def split_by_shard(batch: EventBatch, shards: int) -> list[tuple[str, EventBatch
     return out
 
 
-def _with_shard(batch: EventBatch, shard: int) -> EventBatch:
-    return EventBatch(batch.partition, batch.accounts, batch.ts, batch.positions, shard)
+def _with_shard(batch: EventBatch, accounts: pa.Array, shard: int) -> EventBatch:
+    return EventBatch(batch.partition, accounts, batch.ts, batch.positions, shard)
 
 
 @operator

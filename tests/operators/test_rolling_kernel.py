@@ -57,3 +57,26 @@ def test_advance_matches_one_by_one_oracle(case):
                     assert records["counts"][i][k] == expected
             else:
                 assert records["max_bucket"][i] == -1
+
+
+@settings(max_examples=100, deadline=None)
+@given(streams(), st.sampled_from([1, 2**40, 2**56]))
+def test_advance_is_exact_for_far_apart_buckets(case, scale):
+    window, threshold, batches = case
+    scaled = [[(a, t * scale) for a, t in events] for events in batches]
+    oracle = RollingOracle(window=window, bucket_ms=1, threshold=threshold)
+    index = {a: i for i, a in enumerate(ACCOUNTS)}
+    records = empty_records(len(ACCOUNTS), window)
+    for events in scaled:
+        if not events:
+            continue
+        codes = np.array([index[a] for a, _ in events])
+        ts = np.array([t for _, t in events], dtype=np.int64)
+        result = advance(records, codes, ts, ts, window=window, threshold=threshold)
+        for i, (account, t) in enumerate(events):
+            kind, value, fired = oracle.apply(account, t)
+            assert bool(result.accepted[i]) == (kind == "accepted")
+            if kind == "accepted":
+                assert result.values[i] == value
+            assert bool(result.fired[i]) == fired
+        records = result.records
