@@ -54,9 +54,9 @@ class RecordList:
 class EventBatch:
     """Valid signal-error events of one source partition, in source order, as columns.
 
-    `accounts` is a binary array of UTF-8 account ids (or a dictionary array of them), `ts` epoch milliseconds and `positions`
-    the source position of each event; positions increase strictly. `shard` is set once the
-    batch has been split by account shard.
+    `accounts` is a binary array of UTF-8 account ids (or a dictionary array of them), `ts`
+    epoch milliseconds and `positions` the source position of each event; positions increase
+    strictly. `shard` is set once the batch has been split by account shard.
     """
 
     partition: str

@@ -63,8 +63,7 @@ class Advance:
 
 
 def _dense(values: np.ndarray, groups: int) -> tuple[np.ndarray, np.ndarray | None, int]:
-    """Map `values` to ranks in ``[0, span)`` that keep their order, with ``groups * span``
-    small enough to combine with a group index in int64.
+    """Map `values` to order-keeping ranks in ``[0, span)``, with ``groups * span`` < 2**62.
 
     Returns ``(ranks, table, span)``: ``table[rank]`` is the value (None when ranks are offsets
     from the minimum, the cheap case of values within a narrow range).
@@ -352,14 +351,9 @@ class _RollingLogic(StatefulBatchLogic[EventBatch, ShardUpdate, dict[str, int]])
         if len(ts):
             if not pa.types.is_dictionary(accounts.type):
                 accounts = accounts.dictionary_encode()
-            indices = accounts.indices.to_numpy(zero_copy_only=False)
-            order = np.argsort(indices, kind="stable")
-            ordered = indices[order]
-            starts = np.ones(len(ordered), dtype=bool)
-            starts[1:] = ordered[1:] != ordered[:-1]
-            codes = np.empty(len(ordered), dtype=np.int64)
-            codes[order] = np.cumsum(starts) - 1
-            uniq = accounts.dictionary.take(pa.array(ordered[starts])).to_pylist()
+            codes = accounts.indices.to_numpy(zero_copy_only=False)
+            order = np.argsort(codes, kind="stable")
+            uniq = accounts.dictionary.to_pylist()
             accounts = accounts.dictionary.take(accounts.indices)
             records = store.load(uniq)
             result = advance(

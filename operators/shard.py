@@ -22,37 +22,39 @@ def shard_key(shard: int) -> str:
 def split_by_shard(batch: EventBatch, shards: int) -> list[tuple[str, EventBatch]]:
     """Split a batch into one sub-batch per shard present, each keeping source order.
 
-    The sub-batches carry their accounts dictionary-encoded against the whole batch's accounts,
-    so the rolling count finds each account's records without hashing the strings again.
+    Each sub-batch carries its accounts as a dictionary array whose dictionary holds exactly the
+    distinct accounts of that sub-batch, so the rolling count reads each account's state once
+    without hashing the strings again, and a sub-batch sent to another process carries only its
+    own accounts.
     """
     if not len(batch):
         return []
     encoded = batch.accounts.dictionary_encode()
     codes = encoded.indices.to_numpy(zero_copy_only=False)
-    shard_of_code = (hash_many(encoded.dictionary) % np.uint64(shards)).astype(np.int64)
+    dictionary = encoded.dictionary
+    shard_of_code = (hash_many(dictionary) % np.uint64(shards)).astype(np.int64)
+    # Number the distinct accounts of each shard 0, 1, 2, ... in dictionary order.
+    by_shard = np.argsort(shard_of_code, kind="stable")
+    code_shards = shard_of_code[by_shard]
+    code_cuts = np.flatnonzero(np.diff(code_shards)) + 1
+    local = np.empty(len(dictionary), dtype=np.int32)
+    starts = np.concatenate([[0], code_cuts])
+    local[by_shard] = np.arange(len(by_shard)) - np.repeat(
+        starts, np.diff(np.append(starts, len(by_shard)))
+    )
     shard = shard_of_code[codes]
-    if shards == 1 or (shard == shard[0]).all():
-        s = int(shard[0])
-        return [(shard_key(s), _with_shard(batch, encoded, s))]
     order = np.argsort(shard, kind="stable")
-    sorted_shards = shard[order]
-    cuts = np.flatnonzero(np.diff(sorted_shards)) + 1
+    cuts = np.flatnonzero(np.diff(shard[order])) + 1
+    groups = dict(zip(code_shards[starts].tolist(), np.split(by_shard, code_cuts), strict=True))
     out = []
     for idx in np.split(order, cuts):
         s = int(shard[idx[0]])
-        sub = EventBatch(
-            batch.partition,
-            encoded.take(pa.array(idx)),
-            batch.ts[idx],
-            batch.positions[idx],
-            s,
+        accounts = pa.DictionaryArray.from_arrays(
+            pa.array(local[codes[idx]], type=pa.int32()), dictionary.take(pa.array(groups[s]))
         )
+        sub = EventBatch(batch.partition, accounts, batch.ts[idx], batch.positions[idx], s)
         out.append((shard_key(s), sub))
     return out
-
-
-def _with_shard(batch: EventBatch, accounts: pa.Array, shard: int) -> EventBatch:
-    return EventBatch(batch.partition, accounts, batch.ts, batch.positions, shard)
 
 
 @operator
