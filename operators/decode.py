@@ -245,7 +245,9 @@ def _decode_csv_arrow(chunk: LinesChunk, starts: np.ndarray) -> Decoded | None:
     try:
         table = pacsv.read_csv(
             pa.py_buffer(data),
-            read_options=pacsv.ReadOptions(column_names=list(header), block_size=8 << 20),
+            read_options=pacsv.ReadOptions(
+                column_names=list(header), block_size=8 << 20, use_threads=False
+            ),
             parse_options=pacsv.ParseOptions(newlines_in_values=False, ignore_empty_lines=False),
             convert_options=pacsv.ConvertOptions(
                 column_types={"account": pa.binary(), "ts": pa.int64()},
