@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import os
 import platform
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -21,6 +20,8 @@ from typing import Any
 import numpy as np
 import onnx
 import orjson
+
+from onnx_models._files import atomic_write
 
 __all__ = [
     "INPUT_NAME",
@@ -241,21 +242,6 @@ def check_parity(
     )
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def export(
     model: Any,
     feature_names: Sequence[str],
@@ -363,7 +349,7 @@ def export(
         target = target / f"{name}-{version}.onnx"
     if target.suffix != ".onnx":
         raise ExportError(f"expected an output path ending in .onnx, got {str(target)!r}")
-    _atomic_write(target, model_bytes)
+    atomic_write(target, model_bytes)
     return ExportedModel(
         path=target,
         sha256=hashlib.sha256(model_bytes).hexdigest(),

@@ -45,6 +45,7 @@ import onnx
 import orjson
 from onnx import external_data_helper
 
+from onnx_models._files import atomic_write
 from onnx_models.contract import ContractError, FeatureContract
 from onnx_models.export import INPUT_NAME, read_metadata
 
@@ -167,20 +168,6 @@ def _check_ident(kind: str, value: str) -> str:
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _parse(data: bytes, where: str) -> onnx.ModelProto:
@@ -310,7 +297,7 @@ class ModelRegistry:
 
     def _write_stages(self, name: str, data: Mapping[str, Any]) -> None:
         path = self._name_dir(name) / _STAGES_FILE
-        _atomic_write(path, orjson.dumps(data, option=orjson.OPT_INDENT_2))
+        atomic_write(path, orjson.dumps(data, option=orjson.OPT_INDENT_2))
 
     # -- reading -----------------------------------------------------------------------------
 
