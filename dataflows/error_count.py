@@ -46,12 +46,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 from bytewax import operators as op
 from bytewax.dataflow import Dataflow
 
 from operators.decode import Decoded, decode_events
-from operators.rolling import KIND_ALERT, KIND_LATE, RollingConfig, ShardUpdate, rolling_count
+from operators.rolling import RollingConfig, ShardUpdate, rolling_count
 from operators.shard import shard_events
 from operators.sinks import HistorySink, JsonLinesSink, StatsSink
 from operators.sources import FileSource, GeneratorConfig, GeneratorSource
@@ -191,14 +190,7 @@ def _decode_stats(d: Decoded) -> dict[str, int]:
 
 
 def _update_stats(u: ShardUpdate) -> dict[str, int]:
-    kind = u.rows.column("kind").to_numpy()
-    return {
-        "accepted": int(np.count_nonzero(kind != KIND_LATE)),
-        "late": int(np.count_nonzero(kind == KIND_LATE)),
-        "skipped": u.skipped,
-        "replayed": u.replayed,
-        "alerts": int(np.count_nonzero(kind == KIND_ALERT)),
-    }
+    return {**u.counts(), "skipped": u.skipped, "replayed": u.replayed}
 
 
 def _late_records(u: ShardUpdate) -> list[dict[str, object]]:

@@ -229,27 +229,20 @@ class ShardUpdate:
     skipped: int = 0
     replayed: int = 0
 
-    def _col(self, name: str) -> np.ndarray:
-        return self.rows.column(name).to_numpy()
+    def _kind(self) -> np.ndarray:
+        return self.rows.column("kind").to_numpy()
 
-    def _accepted(self) -> pa.Array:
-        return pc.not_equal(self.rows.column("kind"), KIND_LATE)
-
-    @property
-    def accepted(self) -> int:
-        """Number of accepted events."""
-        return self.rows.num_rows - self.late
-
-    @property
-    def late(self) -> int:
-        """Number of late events."""
-        return int(np.count_nonzero(self._col("kind") == KIND_LATE))
+    def counts(self) -> dict[str, int]:
+        """Count the accepted and late events and the alerts."""
+        kind = self._kind()
+        late = int(np.count_nonzero(kind == KIND_LATE))
+        alerts = int(np.count_nonzero(kind == KIND_ALERT))
+        return {"accepted": len(kind) - late, "late": late, "alerts": alerts}
 
     def accepted_rows(self) -> pa.RecordBatch:
         """Return the rows of accepted events."""
-        if not self.late:
-            return self.rows
-        return self.rows.filter(self._accepted())
+        late = pc.equal(self.rows.column("kind"), KIND_LATE)
+        return self.rows.filter(pc.invert(late)) if pc.any(late).as_py() else self.rows
 
     def late_rows(self) -> pa.RecordBatch:
         """Return the rows of late events."""
@@ -258,8 +251,7 @@ class ShardUpdate:
     @property
     def alerts(self) -> list[Alert]:
         """Return the alerts fired in this batch, in source order."""
-        kind = self._col("kind")
-        idx = np.flatnonzero(kind == KIND_ALERT)
+        idx = np.flatnonzero(self._kind() == KIND_ALERT)
         if not len(idx):
             return []
         rows = self.rows.take(pa.array(idx))
