@@ -1,38 +1,61 @@
-"""Throughput benchmark of the error-count flow on a CSV file, optionally against Flink SQL.
+"""Throughput benchmark of the error-count flow on a CSV file or a Kafka topic.
 
-The flow reads a generated CSV file with RocksDB state and the online store; the figures are
-events per second (from the flow's first to its last record, and including process start-up),
-CPU seconds and peak RSS of the worker processes. Correctness is checked on the same run: every
-row is accounted for, and the final values of sampled accounts equal a brute-force count over the
-file.
+File source (the default): the flow reads a generated CSV file with RocksDB state and the online
+store, optionally compared with Flink SQL on the same file.
+
+Kafka source (``--source kafka``): a local tansu broker is started (or ``--brokers`` is used), the
+same generated events are produced as JSON values keyed by account into a topic of
+``--partitions`` partitions (Kafka's default key partitioner, so each account's events keep their
+order in one partition), a bare kafka-python consumer reads the topic once for reference, then
+the flow reads it with ``--stop-at-end``.
+
+The figures are events per second (from the flow's first to its last record, and including
+process start-up), CPU seconds and peak RSS of the worker processes, and the disk size of the
+state directory. Correctness is checked on the same run: every row is accounted for, and the
+final values of sampled accounts equal a brute-force count over the file (for Kafka: over each
+partition in produce order).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import shutil
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from dataflows.error_count import ErrorCountConfig, SourceConfig
+from dataflows.error_count import KAFKA_PREFIX, ErrorCountConfig, SourceConfig
 from operators.sources import GeneratorConfig
 from state.layout import StateLayout
 from state.online import OnlineStore
+from state.rolling_store import RollingStateStore
 from streamml.console import Progress, format_table, human
 from streamml.generate_cli import write_events
 from streamml.run_cli import run_error_count
 
-__all__ = ["BenchRun", "register", "run_bench"]
+__all__ = [
+    "BenchRun",
+    "count_accounts",
+    "dir_bytes",
+    "register",
+    "run_bench",
+    "run_kafka_bench",
+    "run_kafka_once",
+]
 
 WINDOW = 24
 BUCKET_MS = 3_600_000
+DEFAULT_ZIPF = GeneratorConfig().zipf
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +69,7 @@ class BenchRun:
     cpu_s: float
     peak_rss_bytes: int
     alerts: int
+    state_bytes: int = 0
 
     @property
     def events_per_s(self) -> float:
@@ -53,15 +77,22 @@ class BenchRun:
         return self.events / max(self.flow_s, 1e-9)
 
 
-def _input_files(out: Path, events: int, accounts: int, seed: int, files: int) -> list[Path]:
+def _input_files(
+    out: Path, events: int, accounts: int, seed: int, files: int, zipf: float = DEFAULT_ZIPF
+) -> list[Path]:
     tag = f"errors-{events}-{accounts}-{seed}-{files}"
+    if zipf != DEFAULT_ZIPF:
+        tag += f"-zipf{zipf:g}"
     target = out / tag / "errors.csv"
     done = out / tag / "done"
     if done.exists():
         return [Path(p) for p in done.read_text().split()]
+    # Each generator batch draws from the whole account population, so with millions of
+    # accounts larger batches keep generation time reasonable.
+    batch = max(GeneratorConfig().batch_size, accounts // 20)
     paths = write_events(
         target,
-        GeneratorConfig(events=events, accounts=accounts, seed=seed),
+        GeneratorConfig(events=events, accounts=accounts, seed=seed, zipf=zipf, batch_size=batch),
         fmt="csv",
         files=files,
         progress=Progress(),
@@ -70,17 +101,54 @@ def _input_files(out: Path, events: int, accounts: int, seed: int, files: int) -
     return paths
 
 
+def _read_table(path: Path) -> pa.Table:
+    return pacsv.read_csv(
+        path,
+        convert_options=pacsv.ConvertOptions(
+            column_types={"account": pa.string(), "ts": pa.int64(), "code": pa.string()}
+        ),
+    )
+
+
+def dir_bytes(path: Path) -> int:
+    """Return the total size of the files under `path`."""
+    total = 0
+    for root, _dirs, names in os.walk(path):
+        for name in names:
+            with contextlib.suppress(FileNotFoundError):
+                total += (Path(root) / name).stat().st_size
+    return total
+
+
+def count_accounts(state_dir: Path) -> int:
+    """Return the number of accounts stored in the state of `state_dir` (every shard scanned)."""
+    layout = StateLayout.read(state_dir)
+    if layout is None:
+        raise FileNotFoundError(f"{state_dir} holds no feature state")
+    total = 0
+    for shard in range(layout.shards):
+        path = StateLayout.shard_dir(state_dir, shard)
+        if not (path / "CURRENT").exists():
+            continue
+        store = RollingStateStore(
+            path, feature=layout.feature_id, window=layout.window_buckets, read_only=True
+        )
+        try:
+            total += sum(1 for _ in store.iter_records())
+        finally:
+            store.close()
+    return total
+
+
 def _check(paths: list[Path], state_dir: Path, counters: dict[str, int], sample: int) -> None:
     """Check every row is accounted for and sampled accounts equal a brute-force count."""
-    tables = [
-        pacsv.read_csv(
-            p,
-            convert_options=pacsv.ConvertOptions(
-                column_types={"account": pa.string(), "ts": pa.int64()}
-            ),
-        )
-        for p in paths
-    ]
+    _check_tables([_read_table(p) for p in paths], state_dir, counters, sample)
+
+
+def _check_tables(
+    tables: list[pa.Table], state_dir: Path, counters: dict[str, int], sample: int
+) -> None:
+    """Check against `tables`, each one input partition (`account`, `ts`) in its read order."""
     rows = sum(t.num_rows for t in tables)
     assert counters.get("read", 0) == rows, (counters, rows)
     assert counters["accepted"] + counters["late"] + counters.get("dead", 0) == rows, counters
@@ -105,22 +173,13 @@ def _check(paths: list[Path], state_dir: Path, counters: dict[str, int], sample:
     store.close()
 
 
-def run_once(paths: list[Path], processes: int, work: Path, history: bool) -> BenchRun:
-    """Run the flow over `paths` with a fresh state dir and return its figures."""
-    state = work / f"state-p{processes}"
-    shutil.rmtree(state, ignore_errors=True)
-    stats = work / f"stats-p{processes}.json"
-    config = ErrorCountConfig(
-        source=SourceConfig(kind="file", paths=tuple(str(p) for p in paths)),
-        state_dir=state,
-        layout=StateLayout(),
-        history_dir=state / "history" if history else None,
-        stats_path=stats,
-    )
+def _timed_run(config: ErrorCountConfig, processes: int) -> BenchRun:
+    """Run the flow of `config` and return its figures (from its stats file)."""
     result = run_error_count(config, processes=processes)
     if result.returncode != 0:
         raise RuntimeError(f"the flow failed with exit code {result.returncode}")
-    body = orjson.loads(stats.read_bytes())
+    assert config.stats_path is not None
+    body = orjson.loads(config.stats_path.read_bytes())
     return BenchRun(
         processes=processes,
         events=result.counters.get("read", 0),
@@ -129,17 +188,72 @@ def run_once(paths: list[Path], processes: int, work: Path, history: bool) -> Be
         cpu_s=result.cpu_s,
         peak_rss_bytes=result.peak_rss_bytes,
         alerts=result.counters.get("alerts", 0),
+        state_bytes=dir_bytes(config.state_dir),
     )
+
+
+def run_once(paths: list[Path], processes: int, work: Path, history: bool) -> BenchRun:
+    """Run the flow over `paths` with a fresh state dir and return its figures."""
+    state = work / f"state-p{processes}"
+    shutil.rmtree(state, ignore_errors=True)
+    config = ErrorCountConfig(
+        source=SourceConfig(kind="file", paths=tuple(str(p) for p in paths)),
+        state_dir=state,
+        layout=StateLayout(),
+        history_dir=state / "history" if history else None,
+        stats_path=work / f"stats-p{processes}.json",
+    )
+    return _timed_run(config, processes)
+
+
+def run_kafka_once(
+    bootstrap: str, topic: str, processes: int, work: Path, history: bool
+) -> BenchRun:
+    """Run the flow over `topic` from its start to its end offsets with a fresh state dir."""
+    state = work / f"state-kafka-p{processes}"
+    shutil.rmtree(state, ignore_errors=True)
+    config = ErrorCountConfig(
+        source=SourceConfig(kind="kafka"),
+        state_dir=state,
+        layout=StateLayout(),
+        history_dir=state / "history" if history else None,
+        stats_path=work / f"stats-kafka-p{processes}.json",
+        kafka_env=(
+            (KAFKA_PREFIX + "BROKERS", bootstrap),
+            (KAFKA_PREFIX + "STOP_AT_END", "1"),
+            (KAFKA_PREFIX + "TOPIC", topic),
+        ),
+    )
+    return _timed_run(config, processes)
+
+
+def _run_row(r: BenchRun) -> dict[str, object]:
+    return {
+        "processes": r.processes,
+        "events_per_s": r.events_per_s,
+        "events_per_s_per_process": r.events_per_s / r.processes,
+        "events_per_s_incl_startup": r.events / r.wall_s,
+        "flow_s": r.flow_s,
+        "wall_s": r.wall_s,
+        "cpu_s": r.cpu_s,
+        "peak_rss_mib": r.peak_rss_bytes / 2**20,
+        "state_mib": r.state_bytes / 2**20,
+        "alerts": r.alerts,
+    }
 
 
 def run_bench(args: argparse.Namespace) -> dict[str, object]:
     """Generate (or reuse) the input, run the flow per process count, compare with Flink."""
+    if getattr(args, "source", "file") == "kafka":
+        return run_kafka_bench(args)
     out = Path(args.data_dir)
     out.mkdir(parents=True, exist_ok=True)
     procs = sorted({int(p) for p in str(args.processes).split(",")})
     files = args.files or max(procs)
-    paths = _input_files(out, args.events, args.accounts, args.seed, files)
+    zipf = getattr(args, "zipf", DEFAULT_ZIPF)
+    paths = _input_files(out, args.events, args.accounts, args.seed, files, zipf)
     runs = []
+    stored: dict[int, int] = {}
     with tempfile.TemporaryDirectory(prefix="streamml-bench-", dir=out) as tmp:
         work = Path(tmp)
         for p in procs:
@@ -148,24 +262,19 @@ def run_bench(args: argparse.Namespace) -> dict[str, object]:
             if not args.no_check:
                 c = orjson.loads((work / f"stats-p{p}.json").read_bytes())["counters"]
                 _check(paths, work / f"state-p{p}", c, args.check_accounts)
+            if getattr(args, "count_accounts", False):
+                stored[p] = count_accounts(work / f"state-p{p}")
     report: dict[str, object] = {
+        "source": "file",
         "events": args.events,
         "accounts": args.accounts,
+        "zipf": zipf,
         "files": files,
-        "runs": [
-            {
-                "processes": r.processes,
-                "events_per_s": r.events_per_s,
-                "events_per_s_incl_startup": r.events / r.wall_s,
-                "flow_s": r.flow_s,
-                "wall_s": r.wall_s,
-                "cpu_s": r.cpu_s,
-                "peak_rss_mib": r.peak_rss_bytes / 2**20,
-                "alerts": r.alerts,
-            }
-            for r in runs
-        ],
+        "runs": [_run_row(r) for r in runs],
     }
+    if stored:
+        for row in report["runs"]:  # type: ignore[attr-defined]
+            row["accounts_stored"] = stored[row["processes"]]
     if len(runs) > 1:
         report["scaling"] = runs[-1].events_per_s / runs[0].events_per_s
     if args.flink and files == 1:
@@ -186,29 +295,159 @@ def run_bench(args: argparse.Namespace) -> dict[str, object]:
     return report
 
 
+def _kafka_values(table: pa.Table) -> list[bytes]:
+    """Return each row of `table` as a JSON event value."""
+    joined = pc.binary_join_element_wise(
+        '{"account": "',
+        table.column("account"),
+        '", "ts": ',
+        table.column("ts").cast(pa.string()),
+        ', "code": "',
+        table.column("code"),
+        '"}',
+        "",
+    )
+    return [v.encode() for v in joined.to_pylist()]
+
+
+def run_kafka_bench(args: argparse.Namespace) -> dict[str, object]:
+    """Produce the generated events keyed by account, then time a bare consumer and the flow."""
+    from benchmarks.kafka_bench import bare_consume_rate, key_partitions, produce_events
+    from streamml.broker import start_broker
+
+    out = Path(args.data_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    procs = sorted({int(p) for p in str(args.processes).split(",")})
+    paths = _input_files(out, args.events, args.accounts, args.seed, 1, args.zipf)
+    table = _read_table(paths[0])
+    keys = [a.encode() for a in table.column("account").to_pylist()]
+    values = _kafka_values(table)
+    partitions = args.partitions
+    targets = np.asarray(key_partitions(keys, partitions))
+    # with keyed producing, each partition holds its records in file order
+    tables = [table.filter(pa.array(targets == k)) for k in range(partitions)]
+    broker = None if args.brokers else start_broker()
+    bootstrap = args.brokers or broker.bootstrap  # type: ignore[union-attr]
+    topic = f"bench-errors-{args.events}-{args.accounts}-p{partitions}-{time.time_ns():x}"
+    runs: list[BenchRun] = []
+    try:
+        print(f"broker {bootstrap}, topic {topic}, {partitions} partitions", file=sys.stderr)
+        produced = produce_events(
+            bootstrap,
+            topic,
+            values,
+            partitions,
+            processes=args.produce_processes,
+            keys=keys,
+        )
+        del values, keys
+        bare = bare_consume_rate(bootstrap, topic, produced.records)
+        with tempfile.TemporaryDirectory(prefix="streamml-bench-", dir=out) as tmp:
+            work = Path(tmp)
+            for p in procs:
+                run = run_kafka_once(bootstrap, topic, p, work, args.history)
+                runs.append(run)
+                if not args.no_check:
+                    c = orjson.loads((work / f"stats-kafka-p{p}.json").read_bytes())["counters"]
+                    assert c.get("read", 0) == produced.records, (c, produced.records)
+                    _check_tables(tables, work / f"state-kafka-p{p}", c, args.check_accounts)
+    finally:
+        if broker is not None:
+            broker.stop()
+    report: dict[str, object] = {
+        "source": "kafka",
+        "events": args.events,
+        "accounts": args.accounts,
+        "zipf": args.zipf,
+        "partitions": partitions,
+        "produce": {
+            "name": produced.name,
+            "records": produced.records,
+            "seconds": produced.seconds,
+            "per_s": produced.per_second,
+        },
+        "bare_consumer": {
+            "records": bare.records,
+            "seconds": bare.seconds,
+            "per_s": bare.per_second,
+        },
+        "runs": [_run_row(r) for r in runs],
+        "ratio_vs_bare_consumer": [r.events_per_s / r.processes / bare.per_second for r in runs],
+    }
+    return report
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Show defaults and keep the description's paragraphs."""
+
+
 def register(bench_sub: argparse._SubParsersAction) -> None:
     """Add `streamml bench error-count`."""
     p = bench_sub.add_parser(
         "error-count",
-        help="events/s, CPU and peak RSS of the error-count flow on a CSV file",
+        help="events/s, CPU and peak RSS of the error-count flow on a CSV file or a Kafka topic",
         description=__doc__,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
-    p.add_argument("--events", type=int, default=2_000_000)
-    p.add_argument("--accounts", type=int, default=100_000)
-    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--events", type=int, default=2_000_000, help="events to generate")
+    p.add_argument("--accounts", type=int, default=100_000, help="size of the account population")
+    p.add_argument("--seed", type=int, default=7, help="generator seed")
+    p.add_argument(
+        "--zipf",
+        type=float,
+        default=DEFAULT_ZIPF,
+        help="account popularity exponent (heavy-tailed: with many accounts, many never "
+        "occur); 0 draws accounts uniformly, so about "
+        "accounts x (1 - exp(-events/accounts)) distinct accounts occur",
+    )
     p.add_argument(
         "--processes", default="1", help="process counts to run, comma-separated (e.g. 1,2)"
     )
     p.add_argument(
-        "--files", type=int, default=0, help="input files, each with its accounts (default: max P)"
+        "--files",
+        type=int,
+        default=0,
+        help="input files, each with its accounts (0: the largest process count)",
     )
     p.add_argument("--history", action="store_true", help="also write the history store")
     p.add_argument("--no-check", action="store_true", help="skip the correctness check")
-    p.add_argument("--check-accounts", type=int, default=50, help="accounts checked per file")
+    p.add_argument(
+        "--check-accounts",
+        type=int,
+        default=50,
+        help="accounts checked per file or partition",
+    )
+    p.add_argument(
+        "--count-accounts",
+        action="store_true",
+        help="after each run, count the accounts in the state (scans every shard)",
+    )
     p.add_argument("--flink", action="store_true", help="also run Flink SQL on the same file")
-    p.add_argument("--data-dir", default="benchmarks/out", help="where inputs are generated")
+    p.add_argument(
+        "--data-dir",
+        default="benchmarks/out",
+        help="where inputs are generated and the state of each run is kept",
+    )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    kafka = p.add_argument_group("Kafka source (--source kafka)")
+    kafka.add_argument(
+        "--source",
+        choices=["file", "kafka"],
+        default="file",
+        help="read the generated CSV file, or produce it into a Kafka topic and read "
+        "that with --stop-at-end",
+    )
+    kafka.add_argument("--partitions", type=int, default=3, help="partitions of the topic")
+    kafka.add_argument(
+        "--brokers",
+        help="bootstrap HOST:PORT of a running broker; unset: start a local tansu broker",
+    )
+    kafka.add_argument(
+        "--produce-processes",
+        type=int,
+        default=2,
+        help="producer processes filling the topic",
+    )
     p.set_defaults(func=_cmd)
 
 
@@ -216,10 +455,19 @@ def _cmd(args: argparse.Namespace) -> int:
     if args.events < 1 or args.accounts < 1:
         print("streamml bench error-count: --events and --accounts must be >= 1", file=sys.stderr)
         return 2
+    if args.zipf < 0 or args.partitions < 1 or args.produce_processes < 1:
+        print(
+            "streamml bench error-count: need --zipf >= 0, --partitions >= 1 and "
+            "--produce-processes >= 1",
+            file=sys.stderr,
+        )
+        return 2
     report = run_bench(args)
     if args.json:
         print(orjson.dumps(report).decode())
         return 0
+    runs: list[dict] = report["runs"]  # type: ignore[assignment]
+    counted = any("accounts_stored" in r for r in runs)
     rows = [
         (
             r["processes"],
@@ -227,25 +475,42 @@ def _cmd(args: argparse.Namespace) -> int:
             human(r["events_per_s_incl_startup"]),
             f"{r['cpu_s']:.1f}",
             f"{r['peak_rss_mib']:.0f}",
+            f"{r['state_mib']:.0f}",
             r["alerts"],
+            *([human(r.get("accounts_stored", 0))] if counted else []),
         )
-        for r in report["runs"]
+        for r in runs
     ]
-    print(
-        format_table(
-            rows,
-            headers=[
-                "processes",
-                "events/s",
-                "events/s incl. start",
-                "CPU s",
-                "peak RSS MiB",
-                "alerts",
-            ],
+    headers = [
+        "processes",
+        "events/s",
+        "events/s incl. start",
+        "CPU s",
+        "peak RSS MiB",
+        "state MiB",
+        "alerts",
+        *(["accounts stored"] if counted else []),
+    ]
+    if report.get("source") == "kafka":
+        prod: dict = report["produce"]  # type: ignore[assignment]
+        bare: dict = report["bare_consumer"]  # type: ignore[assignment]
+        print(
+            f"{prod['name']}: {prod['records']:,} records in {prod['seconds']:.1f} s, "
+            f"{human(prod['per_s'])}/s"
         )
-    )
+        print(
+            f"bare kafka-python consumer: {bare['records']:,} records in {bare['seconds']:.1f} s, "
+            f"{human(bare['per_s'])}/s"
+        )
+    print(format_table(rows, headers=headers))
+    if report.get("source") == "kafka":
+        for r, ratio in zip(runs, report["ratio_vs_bare_consumer"], strict=True):  # type: ignore[arg-type]
+            print(
+                f"{r['processes']} process(es): {human(r['events_per_s_per_process'])} events/s "
+                f"per process = {ratio:.2f}x the bare consumer"
+            )
     if "scaling" in report:
-        print(f"scaling {report['runs'][-1]['processes']} vs 1 process: {report['scaling']:.2f}x")
+        print(f"scaling {runs[-1]['processes']} vs 1 process: {report['scaling']:.2f}x")
     if isinstance(report.get("flink"), dict):
         f = report["flink"]
         print(

@@ -27,6 +27,8 @@ __all__ = [
     "Rate",
     "bare_consume_rate",
     "generate_events",
+    "key_partition",
+    "key_partitions",
     "main",
     "produce_events",
     "read_events",
@@ -100,18 +102,45 @@ def _producer(bootstrap: str, linger_ms: int, batch_size: int, compression: str 
     )
 
 
-def _produce_worker(
-    args: tuple[str, str, list[bytes], list[int], int, int, str | None],
-) -> int:
-    bootstrap, topic, values, parts, linger_ms, batch_size, compression = args
+_ProduceJob = tuple[
+    str, str, list[bytes], list[int], int, int, str | None, list[bytes] | None, list[int] | None
+]
+
+
+def _produce_worker(args: _ProduceJob) -> int:
+    """Send one process's share: round-robin over `parts`, or keyed to the given partitions."""
+    bootstrap, topic, values, parts, linger_ms, batch_size, compression, keys, targets = args
     producer = _producer(bootstrap, linger_ms, batch_size, compression)
     send = producer.send
-    k = len(parts)
-    for i, v in enumerate(values):
-        send(topic, value=v, partition=parts[i % k])
+    if keys is not None and targets is not None:
+        for k, v, p in zip(keys, values, targets, strict=True):
+            send(topic, key=k, value=v, partition=p)
+    else:
+        n = len(parts)
+        for i, v in enumerate(values):
+            send(topic, value=v, partition=parts[i % n])
     producer.flush()
     producer.close()
     return len(values)
+
+
+def key_partition(key: bytes, partitions: int) -> int:
+    """Return the partition Kafka's default partitioner picks for `key` (murmur2, as in Java)."""
+    from kafka.partitioner.default import murmur2
+
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+def key_partitions(keys: Sequence[bytes], partitions: int) -> list[int]:
+    """Return `key_partition` of every key, hashing each distinct key once."""
+    cache: dict[bytes, int] = {}
+    out = []
+    for k in keys:
+        p = cache.get(k)
+        if p is None:
+            p = cache[k] = key_partition(k, partitions)
+        out.append(p)
+    return out
 
 
 def produce_events(
@@ -124,31 +153,68 @@ def produce_events(
     linger_ms: int = 5,
     batch_size: int = 1 * MiB,
     compression_type: str | None = None,
+    keys: Sequence[bytes] | None = None,
 ) -> Rate:
-    """Fill `topic` (created with `partitions` if missing) with `events`, round-robin.
+    """Fill `topic` (created with `partitions` if missing) with `events`.
 
-    `events` is an iterable of raw values or a `.csv` / `.jsonl` path. With `processes > 1`
-    the partitions are split among that many producer processes. Returns the produce rate
-    (timed from the first send to the last acknowledgement).
+    `events` is an iterable of raw values or a `.csv` / `.jsonl` path. Without `keys` the
+    records go round-robin over the partitions; with `keys` (one per event) each record is
+    keyed and sent to `key_partition(key)`, so every key's records keep their order in one
+    partition. With `processes > 1` the partitions are split among that many producer
+    processes. Returns the produce rate (timed from the first send to the last acknowledgement).
     """
     from operators.kafka import ensure_topic
 
     partitions = ensure_topic([bootstrap], topic, partitions)
     values = list(read_events(events) if isinstance(events, str | Path) else events)
+    if keys is not None and len(keys) != len(values):
+        raise ValueError(
+            f"produce_events: {len(keys)} keys for {len(values)} events; expected one each"
+        )
+    targets = key_partitions(keys, partitions) if keys is not None else None
     procs = max(1, min(processes, partitions))
+    how = "produce keyed" if keys is not None else "produce"
     if procs == 1:
-        t0 = time.perf_counter()
         parts = list(range(partitions))
-        _produce_worker((bootstrap, topic, values, parts, linger_ms, batch_size, compression_type))
-        return Rate("produce (kafka-python, 1 proc)", len(values), time.perf_counter() - t0)
+        job = (
+            bootstrap,
+            topic,
+            values,
+            parts,
+            linger_ms,
+            batch_size,
+            compression_type,
+            None if keys is None else list(keys),
+            targets,
+        )
+        t0 = time.perf_counter()
+        _produce_worker(job)
+        return Rate(f"{how} (kafka-python, 1 proc)", len(values), time.perf_counter() - t0)
     groups = [list(range(partitions))[k::procs] for k in range(procs)]
-    # record i goes to partition i % partitions; hand each process the records of its group
-    chunks: list[list[bytes]] = [[] for _ in range(procs)]
     owner = {p: k for k, g in enumerate(groups) for p in g}
+    # hand each process the records of its partitions, in their order
+    chunks: list[list[bytes]] = [[] for _ in range(procs)]
+    key_chunks: list[list[bytes]] = [[] for _ in range(procs)]
+    target_chunks: list[list[int]] = [[] for _ in range(procs)]
     for i, v in enumerate(values):
-        chunks[owner[i % partitions]].append(v)
-    jobs = [
-        (bootstrap, topic, chunks[k], groups[k], linger_ms, batch_size, compression_type)
+        p = targets[i] if targets is not None else i % partitions
+        k = owner[p]
+        chunks[k].append(v)
+        if keys is not None:
+            key_chunks[k].append(keys[i])
+            target_chunks[k].append(p)
+    jobs: list[_ProduceJob] = [
+        (
+            bootstrap,
+            topic,
+            chunks[k],
+            groups[k],
+            linger_ms,
+            batch_size,
+            compression_type,
+            key_chunks[k] if keys is not None else None,
+            target_chunks[k] if keys is not None else None,
+        )
         for k in range(procs)
     ]
     with mp.get_context("spawn").Pool(procs) as pool:
@@ -156,7 +222,7 @@ def produce_events(
         done = sum(pool.map(_produce_worker, jobs))
         seconds = time.perf_counter() - t0
     assert done == len(values), (done, len(values))
-    return Rate(f"produce (kafka-python, {procs} procs)", done, seconds)
+    return Rate(f"{how} (kafka-python, {procs} procs)", done, seconds)
 
 
 def bare_consume_rate(
