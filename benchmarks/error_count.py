@@ -173,9 +173,14 @@ def _check_tables(
     store.close()
 
 
-def _timed_run(config: ErrorCountConfig, processes: int) -> BenchRun:
+def _timed_run(config: ErrorCountConfig, processes: int, snapshot_interval_s: int = 10) -> BenchRun:
     """Run the flow of `config` and return its figures (from its stats file)."""
-    result = run_error_count(config, processes=processes)
+    result = run_error_count(
+        config,
+        processes=processes,
+        recovery_dir=config.recovery_dir,
+        snapshot_interval_s=snapshot_interval_s,
+    )
     if result.returncode != 0:
         raise RuntimeError(f"the flow failed with exit code {result.returncode}")
     assert config.stats_path is not None
@@ -192,16 +197,23 @@ def _timed_run(config: ErrorCountConfig, processes: int) -> BenchRun:
     )
 
 
-def run_once(paths: list[Path], processes: int, work: Path, history: bool) -> BenchRun:
-    """Run the flow over `paths` with a fresh state dir and return its figures."""
-    state = work / f"state-p{processes}"
+def run_once(
+    paths: list[Path], processes: int, work: Path, history: bool, recovery: bool = False
+) -> BenchRun:
+    """Run the flow over `paths` with a fresh state dir (and recovery dir); return its figures."""
+    tag = f"p{processes}" + ("-recovery" if recovery else "")
+    state = work / f"state-{tag}"
     shutil.rmtree(state, ignore_errors=True)
+    recovery_dir = work / f"recovery-{tag}" if recovery else None
+    if recovery_dir is not None:
+        shutil.rmtree(recovery_dir, ignore_errors=True)
     config = ErrorCountConfig(
         source=SourceConfig(kind="file", paths=tuple(str(p) for p in paths)),
         state_dir=state,
         layout=StateLayout(),
         history_dir=state / "history" if history else None,
-        stats_path=work / f"stats-p{processes}.json",
+        stats_path=work / f"stats-{tag}.json",
+        recovery_dir=recovery_dir,
     )
     return _timed_run(config, processes)
 
@@ -277,6 +289,16 @@ def run_bench(args: argparse.Namespace) -> dict[str, object]:
             row["accounts_stored"] = stored[row["processes"]]
     if len(runs) > 1:
         report["scaling"] = runs[-1].events_per_s / runs[0].events_per_s
+    if getattr(args, "recovery", False):
+        with tempfile.TemporaryDirectory(prefix="streamml-bench-", dir=out) as tmp:
+            plain = run_once(paths, procs[0], Path(tmp), args.history)
+            with_recovery = run_once(paths, procs[0], Path(tmp), args.history, recovery=True)
+        report["recovery"] = {
+            "processes": procs[0],
+            "events_per_s_without": plain.events_per_s,
+            "events_per_s_with": with_recovery.events_per_s,
+            "overhead": 1 - with_recovery.events_per_s / plain.events_per_s,
+        }
     if args.flink and files == 1:
         try:
             from benchmarks.flink_baseline import flink_available, run_flink_sql
@@ -410,6 +432,11 @@ def register(bench_sub: argparse._SubParsersAction) -> None:
         help="input files, each with its accounts (0: the largest process count)",
     )
     p.add_argument("--history", action="store_true", help="also write the history store")
+    p.add_argument(
+        "--recovery",
+        action="store_true",
+        help="also time a run with recovery on (snapshots every 10 s) against one without",
+    )
     p.add_argument("--no-check", action="store_true", help="skip the correctness check")
     p.add_argument(
         "--check-accounts",
@@ -511,6 +538,12 @@ def _cmd(args: argparse.Namespace) -> int:
             )
     if "scaling" in report:
         print(f"scaling {runs[-1]['processes']} vs 1 process: {report['scaling']:.2f}x")
+    if "recovery" in report:
+        r = report["recovery"]
+        print(
+            f"recovery (snapshots every 10 s): {human(r['events_per_s_with'])} events/s vs "
+            f"{human(r['events_per_s_without'])} without, overhead {r['overhead']:.1%}"
+        )
     if isinstance(report.get("flink"), dict):
         f = report["flink"]
         print(

@@ -242,7 +242,14 @@ def build_flow(config: ErrorCountConfig) -> Dataflow:
     by_shard = rolling_count(
         "rolling",
         keyed,
-        RollingConfig(config.state_dir, config.layout, config.threshold, recovery=config.recovery),
+        RollingConfig(
+            config.state_dir,
+            config.layout,
+            config.threshold,
+            recovery=config.recovery,
+            replay_accepted=config.history_dir is not None,
+            replay_late=config.late_out is not None,
+        ),
     )
     updates = op.key_rm("unkey", by_shard)
     alerts = op.flat_map("alerts", updates, lambda u: u.alerts)

@@ -39,13 +39,20 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True)
 class RollingConfig:
-    """Settings of the rolling count: where the state lives and the window and alert rules."""
+    """Settings of the rolling count: where the state lives and the window and alert rules.
+
+    With `recovery`, each batch keeps in the state the rows a replay must emit again: alert rows
+    always, accepted rows when `replay_accepted` (a history store consumes them) and late rows
+    when `replay_late` (a late-event output consumes them).
+    """
 
     state_dir: Path
     layout: StateLayout = field(default_factory=StateLayout)
     threshold: int = 2000
     tuning: StoreTuning = field(default_factory=StoreTuning)
     recovery: bool = False
+    replay_accepted: bool = True
+    replay_late: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -365,7 +372,8 @@ class _RollingLogic(StatefulBatchLogic[EventBatch, ShardUpdate, dict[str, int]])
             first, last = int(positions[0]), int(positions[-1])
             outbox = None
             if self.config.recovery:
-                outbox = (partition, first, last, rows.serialize().to_pybytes())
+                kept = self._outbox_rows(rows, kind)
+                outbox = (partition, first, last, kept.serialize().to_pybytes())
             store.commit(uniq, result.records, {partition: last}, outbox)
             self.applied[partition] = last
             parts.append(rows)
@@ -377,6 +385,17 @@ class _RollingLogic(StatefulBatchLogic[EventBatch, ShardUpdate, dict[str, int]])
             rows = pa.Table.from_batches(parts).combine_chunks().to_batches()[0]
         n_replayed = 0 if replayed is None else replayed.num_rows
         return ShardUpdate(partition, rows, skipped, n_replayed)
+
+    def _outbox_rows(self, rows: pa.RecordBatch, kind: np.ndarray) -> pa.RecordBatch:
+        """Return the rows a replay has to emit again."""
+        if self.config.replay_accepted and self.config.replay_late:
+            return rows
+        keep = kind == KIND_ALERT
+        if self.config.replay_accepted:
+            keep |= kind == KIND_ACCEPTED
+        if self.config.replay_late:
+            keep |= kind == KIND_LATE
+        return rows.filter(pa.array(keep))
 
     def on_batch(self, values: list[EventBatch]) -> tuple[list[ShardUpdate], bool]:
         return [self._apply(b) for b in values], StatefulBatchLogic.RETAIN
