@@ -23,6 +23,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
+import pyarrow.json as pajson
 from bytewax import operators as op
 from bytewax.dataflow import Stream, operator
 
@@ -369,8 +370,50 @@ def decode_chunk(chunk: LinesChunk) -> Decoded:
     raise ValueError(f"unknown line format {chunk.fmt!r}; expected 'csv' or 'jsonl'")
 
 
+_EVENT_SCHEMA = pa.schema([("account", pa.string()), ("ts", pa.int64())])
+
+
+def _decode_records_arrow(records: RecordList) -> Decoded | None:
+    """Decode records whose every value is a valid one-line JSON event with Arrow, else None."""
+    values = records.values
+    if not values or any(v is None or b"\n" in v or not v.strip() for v in values):
+        return None
+    data = b"\n".join(values)
+    try:
+        table = pajson.read_json(
+            pa.py_buffer(data),
+            read_options=pajson.ReadOptions(use_threads=False, block_size=max(len(data), 1 << 20)),
+            parse_options=pajson.ParseOptions(
+                explicit_schema=_EVENT_SCHEMA, unexpected_field_behavior="ignore"
+            ),
+        )
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        return None
+    if table.num_rows != len(values):
+        return None
+    accounts = table.column("account").combine_chunks()
+    ts_col = table.column("ts").combine_chunks()
+    if accounts.null_count or ts_col.null_count:
+        return None
+    ts = ts_col.to_numpy()
+    lengths = pc.binary_length(accounts)
+    if ts.min() < 0 or pc.min(lengths).as_py() == 0 or pc.max(lengths).as_py() > MAX_ACCOUNT_BYTES:
+        return None
+    positions = np.asarray(records.positions, dtype=np.int64)
+    events = EventBatch(records.partition, accounts.cast(pa.binary()), ts, positions)
+    return Decoded(events, [], len(values), len(data) - len(values) + 1)
+
+
 def decode_records(records: RecordList) -> Decoded:
-    """Decode message-stream records (one JSON event per record value) into events."""
+    """Decode message-stream records (one JSON event per record value) into events.
+
+    A batch whose every value is a valid event is decoded by Arrow's JSON reader; otherwise each
+    record is decoded on its own.
+    """
+    return _decode_records_arrow(records) or _decode_records_one_by_one(records)
+
+
+def _decode_records_one_by_one(records: RecordList) -> Decoded:
     builder = _Builder(records.partition)
     size = 0
     for value, position in zip(records.values, records.positions, strict=True):

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from operators.decode import decode_chunk, decode_records
+from operators.decode import _decode_records_one_by_one, decode_chunk, decode_records
 from operators.records import LinesChunk, RecordList
 
 HEADER = ("account", "ts", "code")
@@ -219,3 +219,58 @@ def test_json_lines_match_the_specification(lines):
             assert g in ("not_json", "not_utf8", "blank")
         else:
             assert g == expected, line
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.fixed_dictionaries(
+                {
+                    "account": st.one_of(st.text(max_size=4), st.integers(), st.none()),
+                    "ts": st.one_of(st.integers(-3, 2**62), st.floats(), st.booleans()),
+                },
+                optional={"code": st.text(max_size=3), "nested": st.just({"x": [1]})},
+            ).map(lambda d: json.dumps(d).encode()),
+            st.sampled_from([b"", b"  ", b"{} {}", b'{"account": "a", "ts": 1} {"ts": 2}']),
+            st.none(),
+        ),
+        max_size=12,
+    )
+)
+def test_record_batch_equals_record_by_record(values):
+    positions = list(range(100, 100 + len(values)))
+    whole = decode_records(RecordList("kafka:t:0", values, positions))
+    one_by_one = [
+        _decode_records_one_by_one(RecordList("kafka:t:0", [v], [p]))
+        for v, p in zip(values, positions, strict=True)
+    ]
+    got = list(
+        zip(
+            whole.events.accounts.to_pylist(),
+            whole.events.ts.tolist(),
+            whole.events.positions.tolist(),
+            strict=True,
+        )
+    )
+    expected = [
+        (a, t, p)
+        for d in one_by_one
+        for a, t, p in zip(
+            d.events.accounts.to_pylist(),
+            d.events.ts.tolist(),
+            d.events.positions.tolist(),
+            strict=True,
+        )
+    ]
+    assert got == expected
+    assert [(x.reason, x.position) for x in whole.dead] == [
+        (x.reason, x.position) for d in one_by_one for x in d.dead
+    ]
+
+
+def test_all_valid_records_take_the_batch_path():
+    values = [json.dumps({"account": f"a{i}", "ts": i, "code": "E"}).encode() for i in range(50)]
+    d = decode_records(RecordList("kafka:t:0", values, list(range(50))))
+    assert d.events.accounts.to_pylist() == [f"a{i}".encode() for i in range(50)]
+    assert d.events.ts.tolist() == list(range(50)) and not d.dead
