@@ -237,6 +237,23 @@ def _parse_digits(buf: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> n
     return out
 
 
+def _valid_columns(table: pa.Table, rows: int) -> tuple[pa.Array, np.ndarray] | None:
+    """Return the account and ts columns if `table` has `rows` rows of valid events, else None."""
+    if table.num_rows != rows:
+        return None
+    accounts = table.column("account").combine_chunks()
+    ts_col = table.column("ts").combine_chunks()
+    if accounts.null_count or ts_col.null_count:
+        return None
+    ts = ts_col.to_numpy()
+    if not len(ts):
+        return accounts, ts
+    lengths = pc.binary_length(accounts)
+    if ts.min() < 0 or pc.min(lengths).as_py() == 0 or pc.max(lengths).as_py() > MAX_ACCOUNT_BYTES:
+        return None
+    return accounts, ts
+
+
 def _decode_csv_arrow(chunk: LinesChunk, starts: np.ndarray) -> Decoded | None:
     """Decode a chunk whose every line is a valid event with Arrow's CSV reader, else None."""
     header = chunk.header or ()
@@ -258,18 +275,10 @@ def _decode_csv_arrow(chunk: LinesChunk, starts: np.ndarray) -> Decoded | None:
         )
     except (pa.ArrowInvalid, pa.ArrowTypeError):
         return None
-    if table.num_rows != len(starts):
+    columns = _valid_columns(table, len(starts))
+    if columns is None:
         return None
-    accounts = table.column("account").combine_chunks()
-    ts_col = table.column("ts").combine_chunks()
-    if accounts.null_count or ts_col.null_count:
-        return None
-    ts = ts_col.to_numpy()
-    lengths = pc.binary_length(accounts)
-    if len(ts) and (
-        ts.min() < 0 or pc.min(lengths).as_py() == 0 or pc.max(lengths).as_py() > MAX_ACCOUNT_BYTES
-    ):
-        return None
+    accounts, ts = columns
     try:
         accounts.cast(pa.string())
     except pa.ArrowInvalid:
@@ -389,16 +398,10 @@ def _decode_records_arrow(records: RecordList) -> Decoded | None:
         )
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
         return None
-    if table.num_rows != len(values):
+    columns = _valid_columns(table, len(values))
+    if columns is None:
         return None
-    accounts = table.column("account").combine_chunks()
-    ts_col = table.column("ts").combine_chunks()
-    if accounts.null_count or ts_col.null_count:
-        return None
-    ts = ts_col.to_numpy()
-    lengths = pc.binary_length(accounts)
-    if ts.min() < 0 or pc.min(lengths).as_py() == 0 or pc.max(lengths).as_py() > MAX_ACCOUNT_BYTES:
-        return None
+    accounts, ts = columns
     positions = np.asarray(records.positions, dtype=np.int64)
     events = EventBatch(records.partition, accounts.cast(pa.binary()), ts, positions)
     return Decoded(events, [], len(values), len(data) - len(values) + 1)
