@@ -71,7 +71,9 @@ def run_flow_processes(
         cmds = [[*base, "-i", str(i), "-a", addresses] for i in range(processes)]
     errlog = log or tempfile.TemporaryFile("w+")  # noqa: SIM115
     started = time.time()
-    procs = [subprocess.Popen(c, env=full_env, stderr=errlog) for c in cmds]
+    # Workers print nothing meant for the user on stdout (Bytewax reports connection retries
+    # there); both streams are kept and shown only when the run fails.
+    procs = [subprocess.Popen(c, env=full_env, stdout=errlog, stderr=errlog) for c in cmds]
     codes: dict[int, int] = {}
     cpu = 0.0
     peak = 0
