@@ -136,25 +136,11 @@ def _bare(sess: Any, batches: Sequence[np.ndarray]) -> tuple[_Times, np.ndarray]
     return t.stop(), np.concatenate(labels).astype(str)
 
 
-def _flow_batches(
-    config: ScoringConfig, items: list[ScoreBatch]
+def _flow(
+    config: ScoringConfig, items: list[ScoreBatch] | list[ScoreRequest], batch_size: int
 ) -> tuple[_Times, list[Any], list[Any]]:
-    flow = Dataflow("bench_scoring_batches")
-    inp = op.input("in", flow, TestingSource(items, batch_size=1))
-    outs = score("score", inp, config)
-    oks: list[Any] = []
-    errs: list[Any] = []
-    op.output("oks", outs.oks, TestingSink(oks))
-    op.output("errs", outs.errs, TestingSink(errs))
-    t = _Times.start()
-    run_main(flow)
-    return t.stop(), oks, errs
-
-
-def _flow_rows(
-    config: ScoringConfig, items: list[ScoreRequest], batch_size: int
-) -> tuple[_Times, list[Any], list[Any]]:
-    flow = Dataflow("bench_scoring_rows")
+    """Score `items` in a dataflow, `batch_size` items per source batch, and time it."""
+    flow = Dataflow("bench_scoring")
     inp = op.input("in", flow, TestingSource(items, batch_size=batch_size))
     outs = score("score", inp, config)
     oks: list[Any] = []
@@ -218,7 +204,7 @@ def _run(
         bare_best = bare_best.best(dt)
 
         _progress(f"[{rep + 1}/{cfg.repeat}] dataflow, ScoreBatch items...")
-        dt, oks, errs = _flow_batches(config, batch_items)
+        dt, oks, errs = _flow(config, batch_items, 1)
         assert not errs, f"unexpected scoring errors: {errs[:3]}"
         assert all(isinstance(o, PredictionBatch) for o in oks)
         got = np.concatenate([o.labels for o in oks]).astype(str)
@@ -228,7 +214,7 @@ def _run(
         flow_b_best = flow_b_best.best(dt)
 
         _progress(f"[{rep + 1}/{cfg.repeat}] dataflow, one ScoreRequest per row...")
-        dt, oks, errs = _flow_rows(config, row_items, cfg.batch_size)
+        dt, oks, errs = _flow(config, row_items, cfg.batch_size)
         assert not errs, f"unexpected scoring errors: {errs[:3]}"
         assert len(oks) == rows and all(isinstance(o, Prediction) for o in oks)
         by_id = {o.request_id: o.label for o in oks}
