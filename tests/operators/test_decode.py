@@ -189,22 +189,23 @@ def test_csv_chunk_equals_line_by_line(rows):
     assert whole == one_by_one
 
 
+json_events = st.fixed_dictionaries(
+    {
+        "account": st.one_of(st.text(max_size=4), st.integers(), st.none()),
+        "ts": st.one_of(
+            st.integers(-3, 2**62), st.floats(allow_nan=True), st.booleans(), st.text(max_size=3)
+        ),
+    },
+    optional={"code": st.text(max_size=3), "nested": st.just({"x": [1]})},
+).map(lambda d: json.dumps(d).encode())
+"""JSON event values, valid and not: wrong types, missing fields, extra fields."""
+
+
 @settings(max_examples=300, deadline=None)
 @given(
     st.lists(
         st.one_of(
-            st.fixed_dictionaries(
-                {
-                    "account": st.one_of(st.text(max_size=4), st.integers(), st.none()),
-                    "ts": st.one_of(
-                        st.integers(-3, 2**62),
-                        st.floats(allow_nan=True),
-                        st.booleans(),
-                        st.text(max_size=3),
-                    ),
-                },
-                optional={"code": st.text(max_size=3)},
-            ).map(lambda d: json.dumps(d).encode()),
+            json_events,
             st.binary(max_size=12),
         ),
         max_size=20,
@@ -225,13 +226,7 @@ def test_json_lines_match_the_specification(lines):
 @given(
     st.lists(
         st.one_of(
-            st.fixed_dictionaries(
-                {
-                    "account": st.one_of(st.text(max_size=4), st.integers(), st.none()),
-                    "ts": st.one_of(st.integers(-3, 2**62), st.floats(), st.booleans()),
-                },
-                optional={"code": st.text(max_size=3), "nested": st.just({"x": [1]})},
-            ).map(lambda d: json.dumps(d).encode()),
+            json_events,
             st.sampled_from([b"", b"  ", b"{} {}", b'{"account": "a", "ts": 1} {"ts": 2}']),
             st.none(),
         ),
