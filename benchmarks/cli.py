@@ -9,7 +9,7 @@ __all__ = ["register"]
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add `streamml bench` and every benchmark."""
-    from benchmarks import error_count, scoring
+    from streamml.benchmarks import error_count, scoring
 
     bench = sub.add_parser(
         "bench", help="run a benchmark", description="Run a benchmark and print its figures."

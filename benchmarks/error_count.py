@@ -33,12 +33,12 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
+from streamml.dataflows.error_count import KAFKA_PREFIX, ErrorCountConfig, SourceConfig
+from streamml.operators.sources import GeneratorConfig
+from streamml.state.layout import StateLayout
+from streamml.state.online import OnlineStore
+from streamml.state.rolling_store import RollingStateStore
 
-from dataflows.error_count import KAFKA_PREFIX, ErrorCountConfig, SourceConfig
-from operators.sources import GeneratorConfig
-from state.layout import StateLayout
-from state.online import OnlineStore
-from state.rolling_store import RollingStateStore
 from streamml.console import Progress, format_table, human
 from streamml.generate_cli import write_events
 from streamml.run_cli import run_error_count
@@ -301,7 +301,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, object]:
         }
     if args.flink and files == 1:
         try:
-            from benchmarks.flink_baseline import flink_available, run_flink_sql
+            from streamml.benchmarks.flink_baseline import flink_available, run_flink_sql
         except ImportError:
             flink_available = None
         if flink_available is not None and flink_available():
@@ -334,7 +334,8 @@ def _kafka_values(table: pa.Table) -> list[bytes]:
 
 def run_kafka_bench(args: argparse.Namespace) -> dict[str, object]:
     """Produce the generated events keyed by account, then time a bare consumer and the flow."""
-    from benchmarks.kafka_bench import bare_consume_rate, key_partitions, produce_events
+    from streamml.benchmarks.kafka_bench import bare_consume_rate, key_partitions, produce_events
+
     from streamml.broker import start_broker
 
     out = Path(args.data_dir)

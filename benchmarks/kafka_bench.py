@@ -2,7 +2,7 @@
 
 Run against a fresh in-memory tansu broker (or `--bootstrap HOST:PORT`):
 
-    python -m benchmarks.kafka_bench --events 500000 --partitions 3
+    python -m streamml.benchmarks.kafka_bench --events 500000 --partitions 3
 
 Each reader checks inside the timed run that it saw every record exactly once.
 """
@@ -163,7 +163,7 @@ def produce_events(
     partition. With `processes > 1` the partitions are split among that many producer
     processes. Returns the produce rate (timed from the first send to the last acknowledgement).
     """
-    from operators.kafka import ensure_topic
+    from streamml.operators.kafka import ensure_topic
 
     partitions = ensure_topic([bootstrap], topic, partitions)
     values = list(read_events(events) if isinstance(events, str | Path) else events)
@@ -277,8 +277,7 @@ def source_flow_rate(
     import bytewax.operators as op
     from bytewax.dataflow import Dataflow
     from bytewax.testing import TestingSink, run_main
-
-    from operators.kafka import KafkaSource, KafkaSourceConfig
+    from streamml.operators.kafka import KafkaSource, KafkaSourceConfig
 
     cfg = KafkaSourceConfig(
         brokers=[bootstrap],
@@ -303,7 +302,9 @@ def source_flow_rate(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Fill a topic and print produce, bare-consume and KafkaSource rates."""
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.kafka_bench", description=__doc__)
+    ap = argparse.ArgumentParser(
+        prog="python -m streamml.benchmarks.kafka_bench", description=__doc__
+    )
     ap.add_argument("--bootstrap", help="use this broker instead of starting tansu")
     ap.add_argument("--events", type=int, default=500_000)
     ap.add_argument("--input", help="a .csv or .jsonl file of events instead of generated ones")

@@ -1,6 +1,7 @@
 """Scoring benchmark: the Bytewax scoring operator vs bare ONNX Runtime, and single-row latency.
 
-Run with `streamml bench scoring [--rows N --batch-size B]` or `python -m benchmarks.scoring`.
+Run with `streamml bench scoring [--rows N --batch-size B]` or
+`python -m streamml.benchmarks.scoring`.
 It scores the bundled triage model (seeded into a temporary registry unless `--registry` names
 one) on generated speed tests, in the same process and on the same batches:
 
@@ -31,9 +32,13 @@ import numpy as np
 import orjson
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, TestingSource, run_main
-
-from onnx_models import ModelRegistry, create_session, ensure_demo_registry, generate_speedtests
-from operators.scoring import (
+from streamml.onnx_models import (
+    ModelRegistry,
+    create_session,
+    ensure_demo_registry,
+    generate_speedtests,
+)
+from streamml.operators.scoring import (
     Prediction,
     PredictionBatch,
     ScoreBatch,
@@ -382,8 +387,8 @@ def register(bench_sub: argparse._SubParsersAction) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the benchmark from `python -m benchmarks.scoring`."""
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.scoring")
+    """Run the benchmark from `python -m streamml.benchmarks.scoring`."""
+    parser = argparse.ArgumentParser(prog="python -m streamml.benchmarks.scoring")
     _add_arguments(parser)
     args = parser.parse_args(argv)
     return int(args.func(args))

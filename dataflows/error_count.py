@@ -3,7 +3,7 @@ r"""The rolling 24-hour signal-error count: events in, online feature, alerts an
 Run it with ``streamml run error-count ...`` or directly with Bytewax::
 
     STREAMML_SOURCE=file STREAMML_INPUT=errors.csv STREAMML_STATE_DIR=state \
-        python -m bytewax.run dataflows.error_count:flow
+        python -m bytewax.run streamml.dataflows.error_count:flow
 
 Environment variables (the CLI sets the same ones for the processes it starts):
 
@@ -31,7 +31,7 @@ STREAMML_PIPELINE_VERSION     version written with every history row            
 STREAMML_RECOVERY_DIR         the Bytewax recovery dir (``-r``) when run with one:  none
                               what each batch emitted is kept so a replay emits it
                               again, and output files are cut back on resume
-STREAMML_KAFKA_*              Kafka source and sinks (see `operators.kafka`):
+STREAMML_KAFKA_*              Kafka source and sinks (see `streamml.operators.kafka`):
                               ``BROKERS``, ``TOPIC``, ``START``, ``STOP_AT_END``,
                               ``ALERTS_TOPIC``, ``DEAD_LETTERS_TOPIC`` and the
                               security settings (``SECURITY_PROTOCOL``, ``SASL_*``,
@@ -48,13 +48,12 @@ from pathlib import Path
 
 from bytewax import operators as op
 from bytewax.dataflow import Dataflow
-
-from operators.decode import Decoded, decode_events
-from operators.rolling import RollingConfig, ShardUpdate, rolling_count
-from operators.shard import shard_events
-from operators.sinks import HistorySink, JsonLinesSink, StatsSink
-from operators.sources import FileSource, GeneratorConfig, GeneratorSource
-from state.layout import StateLayout
+from streamml.operators.decode import Decoded, decode_events
+from streamml.operators.rolling import RollingConfig, ShardUpdate, rolling_count
+from streamml.operators.shard import shard_events
+from streamml.operators.sinks import HistorySink, JsonLinesSink, StatsSink
+from streamml.operators.sources import FileSource, GeneratorConfig, GeneratorSource
+from streamml.state.layout import StateLayout
 
 __all__ = ["ErrorCountConfig", "SourceConfig", "build_flow"]
 
@@ -212,7 +211,7 @@ def _source(config: ErrorCountConfig):
         return FileSource(list(source.paths), fmt=source.fmt)
     if source.kind == "generate":
         return GeneratorSource(source.generator)
-    from operators.kafka import KafkaSource, KafkaSourceConfig
+    from streamml.operators.kafka import KafkaSource, KafkaSourceConfig
 
     return KafkaSource(KafkaSourceConfig.from_env(env=dict(config.kafka_env)))
 
@@ -222,7 +221,7 @@ def _kafka_sink(config: ErrorCountConfig, topic_var: str):
     env = dict(config.kafka_env)
     if not env.get(KAFKA_PREFIX + topic_var):
         return None
-    from operators.kafka import KafkaSinkConfig
+    from streamml.operators.kafka import KafkaSinkConfig
 
     return KafkaSinkConfig.from_env(topic_var=topic_var, env=env)
 
@@ -261,12 +260,12 @@ def build_flow(config: ErrorCountConfig) -> Dataflow:
         )
     alerts_kafka = _kafka_sink(config, "ALERTS_TOPIC")
     if alerts_kafka is not None:
-        from operators.kafka import KafkaAlertSink
+        from streamml.operators.kafka import KafkaAlertSink
 
         op.output("alerts-kafka", alerts, KafkaAlertSink(alerts_kafka))
     dead_kafka = _kafka_sink(config, "DEAD_LETTERS_TOPIC")
     if dead_kafka is not None:
-        from operators.kafka import KafkaDeadLetterSink
+        from streamml.operators.kafka import KafkaDeadLetterSink
 
         op.output("dead-letters-kafka", decoded.dead, KafkaDeadLetterSink(dead_kafka))
     if config.dead_letters_out is not None:

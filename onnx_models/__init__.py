@@ -1,6 +1,6 @@
 """Training data, ONNX export, the versioned model registry and the bundled demo model."""
 
-from onnx_models.bundle import (
+from streamml.onnx_models.bundle import (
     BUNDLED_DIR,
     build_bundled,
     bundled_contract,
@@ -8,9 +8,9 @@ from onnx_models.bundle import (
     bundled_model_path,
     ensure_demo_registry,
 )
-from onnx_models.contract import ContractError, FeatureContract, FeatureSpec, MissingPolicy
-from onnx_models.data import CLASSES, FEATURE_NAMES, TriageData, generate_speedtests
-from onnx_models.export import (
+from streamml.onnx_models.contract import ContractError, FeatureContract, FeatureSpec, MissingPolicy
+from streamml.onnx_models.data import CLASSES, FEATURE_NAMES, TriageData, generate_speedtests
+from streamml.onnx_models.export import (
     INPUT_NAME,
     LABEL_OUTPUT,
     PROBABILITIES_OUTPUT,
@@ -23,7 +23,7 @@ from onnx_models.export import (
     fingerprint,
     read_metadata,
 )
-from onnx_models.registry import (
+from streamml.onnx_models.registry import (
     REGISTRY_ENV,
     STAGES,
     LoadedModel,
@@ -34,8 +34,8 @@ from onnx_models.registry import (
     UnsafeModelError,
     default_registry_dir,
 )
-from onnx_models.runtime import create_session
-from onnx_models.training import (
+from streamml.onnx_models.runtime import create_session
+from streamml.onnx_models.training import (
     TRIAGE_MODEL_NAME,
     TrainedTriage,
     evaluate,

@@ -2,7 +2,7 @@
 
 import sys
 
-from onnx_models.bundle import main
+from streamml.onnx_models.bundle import main
 
 __all__: list[str] = []
 

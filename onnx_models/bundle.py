@@ -1,8 +1,8 @@
 """The demo triage model shipped in `onnx_models/bundled/`, and seeding a registry from it.
 
-`python -m onnx_models.bundle` rebuilds the bundled files deterministically (fixed data seed,
-model seed and creation time): `speedtest-triage.onnx` (50 trees of depth 3 per class) and
-`speedtest-triage.contract.json`.
+`python -m streamml.onnx_models.bundle` rebuilds the bundled files deterministically (fixed
+data seed, model seed and creation time): `speedtest-triage.onnx` (50 trees of depth 3 per
+class) and `speedtest-triage.contract.json`.
 """
 
 from __future__ import annotations
@@ -13,10 +13,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
-
-from onnx_models.contract import FeatureContract
-from onnx_models.registry import ModelRegistry, ModelVersion
-from onnx_models.training import TRIAGE_MODEL_NAME, train_and_export, triage_contract
+from streamml.onnx_models.contract import FeatureContract
+from streamml.onnx_models.registry import ModelRegistry, ModelVersion
+from streamml.onnx_models.training import TRIAGE_MODEL_NAME, train_and_export, triage_contract
 
 __all__ = [
     "BUNDLED_DIR",
@@ -65,7 +64,7 @@ def build_bundled(out_dir: str | os.PathLike[str] = BUNDLED_DIR) -> Path:
         rows=_ROWS,
         seed=_SEED,
         created_at=_CREATED_AT,
-        created_by="onnx_models.bundle",
+        created_by="streamml.onnx_models.bundle",
     )
     contract_path = out / f"{TRIAGE_MODEL_NAME}.contract.json"
     contract_path.write_bytes(
@@ -91,10 +90,12 @@ def ensure_demo_registry(
         bundled_model_path(),
         contract=bundled_contract(),
         name=TRIAGE_MODEL_NAME,
-        registered_by="onnx_models.bundle",
+        registered_by="streamml.onnx_models.bundle",
     )
     if version.stage != stage:
-        version = registry.promote(version.name, version.version, stage, actor="onnx_models.bundle")
+        version = registry.promote(
+            version.name, version.version, stage, actor="streamml.onnx_models.bundle"
+        )
     return version
 
 

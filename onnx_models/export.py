@@ -20,8 +20,7 @@ from typing import Any
 import numpy as np
 import onnx
 import orjson
-
-from onnx_models._files import atomic_write
+from streamml.onnx_models._files import atomic_write
 
 __all__ = [
     "INPUT_NAME",
@@ -253,7 +252,7 @@ def export(
     training_data: np.ndarray | None = None,
     out: str | os.PathLike[str] | None = None,
     created_at: datetime | None = None,
-    created_by: str = "onnx_models.export",
+    created_by: str = "streamml.onnx_models.export",
     probability_tolerance: float | None = None,
     min_label_agreement: float = _MIN_LABEL_AGREEMENT,
     target_opset: int | None = None,

@@ -44,10 +44,9 @@ from typing import Any, Literal
 import onnx
 import orjson
 from onnx import external_data_helper
-
-from onnx_models._files import atomic_write
-from onnx_models.contract import ContractError, FeatureContract
-from onnx_models.export import INPUT_NAME, read_metadata
+from streamml.onnx_models._files import atomic_write
+from streamml.onnx_models.contract import ContractError, FeatureContract
+from streamml.onnx_models.export import INPUT_NAME, read_metadata
 
 __all__ = [
     "DEFAULT_REGISTRY_DIR",
@@ -174,7 +173,7 @@ def _parse(data: bytes, where: str) -> onnx.ModelProto:
     if data.startswith(_PICKLE_PREFIXES):
         raise UnsafeModelError(
             f"{where} is a Python pickle, not an ONNX model; pickles are never loaded. "
-            f"Export the model to ONNX (onnx_models.export) and register that file"
+            f"Export the model to ONNX (streamml.onnx_models.export) and register that file"
         )
     try:
         model = onnx.load_from_string(data)
@@ -496,7 +495,8 @@ class ModelRegistry:
         src = Path(source)
         if src.suffix != ".onnx":
             raise UnsafeModelError(
-                f"expected an .onnx file, got {str(src)!r}; export models with onnx_models.export"
+                f"expected an .onnx file, got {str(src)!r}; "
+                "export models with streamml.onnx_models.export"
             )
         if not src.is_file():
             raise RegistryError(f"model file {str(src)!r} does not exist or is not a file")
@@ -520,7 +520,7 @@ class ModelRegistry:
         if model.graph.input[0].name != INPUT_NAME:
             raise RegistryError(
                 f"expected the model input to be named {INPUT_NAME!r}, got "
-                f"{model.graph.input[0].name!r}; export with onnx_models.export"
+                f"{model.graph.input[0].name!r}; export with streamml.onnx_models.export"
             )
         classes = meta.get("classes")
         if not isinstance(classes, list):

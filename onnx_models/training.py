@@ -8,10 +8,9 @@ from datetime import datetime
 from typing import Any
 
 import numpy as np
-
-from onnx_models.contract import FeatureContract, FeatureSpec, MissingPolicy
-from onnx_models.data import CLASSES, FEATURE_NAMES, TriageData, generate_speedtests
-from onnx_models.export import ExportedModel, export
+from streamml.onnx_models.contract import FeatureContract, FeatureSpec, MissingPolicy
+from streamml.onnx_models.data import CLASSES, FEATURE_NAMES, TriageData, generate_speedtests
+from streamml.onnx_models.export import ExportedModel, export
 
 __all__ = [
     "TRIAGE_MODEL_NAME",
@@ -128,7 +127,7 @@ def train_and_export(
     n_estimators: int = 50,
     max_depth: int = 3,
     created_at: datetime | None = None,
-    created_by: str = "onnx_models.training",
+    created_by: str = "streamml.onnx_models.training",
 ) -> tuple[TrainedTriage, ExportedModel]:
     """Train the triage model and export it to `out` (file or directory), parity-checked."""
     trained = train_triage(rows, seed, n_estimators=n_estimators, max_depth=max_depth)

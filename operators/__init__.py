@@ -1,15 +1,22 @@
 """Reusable typed Bytewax operators, sources and sinks of the feature flows.
 
-The Kafka connector (`operators.kafka`) and the scoring operator (`operators.scoring`) are
-imported from their modules, so flows that use neither do not load kafka-python or ONNX Runtime.
+The Kafka connector (`streamml.operators.kafka`) and the scoring operator
+(`streamml.operators.scoring`) are imported from their modules, so flows that use neither do
+not load kafka-python or ONNX Runtime.
 """
 
-from operators.decode import Decoded, DecodeOutputs, decode_chunk, decode_events, decode_records
-from operators.records import Alert, DeadLetter, EventBatch, LinesChunk, RecordList
-from operators.rolling import RollingConfig, ShardUpdate, advance, rolling_count
-from operators.shard import shard_events, split_by_shard
-from operators.sinks import HistorySink, JsonLinesSink, StatsSink, read_stats
-from operators.sources import FileSource, GeneratorConfig, GeneratorSource, generate_events
+from streamml.operators.decode import (
+    Decoded,
+    DecodeOutputs,
+    decode_chunk,
+    decode_events,
+    decode_records,
+)
+from streamml.operators.records import Alert, DeadLetter, EventBatch, LinesChunk, RecordList
+from streamml.operators.rolling import RollingConfig, ShardUpdate, advance, rolling_count
+from streamml.operators.shard import shard_events, split_by_shard
+from streamml.operators.sinks import HistorySink, JsonLinesSink, StatsSink, read_stats
+from streamml.operators.sources import FileSource, GeneratorConfig, GeneratorSource, generate_events
 
 __all__ = [
     "Alert",

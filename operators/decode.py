@@ -26,8 +26,13 @@ import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 from bytewax import operators as op
 from bytewax.dataflow import Stream, operator
-
-from operators.records import DEAD_LETTER_RAW_LIMIT, DeadLetter, EventBatch, LinesChunk, RecordList
+from streamml.operators.records import (
+    DEAD_LETTER_RAW_LIMIT,
+    DeadLetter,
+    EventBatch,
+    LinesChunk,
+    RecordList,
+)
 
 __all__ = [
     "MAX_ACCOUNT_BYTES",

@@ -45,8 +45,7 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.errors import TopicAlreadyExistsError
-
-from operators.records import Alert, DeadLetter, RecordList
+from streamml.operators.records import Alert, DeadLetter, RecordList
 
 __all__ = [
     "SECURITY_KEYS",
@@ -313,7 +312,7 @@ def topic_partitions(
     if not parts:
         raise ValueError(
             f"topic {topic!r} not found on {','.join(brokers)}: expected an existing topic; "
-            "create it first (operators.kafka.ensure_topic or your Kafka admin tools)"
+            "create it first (streamml.operators.kafka.ensure_topic or your Kafka admin tools)"
         )
     return sorted(parts)
 

@@ -19,10 +19,9 @@ import pyarrow.compute as pc
 from bytewax import operators as op
 from bytewax.dataflow import operator
 from bytewax.operators import KeyedStream, StatefulBatchLogic
-
-from operators.records import Alert, EventBatch
-from state.layout import StateLayout
-from state.rolling_store import ALERT_FLAG, RollingStateStore, StoreTuning
+from streamml.operators.records import Alert, EventBatch
+from streamml.state.layout import StateLayout
+from streamml.state.rolling_store import ALERT_FLAG, RollingStateStore, StoreTuning
 
 __all__ = [
     "KIND_ACCEPTED",
@@ -105,7 +104,7 @@ def advance(
 ) -> Advance:
     """Apply events to account records, exactly as if they were applied one by one in order.
 
-    `records` holds one state record per account (see `state.rolling_store.record_dtype`),
+    `records` holds one state record per account (see `streamml.state.rolling_store.record_dtype`),
     `codes[i]` is the index into `records` of event i's account, `buckets` and `ts` its bucket and
     event time. `order`, when given, is ``np.argsort(codes, kind="stable")``.
     """
@@ -419,9 +418,10 @@ def rolling_count(
 ) -> KeyedStream[ShardUpdate]:
     """Count events per account over a rolling window, keyed by shard, state in RocksDB.
 
-    `up` carries event batches keyed by shard name (``shard-NNN``, see `operators.shard_events`);
-    each shard's state lives in its own RocksDB database under ``config.state_dir``. Emits one
-    `ShardUpdate` per batch. Batches whose positions were already applied to a shard (a replay
-    after a restart) are skipped, so every event counts exactly once.
+    `up` carries event batches keyed by shard name (``shard-NNN``, see
+    `streamml.operators.shard_events`); each shard's state lives in its own RocksDB database
+    under ``config.state_dir``. Emits one `ShardUpdate` per batch. Batches whose positions were
+    already applied to a shard (a replay after a restart) are skipped, so every event counts
+    exactly once.
     """
     return op.stateful_batch("shards", up, lambda resume: _RollingLogic(config, resume))

@@ -25,9 +25,8 @@ import bytewax.operators as op
 import numpy as np
 import onnxruntime as ort
 from bytewax.dataflow import Stream, operator
-
-from onnx_models import INPUT_NAME, LABEL_OUTPUT, PROBABILITIES_OUTPUT, LoadedModel
-from onnx_models.registry import ModelRegistry, RegistryError
+from streamml.onnx_models import INPUT_NAME, LABEL_OUTPUT, PROBABILITIES_OUTPUT, LoadedModel
+from streamml.onnx_models.registry import ModelRegistry, RegistryError
 
 __all__ = [
     "ModelLoader",

@@ -7,9 +7,8 @@ import pyarrow as pa
 from bytewax import operators as op
 from bytewax.dataflow import Stream, operator
 from bytewax.operators import KeyedStream
-
-from operators.records import EventBatch
-from state.sharding import hash_many
+from streamml.operators.records import EventBatch
+from streamml.state.sharding import hash_many
 
 __all__ = ["shard_events", "shard_key", "split_by_shard"]
 
@@ -59,7 +58,7 @@ def split_by_shard(batch: EventBatch, shards: int) -> list[tuple[str, EventBatch
 
 @operator
 def shard_events(step_id: str, up: Stream[EventBatch], shards: int) -> KeyedStream[EventBatch]:
-    """Key every event by its account's shard (`state.sharding`), one sub-batch per shard."""
+    """Key every event by its account's shard (`streamml.state.sharding`), a sub-batch per shard."""
     if shards < 1:
         raise ValueError(f"shards must be >= 1, got {shards}")
     return op.flat_map("split", up, lambda b: split_by_shard(b, shards))

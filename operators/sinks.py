@@ -12,10 +12,9 @@ from typing import Any
 
 import orjson
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
-
-from operators.rolling import ShardUpdate
-from operators.shard import shard_key
-from state.history import HistoryWriter
+from streamml.operators.rolling import ShardUpdate
+from streamml.operators.shard import shard_key
+from streamml.state.history import HistoryWriter
 
 __all__ = ["HistorySink", "JsonLinesSink", "StatsSink", "first_start", "read_stats"]
 

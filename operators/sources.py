@@ -15,8 +15,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
-
-from operators.records import EventBatch, LinesChunk
+from streamml.operators.records import EventBatch, LinesChunk
 
 __all__ = [
     "FileSource",

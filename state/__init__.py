@@ -1,10 +1,10 @@
 """Keyed state on RocksDB: rolling-count state, the online feature store and the history store."""
 
-from state.history import HISTORY_SCHEMA, HistoryWriter, read_history
-from state.layout import IncompatibleStateError, StateLayout
-from state.online import FeatureValue, OnlineStore, window_value
-from state.rolling_store import RollingStateStore, StoreTuning, empty_records, record_dtype
-from state.sharding import hash_account, hash_many, shard_many, shard_of
+from streamml.state.history import HISTORY_SCHEMA, HistoryWriter, read_history
+from streamml.state.layout import IncompatibleStateError, StateLayout
+from streamml.state.online import FeatureValue, OnlineStore, window_value
+from streamml.state.rolling_store import RollingStateStore, StoreTuning, empty_records, record_dtype
+from streamml.state.sharding import hash_account, hash_many, shard_many, shard_of
 
 __all__ = [
     "HISTORY_SCHEMA",

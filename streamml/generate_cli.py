@@ -11,8 +11,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from operators.sources import GeneratorConfig, generate_events, partition_sizes
 from streamml.console import Progress, human
+from streamml.operators.sources import GeneratorConfig, generate_events, partition_sizes
 
 __all__ = ["JUNK_LINES", "register", "write_events"]
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from onnx_models import (
+from streamml.onnx_models import (
     REGISTRY_ENV,
     STAGES,
     TRIAGE_MODEL_NAME,

@@ -9,12 +9,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from dataflows.error_count import KAFKA_PREFIX, ErrorCountConfig, SourceConfig
-from operators.sources import GeneratorConfig, detect_format, read_csv_header
-from state.layout import IncompatibleStateError, StateLayout
 from streamml.console import Progress, format_table, human
+from streamml.dataflows.error_count import KAFKA_PREFIX, ErrorCountConfig, SourceConfig
+from streamml.operators.sources import GeneratorConfig, detect_format, read_csv_header
 from streamml.recovery import ensure_recovery_dir, recovery_args
 from streamml.runner import RunResult, run_flow_processes
+from streamml.state.layout import IncompatibleStateError, StateLayout
 
 __all__ = ["config_from_args", "register", "run_error_count", "summary_rows"]
 
@@ -215,7 +215,7 @@ def run_error_count(
 
     try:
         return run_flow_processes(
-            "dataflows.error_count:flow",
+            "streamml.dataflows.error_count:flow",
             config.to_env(),
             processes=processes,
             stats_path=config.stats_path,

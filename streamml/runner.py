@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from operators.sinks import read_stats
+from streamml.operators.sinks import read_stats
 
 __all__ = ["RunResult", "free_ports", "run_flow_processes"]
 
@@ -54,14 +54,15 @@ def run_flow_processes(
     extra_args: list[str] | None = None,
     log: TextIO | None = None,
 ) -> RunResult:
-    """Start `processes` workers of ``python -m bytewax.run IMPORT_STR`` and wait for them.
+    """Start `processes` workers of `import_str` (see `streamml.worker`) and wait for them.
 
+    Workers run in Python's safe-path mode (``-P``) and never import from the current directory.
     Workers on one machine talk over loopback ports chosen here. `progress` is called about
     twice a second with the counters read from `stats_path`.
     """
     if processes < 1:
         raise ValueError(f"processes must be >= 1, got {processes}")
-    base = [sys.executable, "-m", "bytewax.run", import_str, *(extra_args or [])]
+    base = [sys.executable, "-P", "-m", "streamml.worker", import_str, *(extra_args or [])]
     full_env = {**os.environ, **env}
     cmds = []
     if processes == 1:

@@ -3,17 +3,11 @@
 from __future__ import annotations
 
 import itertools
-import sys
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from streamml.broker import BrokerProcess, start_broker  # noqa: E402
+from streamml.broker import BrokerProcess, start_broker
 
 __all__ = ["create_topic", "kafka_broker", "kafka_broker_process", "make_topic"]
 

@@ -1,12 +1,20 @@
 """Every package and module declares `__all__`, and every name in it exists and is documented."""
 
+import ast
 import importlib
+import importlib.util
 import inspect
+import json
 import pkgutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
-PACKAGES = ["streamml", "dataflows", "operators", "state", "onnx_models", "benchmarks"]
+SUBPACKAGES = ["dataflows", "operators", "state", "onnx_models", "benchmarks"]
+PACKAGES = ["streamml", *(f"streamml.{name}" for name in SUBPACKAGES)]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def modules():
@@ -29,38 +37,69 @@ def test_module_declares_a_documented_public_surface(module_name):
             assert inspect.getdoc(obj), f"{module_name}.{name} has no docstring"
 
 
-def test_dependencies_point_one_way():
-    import ast
-    from pathlib import Path
+def imported_names(path: Path) -> list[str]:
+    """Every absolute module name `path` imports (``from a.b import c`` gives a.b and a.b.c)."""
+    names = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.append(node.module)
+            names += [f"{node.module}.{a.name}" for a in node.names]
+    return names
 
-    root = Path(__file__).resolve().parents[1]
+
+def our_package(name: str) -> str | None:
+    """The package of ours a module name belongs to: a subpackage name, 'shell', or None."""
+    parts = name.split(".")
+    if parts[0] != "streamml":
+        return None
+    if len(parts) > 1 and parts[1] in SUBPACKAGES:
+        return parts[1]
+    return "shell" if len(parts) > 1 else None
+
+
+def test_dependencies_point_one_way():
     allowed = {
         "state": set(),
         "operators": {"state", "onnx_models"},
         "dataflows": {"operators", "state", "onnx_models"},
         "onnx_models": set(),
     }
-    ours = set(PACKAGES)
     for package, ok in allowed.items():
-        for path in (root / package).rglob("*.py"):
-            for node in ast.walk(ast.parse(path.read_text())):
-                names = []
-                if isinstance(node, ast.Import):
-                    names = [a.name for a in node.names]
-                elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                    names = [node.module]
-                for n in names:
-                    top = n.split(".")[0]
-                    if top in ours and top != package:
-                        assert top in ok, f"{path} imports {n}"
+        for path in (ROOT / package).rglob("*.py"):
+            for name in imported_names(path):
+                target = our_package(name)
+                if target is not None and target != package:
+                    assert target in ok, f"{path} imports {name}"
+
+
+def test_nothing_of_ours_is_importable_under_a_generic_top_level_name(tmp_path):
+    probe = (
+        "import importlib.util, json, sys\n"
+        f"names = {SUBPACKAGES!r}\n"
+        "specs = {n: importlib.util.find_spec(n) for n in names}\n"
+        "print(json.dumps({n: s.origin if s else None for n, s in specs.items()}))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-P", "-c", probe],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    found = json.loads(out.stdout)
+    assert all(origin is None or str(ROOT) not in origin for origin in found.values()), found
+    for path in ROOT.rglob("*.py"):
+        if {".venv", ".venv-flink", "build"} & set(path.parts):
+            continue
+        for name in imported_names(path):
+            assert name.split(".")[0] not in SUBPACKAGES, f"{path} imports {name}"
 
 
 def test_only_state_imports_rocksdict():
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1]
-    for package in PACKAGES:
+    for package in ["streamml", *SUBPACKAGES]:
         if package == "state":
             continue
-        for path in (root / package).rglob("*.py"):
+        for path in (ROOT / package).rglob("*.py"):
             assert "rocksdict" not in path.read_text(), path

@@ -6,11 +6,11 @@ import orjson
 from bytewax.testing import run_main
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from streamml.dataflows.error_count import ErrorCountConfig, SourceConfig, build_flow
+from streamml.state.history import read_history
+from streamml.state.layout import StateLayout
+from streamml.state.online import OnlineStore
 
-from dataflows.error_count import ErrorCountConfig, SourceConfig, build_flow
-from state.history import read_history
-from state.layout import StateLayout
-from state.online import OnlineStore
 from tests.oracle import RollingOracle
 
 ACCOUNTS = ["a", "b", "c", "d", "e"]

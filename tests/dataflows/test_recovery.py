@@ -8,12 +8,12 @@ import time
 from pathlib import Path
 
 import orjson
+from streamml.dataflows.error_count import ErrorCountConfig, SourceConfig
+from streamml.operators.sources import GeneratorConfig
+from streamml.state.history import read_history
+from streamml.state.layout import StateLayout
+from streamml.state.rolling_store import RollingStateStore
 
-from dataflows.error_count import ErrorCountConfig, SourceConfig
-from operators.sources import GeneratorConfig
-from state.history import read_history
-from state.layout import StateLayout
-from state.rolling_store import RollingStateStore
 from streamml.generate_cli import write_events
 from streamml.recovery import ensure_recovery_dir, recovery_args
 
@@ -28,11 +28,11 @@ KAFKA_KILL_WINDOWS = [(0.05, 0.5), (1.3, 1.8)]
 
 
 def flow_cmd(extra: list[str]) -> list[str]:
-    return [sys.executable, "-m", "bytewax.run", "dataflows.error_count:flow", *extra]
+    return [sys.executable, "-m", "bytewax.run", "streamml.dataflows.error_count:flow", *extra]
 
 
 def env_for(config: ErrorCountConfig) -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(ROOT), **config.to_env()}
+    return {**os.environ, **config.to_env()}
 
 
 def config_for(tmp: Path, name: str, source: SourceConfig, recovery: bool, kafka_env=()):
@@ -145,8 +145,8 @@ def test_file_source_survives_kill_9(tmp_path):
 
 def test_kafka_source_survives_kill_9(tmp_path, kafka_broker, make_topic):
     from kafka import KafkaProducer
+    from streamml.operators.sources import generate_events
 
-    from operators.sources import generate_events
     from tests.dataflows.test_error_count_kafka import read_topic
 
     topic = make_topic(3)

@@ -4,8 +4,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-
-from onnx_models import (
+from streamml.onnx_models import (
     FEATURE_NAMES,
     ExportedModel,
     ModelRegistry,

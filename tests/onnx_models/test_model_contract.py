@@ -3,8 +3,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-
-from onnx_models import ContractError, FeatureContract, MissingPolicy, triage_contract
+from streamml.onnx_models import ContractError, FeatureContract, MissingPolicy, triage_contract
 
 
 def test_json_round_trip() -> None:

@@ -2,8 +2,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from onnx_models import CLASSES, FEATURE_NAMES, TrainedTriage, generate_speedtests
+from streamml.onnx_models import CLASSES, FEATURE_NAMES, TrainedTriage, generate_speedtests
 
 
 def test_same_seed_same_bytes_other_seed_differs() -> None:

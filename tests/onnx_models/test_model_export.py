@@ -12,8 +12,7 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
-
-from onnx_models import (
+from streamml.onnx_models import (
     FEATURE_NAMES,
     ExportedModel,
     ExportError,
@@ -25,7 +24,7 @@ from onnx_models import (
 )
 
 PINNED = datetime(2025, 1, 1, tzinfo=UTC)
-export_mod = importlib.import_module("onnx_models.export")
+export_mod = importlib.import_module("streamml.onnx_models.export")
 
 
 def test_export_writes_checked_model_with_metadata(

@@ -11,8 +11,7 @@ import onnxruntime as ort
 import orjson
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-
-from onnx_models import (
+from streamml.onnx_models import (
     ContractError,
     ExportedModel,
     FeatureContract,

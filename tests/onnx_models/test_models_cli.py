@@ -5,8 +5,8 @@ from pathlib import Path
 
 import orjson
 import pytest
+from streamml.onnx_models import ExportedModel, ModelRegistry, triage_contract
 
-from onnx_models import ExportedModel, ModelRegistry, triage_contract
 from streamml import models_cli
 
 

@@ -3,9 +3,8 @@ import json
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from operators.decode import _decode_records_one_by_one, decode_chunk, decode_records
-from operators.records import LinesChunk, RecordList
+from streamml.operators.decode import _decode_records_one_by_one, decode_chunk, decode_records
+from streamml.operators.records import LinesChunk, RecordList
 
 HEADER = ("account", "ts", "code")
 

@@ -15,8 +15,7 @@ from bytewax.dataflow import Dataflow
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import TestingSink, TestingSource, run_main
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-
-from operators.kafka import (
+from streamml.operators.kafka import (
     KafkaAlertSink,
     KafkaDeadLetterSink,
     KafkaSinkConfig,
@@ -27,7 +26,7 @@ from operators.kafka import (
     kafka_partition_name,
     parse_kafka_partition_name,
 )
-from operators.records import Alert, DeadLetter, RecordList
+from streamml.operators.records import Alert, DeadLetter, RecordList
 
 SEED = 20240611
 

@@ -1,9 +1,9 @@
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from streamml.operators.rolling import advance
+from streamml.state.rolling_store import ALERT_FLAG, empty_records
 
-from operators.rolling import advance
-from state.rolling_store import ALERT_FLAG, empty_records
 from tests.oracle import RollingOracle
 
 ACCOUNTS = ["a", "b", "c", "d"]

@@ -16,8 +16,7 @@ from hypothesis import strategies as st
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
-
-from onnx_models import (
+from streamml.onnx_models import (
     FEATURE_NAMES,
     FeatureContract,
     LoadedModel,
@@ -27,7 +26,7 @@ from onnx_models import (
     train_triage,
     triage_contract,
 )
-from operators.scoring import (
+from streamml.operators.scoring import (
     Prediction,
     PredictionBatch,
     ScoreBatch,

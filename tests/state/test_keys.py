@@ -1,7 +1,6 @@
 from hypothesis import given
 from hypothesis import strategies as st
-
-from state import keys
+from streamml.state import keys
 
 accounts = st.binary(min_size=0, max_size=64)
 features = st.integers(0, 0xFFFF)

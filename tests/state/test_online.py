@@ -8,12 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-
-from state.history import HistoryWriter, read_history
-from state.layout import StateLayout
-from state.online import OnlineStore, window_value
-from state.rolling_store import RollingStateStore, empty_records
-from state.sharding import shard_of
+from streamml.state.history import HistoryWriter, read_history
+from streamml.state.layout import StateLayout
+from streamml.state.online import OnlineStore, window_value
+from streamml.state.rolling_store import RollingStateStore, empty_records
+from streamml.state.sharding import shard_of
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -33,9 +32,8 @@ def test_reader_process_sees_writes_while_writer_runs(tmp_path):
     writer = textwrap.dedent(
         f"""
         import sys, time, numpy as np
-        sys.path.insert(0, {str(ROOT)!r})
-        from state.layout import StateLayout
-        from state.rolling_store import RollingStateStore, empty_records
+        from streamml.state.layout import StateLayout
+        from streamml.state.rolling_store import RollingStateStore, empty_records
         store = RollingStateStore(StateLayout.shard_dir({str(tmp_path)!r}, 0), feature=1, window=4)
         for i in range(1, 201):
             rec = empty_records(1, 4)

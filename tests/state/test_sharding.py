@@ -5,8 +5,7 @@ import pyarrow as pa
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-
-from state.sharding import MAX_ACCOUNT_BYTES, hash_account, hash_many, shard_many, shard_of
+from streamml.state.sharding import MAX_ACCOUNT_BYTES, hash_account, hash_many, shard_many, shard_of
 
 
 @given(st.lists(st.binary(min_size=1, max_size=MAX_ACCOUNT_BYTES), max_size=60), st.integers(1, 64))

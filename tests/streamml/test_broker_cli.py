@@ -17,7 +17,7 @@ def test_broker_command_serves_kafka_and_stops_on_ctrl_c():
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamml.cli", "broker", "--port", str(port)],
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env=dict(os.environ),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -1,0 +1,45 @@
+"""Run one Bytewax worker process without touching `sys.path`.
+
+``python -P -m streamml.worker MODULE:ATTR [bytewax.run options]`` takes the same options as
+``python -m bytewax.run``, but imports the dataflow from the installed packages only: unlike
+``bytewax.run`` it does not put the current directory first on `sys.path`, so folders of the
+working directory (a state dir named ``state``, say) can never shadow a module. The CLI starts
+every worker this way.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from datetime import timedelta
+
+__all__ = ["main"]
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Parse ``bytewax.run`` options from `argv`, import the dataflow and run this worker."""
+    from bytewax import run as bytewax_run
+    from bytewax.recovery import RecoveryConfig
+
+    if argv is not None:
+        sys.argv = [sys.argv[0], *argv]
+    kwargs = vars(bytewax_run._parse_args())
+    snapshot_interval = kwargs.pop("snapshot_interval")
+    recovery_directory = kwargs.pop("recovery_directory")
+    backup_interval = kwargs.pop("backup_interval")
+    kwargs["recovery_config"] = None
+    if recovery_directory is not None:
+        kwargs["epoch_interval"] = snapshot_interval
+        kwargs["recovery_config"] = RecoveryConfig(recovery_directory, backup_interval)
+    else:
+        kwargs["epoch_interval"] = snapshot_interval or timedelta(seconds=10)
+    addresses = kwargs.pop("addresses")
+    if addresses is not None:
+        kwargs["addresses"] = addresses.split(";")
+    module, _, attr = kwargs.pop("import_str").partition(":")
+    kwargs["flow"] = bytewax_run._locate_dataflow(module, attr or "flow")
+    bytewax_run.cli_main(**kwargs)
+
+
+if __name__ == "__main__":
+    main()
