@@ -31,6 +31,8 @@ STREAMML_PIPELINE_VERSION     version written with every history row            
 STREAMML_RECOVERY_DIR         the Bytewax recovery dir (``-r``) when run with one:  none
                               what each batch emitted is kept so a replay emits it
                               again, and output files are cut back on resume
+STREAMML_SETTLE_MS            a last line without a newline is read once its file    10000
+                              has not changed for this long (0: files are complete)
 STREAMML_KAFKA_*              Kafka source and sinks (see `streamml.operators.kafka`):
                               ``BROKERS``, ``TOPIC``, ``START``, ``STOP_AT_END``,
                               ``ALERTS_TOPIC``, ``DEAD_LETTERS_TOPIC`` and the
@@ -49,13 +51,26 @@ from pathlib import Path
 from bytewax import operators as op
 from bytewax.dataflow import Dataflow
 from streamml.operators.decode import Decoded, decode_events
+from streamml.operators.recovery_state import (
+    bind_recovery_dir,
+    check_output_file,
+    recovery_binding,
+)
 from streamml.operators.rolling import RollingConfig, ShardUpdate, rolling_count
 from streamml.operators.shard import shard_events
 from streamml.operators.sinks import HistorySink, JsonLinesSink, StatsSink
-from streamml.operators.sources import FileSource, GeneratorConfig, GeneratorSource
+from streamml.operators.sources import (
+    DEFAULT_SETTLE_MS,
+    FileSource,
+    GeneratorConfig,
+    GeneratorSource,
+)
+from streamml.state.errors import RefusedError
 from streamml.state.layout import StateLayout
+from streamml.state.rolling_store import stored_positions
+from streamml.state.sources import SourceRegistry
 
-__all__ = ["ErrorCountConfig", "SourceConfig", "build_flow"]
+__all__ = ["ErrorCountConfig", "SourceConfig", "build_flow", "prepare_state"]
 
 PIPELINE_VERSION = "error_count/1"
 KAFKA_PREFIX = "STREAMML_KAFKA_"
@@ -95,6 +110,7 @@ class ErrorCountConfig:
     pipeline_version: str = PIPELINE_VERSION
     kafka_env: tuple[tuple[str, str], ...] = ()
     recovery_dir: Path | None = None
+    settle_ms: int = DEFAULT_SETTLE_MS
 
     @property
     def recovery(self) -> bool:
@@ -153,6 +169,7 @@ class ErrorCountConfig:
             pipeline_version=get("PIPELINE_VERSION", PIPELINE_VERSION) or PIPELINE_VERSION,
             kafka_env=tuple(sorted((k, v) for k, v in env.items() if k.startswith(KAFKA_PREFIX))),
             recovery_dir=path("RECOVERY_DIR"),
+            settle_ms=int(get("SETTLE_MS", str(DEFAULT_SETTLE_MS))),
         )
 
     def to_env(self) -> dict[str, str]:
@@ -177,12 +194,15 @@ class ErrorCountConfig:
             "STATS_PATH": str(self.stats_path or ""),
             "PIPELINE_VERSION": self.pipeline_version,
             "RECOVERY_DIR": str(self.recovery_dir or ""),
+            "SETTLE_MS": str(self.settle_ms),
         }
         return {**{f"STREAMML_{k}": v for k, v in env.items()}, **dict(self.kafka_env)}
 
 
 def _decode_stats(d: Decoded) -> dict[str, int]:
     stats = {"read": d.read, "bytes": d.bytes_read, "valid": len(d.events), "dead": len(d.dead)}
+    if d.held_back:
+        stats["held_back"] = d.held_back
     for reason, n in d.reasons().items():
         stats[f"dead.{reason}"] = n
     return stats
@@ -207,13 +227,58 @@ def _late_records(u: ShardUpdate) -> list[dict[str, object]]:
 
 def _source(config: ErrorCountConfig):
     source = config.source
+    where = {
+        "state_dir": config.state_dir,
+        "shards": config.layout.shards,
+        "recovery_dir": config.recovery_dir,
+    }
     if source.kind == "file":
-        return FileSource(list(source.paths), fmt=source.fmt)
+        return FileSource(list(source.paths), fmt=source.fmt, settle_ms=config.settle_ms, **where)
     if source.kind == "generate":
         return GeneratorSource(source.generator)
     from streamml.operators.kafka import KafkaSource, KafkaSourceConfig
 
-    return KafkaSource(KafkaSourceConfig.from_env(env=dict(config.kafka_env)))
+    return KafkaSource(KafkaSourceConfig.from_env(env=dict(config.kafka_env)), **where)
+
+
+def prepare_state(config: ErrorCountConfig, *, reset_sources: tuple[str, ...] = ()) -> None:
+    """Create or check the state dir and tie the recovery dir to it, before anything is read.
+
+    Raises `RefusedError` (nothing written) when the state dir's settings differ, when shards
+    are missing, and when the recovery dir belongs to another state dir or to one that is gone.
+    `reset_sources` (input paths, or ``kafka:TOPIC``) start new incarnations of those inputs, so
+    they are read again from their start as new inputs; only the CLI passes them, once, before
+    the workers start.
+    """
+    fresh = StateLayout.read(config.state_dir) is None
+    if config.recovery_dir is not None and fresh:
+        bound = recovery_binding(config.recovery_dir)
+        if bound is not None:
+            raise RefusedError(
+                f"recovery dir {config.recovery_dir} belongs to state dir {bound['state_dir']} "
+                f"(id {bound['state_id']}), but {config.state_dir} holds no state: it was "
+                "deleted or moved, so resuming would skip input that is no longer counted. "
+                "Restore the state dir, or start over with `streamml recovery reset "
+                f"{config.recovery_dir} --state-dir {config.state_dir}`"
+            )
+    config.layout.ensure(config.state_dir)
+    registry = SourceRegistry(config.state_dir)
+    for item in reset_sources:
+        if item.startswith("kafka:"):
+            registry.resolve_stream(item, reset=True)
+        else:
+            registry.resolve_file(item, reset=True)
+    if config.recovery_dir is not None:
+        positions = stored_positions(config.state_dir, config.layout.shards)
+        fresh = not any(p >= 0 for p in positions.values())
+        bind_recovery_dir(config.recovery_dir, config.state_dir, fresh_state=fresh)
+        for step, path in (
+            ("alerts-out", config.alerts_out),
+            ("dead-letters-out", config.dead_letters_out),
+            ("late-out", config.late_out),
+        ):
+            if path is not None:
+                check_output_file(config.recovery_dir, f"error_count.{step}", path)
 
 
 def _kafka_sink(config: ErrorCountConfig, topic_var: str):
@@ -232,8 +297,8 @@ def _one_key(step_id: str, stream):
 
 
 def build_flow(config: ErrorCountConfig) -> Dataflow:
-    """Build the error-count dataflow for `config`."""
-    config.layout.ensure(config.state_dir)
+    """Build the error-count dataflow for `config` (see `prepare_state` for what it checks)."""
+    prepare_state(config)
     flow = Dataflow("error_count")
     raw = op.input("source", flow, _source(config))
     decoded = decode_events("decode", raw)
@@ -245,7 +310,8 @@ def build_flow(config: ErrorCountConfig) -> Dataflow:
             config.state_dir,
             config.layout,
             config.threshold,
-            recovery=config.recovery,
+            recovery_dir=config.recovery_dir,
+            source_step="error_count.source",
             replay_accepted=config.history_dir is not None,
             replay_late=config.late_out is not None,
         ),

@@ -16,7 +16,7 @@ import csv
 import math
 import re
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import orjson
@@ -58,6 +58,7 @@ class Decoded:
     dead: list[DeadLetter]
     read: int
     bytes_read: int = 0
+    held_back: int = 0
 
     def reasons(self) -> Counter[str]:
         """Count the dead letters by reason."""
@@ -435,12 +436,25 @@ def _decode_records_one_by_one(records: RecordList) -> Decoded:
 
 def _decode_any(item: LinesChunk | RecordList | EventBatch) -> Decoded:
     if isinstance(item, LinesChunk):
-        return decode_chunk(item)
-    if isinstance(item, RecordList):
-        return decode_records(item)
-    if isinstance(item, EventBatch):
-        return Decoded(item, [], len(item))
-    raise TypeError(f"cannot decode {type(item).__name__}; expected LinesChunk or RecordList")
+        d = decode_chunk(item) if item.data else Decoded(_no_events(item.partition), [], 0)
+        through = item.base + len(item.data) - 1
+        held_back = item.held_back
+    elif isinstance(item, RecordList):
+        d = decode_records(item)
+        through = item.positions[-1] if item.positions else -1
+        held_back = 0
+    elif isinstance(item, EventBatch):
+        d = Decoded(item, [], len(item))
+        through = int(item.positions[-1]) if len(item) else -1
+        held_back = 0
+    else:
+        raise TypeError(f"cannot decode {type(item).__name__}; expected LinesChunk or RecordList")
+    return replace(d, events=replace(d.events, through=through), held_back=held_back)
+
+
+def _no_events(partition: str) -> EventBatch:
+    empty = np.empty(0, np.int64)
+    return EventBatch(partition, pa.array([], pa.binary()), empty, empty)
 
 
 @dataclass(frozen=True)
@@ -454,8 +468,14 @@ class DecodeOutputs:
 
 @operator
 def decode_events(step_id: str, up: Stream[LinesChunk | RecordList | EventBatch]) -> DecodeOutputs:
-    """Decode raw batches into event batches and dead letters; never raises on bad input."""
+    """Decode raw batches into event batches and dead letters; never raises on bad input.
+
+    Every raw batch yields one event batch, possibly empty, whose `through` says how far the
+    source has been read, so that the state can record it.
+    """
     decoded = op.map("decode", up, _decode_any)
-    events = op.filter_map("events", decoded, lambda d: d.events if len(d.events) else None)
+    events = op.filter_map(
+        "events", decoded, lambda d: d.events if len(d.events) or d.events.through >= 0 else None
+    )
     dead = op.flat_map("dead", decoded, lambda d: d.dead)
     return DecodeOutputs(decoded, events, dead)

@@ -37,6 +37,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import orjson
@@ -46,6 +47,10 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.errors import TopicAlreadyExistsError
 from streamml.operators.records import Alert, DeadLetter, RecordList
+from streamml.operators.recovery_state import first_start
+from streamml.state.errors import RefusedError
+from streamml.state.rolling_store import stored_positions
+from streamml.state.sources import SourceRegistry, incarnation_name
 
 __all__ = [
     "SECURITY_KEYS",
@@ -98,9 +103,10 @@ def kafka_partition_name(topic: str, partition: int) -> str:
 
 
 def parse_kafka_partition_name(name: str) -> tuple[str, int] | None:
-    """Return `(topic, partition)` from a `kafka:{topic}:{p}` name, or None for other sources."""
+    """Return `(topic, partition)` from a `kafka:{topic}:{p}[#N]` name, or None for others."""
     if not name.startswith("kafka:"):
         return None
+    name = name.partition("#")[0]
     topic, sep, part = name[len("kafka:") :].rpartition(":")
     if not sep or not topic or not part.isdigit():
         return None
@@ -320,9 +326,15 @@ def topic_partitions(
 class _KafkaSourcePartition(StatefulSourcePartition[RecordList, int]):
     """One topic partition read by its own assigned consumer; the snapshot is the next offset."""
 
-    def __init__(self, config: KafkaSourceConfig, partition: int, resume_state: int | None):
+    def __init__(
+        self,
+        config: KafkaSourceConfig,
+        partition: int,
+        resume_state: int | None,
+        name: str | None = None,
+    ):
         self._config = config
-        self._name = kafka_partition_name(config.topic, partition)
+        self._name = name or kafka_partition_name(config.topic, partition)
         self._topic = config.topic
         self._partition = partition
         self._tp = TopicPartition(config.topic, partition)
@@ -343,16 +355,10 @@ class _KafkaSourcePartition(StatefulSourcePartition[RecordList, int]):
                 start = end
             elif config.start == "stored" and resume_state is not None:
                 start = int(resume_state)
-                if start < begin:
-                    log.warning(
-                        "%s: stored offset %d is before the log start %d (records expired); "
-                        "reading from %d",
-                        self._name,
-                        start,
-                        begin,
-                        begin,
-                    )
-                    start = begin
+                if start < begin or (
+                    start > listed_end and start > self._true_end(begin, listed_end)
+                ):
+                    raise RefusedError(self._recreated(start, begin, listed_end))
             else:
                 start = begin
             self._consumer.seek(self._tp, start)
@@ -361,6 +367,16 @@ class _KafkaSourcePartition(StatefulSourcePartition[RecordList, int]):
             raise
         self._next = start
         self._end = end if config.stop_at_end else None
+
+    def _recreated(self, start: int, begin: int, end: int) -> str:
+        where = "before the first record still kept" if start < begin else "past its end"
+        return (
+            f"{self._name}: reading is to continue at offset {start}, {where} (the partition "
+            f"now holds offsets {begin}..{end - 1}): the topic was deleted and created again, "
+            "or records were lost before they were read. Continue with --start earliest into "
+            "a new --state-dir, or pass --reset-source kafka:"
+            f"{self._topic} to read the topic as a new input into this state"
+        )
 
     def _true_end(self, begin: int, listed_end: int) -> int:
         """Return the offset after the last record now in the partition.
@@ -434,10 +450,21 @@ class KafkaSource(FixedPartitionedSource[RecordList, int]):
     """Read a topic as `RecordList` batches; one Bytewax partition per topic partition.
 
     Offsets are kept in Bytewax snapshots (no consumer group, no commits); see
-    `KafkaSourceConfig` for where each partition starts and when it stops.
+    `KafkaSourceConfig` for where each partition starts and when it stops. With a `state_dir`,
+    `start="stored"` without a snapshot continues after the offsets the state dir has applied,
+    and a partition whose offsets no longer fit them (the topic was created again) is refused;
+    the topic's incarnation in the state dir (see `streamml.state.sources`) names the
+    partitions (``kafka:{topic}:{p}``, then ``kafka:{topic}:{p}#N`` after a reset).
     """
 
-    def __init__(self, config: KafkaSourceConfig):
+    def __init__(
+        self,
+        config: KafkaSourceConfig,
+        *,
+        state_dir: str | os.PathLike[str] | None = None,
+        shards: int = 0,
+        recovery_dir: str | os.PathLike[str] | None = None,
+    ):
         """Read with `config`; partitions are listed from the broker when the flow starts."""
         if not isinstance(config, KafkaSourceConfig):
             raise TypeError(
@@ -445,12 +472,29 @@ class KafkaSource(FixedPartitionedSource[RecordList, int]):
                 "build one with KafkaSourceConfig(brokers=[...], topic=...)"
             )
         self.config = config
+        self.state_dir = state_dir
+        self.shards = shards
+        self.recovery_dir = Path(recovery_dir) if recovery_dir is not None else None
+        self.incarnation = 1
+        if state_dir is not None:
+            self.incarnation = SourceRegistry(state_dir).resolve_stream(f"kafka:{config.topic}")
+        self._stored: dict[str, int] | None = None
 
     def list_parts(self) -> list[str]:
         """Return `kafka:{topic}:{p}` for every partition of the topic."""
         cfg = self.config
         parts = topic_partitions(cfg.brokers, cfg.topic, cfg.security)
-        return [kafka_partition_name(cfg.topic, p) for p in parts]
+        return [
+            incarnation_name(kafka_partition_name(cfg.topic, p), self.incarnation) for p in parts
+        ]
+
+    def _stored_next(self, name: str) -> int | None:
+        if self.state_dir is None or self.config.start != "stored":
+            return None
+        if self._stored is None:
+            self._stored = stored_positions(self.state_dir, self.shards)
+        through = first_start(self.recovery_dir, f"source:{name}", self._stored.get(name, -1))
+        return through + 1 if through >= 0 else None
 
     def build_part(
         self, step_id: str, for_part: str, resume_state: int | None
@@ -462,7 +506,9 @@ class KafkaSource(FixedPartitionedSource[RecordList, int]):
                 f"{step_id}: expected a partition named kafka:{self.config.topic}:N, got "
                 f"{for_part!r}; the recovery store may belong to another topic"
             )
-        return _KafkaSourcePartition(self.config, parsed[1], resume_state)
+        if resume_state is None:
+            resume_state = self._stored_next(for_part)
+        return _KafkaSourcePartition(self.config, parsed[1], resume_state, for_part)
 
 
 @dataclass(frozen=True)

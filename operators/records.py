@@ -29,7 +29,8 @@ class LinesChunk:
     """Whole lines read from a file, undecoded.
 
     `data` holds complete lines; `base` is the byte offset of `data[0]` in the file, so the
-    position of a record is `base` plus the offset of its line inside `data`.
+    position of a record is `base` plus the offset of its line inside `data`. `held_back` counts
+    incomplete last lines (no newline yet) left unread at the end of the file.
     """
 
     partition: str
@@ -37,6 +38,7 @@ class LinesChunk:
     data: bytes
     base: int
     header: tuple[str, ...] | None = None
+    held_back: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +58,10 @@ class EventBatch:
 
     `accounts` is a binary array of UTF-8 account ids (or a dictionary array of them), `ts`
     epoch milliseconds and `positions` the source position of each event; positions increase
-    strictly. `shard` is set once the batch has been split by account shard.
+    strictly. `shard` is set once the batch has been split by account shard. `through` is the
+    last source position the batch covers: every record of the partition at or before it has been
+    read, in this batch or an earlier one (-1 when unknown), so a shard that applies the batch
+    can record the partition as applied through it even when none of the events are its own.
     """
 
     partition: str
@@ -64,6 +69,7 @@ class EventBatch:
     ts: np.ndarray
     positions: np.ndarray
     shard: int = -1
+    through: int = -1
 
     def __len__(self) -> int:
         return len(self.ts)

@@ -9,6 +9,7 @@ alert when, after an accepted event, its value is at or below the threshold.
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,8 +21,9 @@ from bytewax import operators as op
 from bytewax.dataflow import operator
 from bytewax.operators import KeyedStream, StatefulBatchLogic
 from streamml.operators.records import Alert, EventBatch
+from streamml.operators.recovery_state import committed_source_positions, first_start
 from streamml.state.layout import StateLayout
-from streamml.state.rolling_store import ALERT_FLAG, RollingStateStore, StoreTuning
+from streamml.state.rolling_store import ALERT_FLAG, RollingStateStore, StoreTuning, empty_records
 
 __all__ = [
     "KIND_ACCEPTED",
@@ -40,18 +42,26 @@ __all__ = [
 class RollingConfig:
     """Settings of the rolling count: where the state lives and the window and alert rules.
 
-    With `recovery`, each batch keeps in the state the rows a replay must emit again: alert rows
-    always, accepted rows when `replay_accepted` (a history store consumes them) and late rows
-    when `replay_late` (a late-event output consumes them).
+    With a `recovery_dir`, each batch keeps in the state the rows a replay must emit again: alert
+    rows always, accepted rows when `replay_accepted` (a history store consumes them) and late
+    rows when `replay_late` (a late-event output consumes them). `source_step` is the full step
+    id of the flow's source (``flow.step``), whose snapshots in the recovery dir tell which kept
+    rows no restart can need any more.
     """
 
     state_dir: Path
     layout: StateLayout = field(default_factory=StateLayout)
     threshold: int = 2000
     tuning: StoreTuning = field(default_factory=StoreTuning)
-    recovery: bool = False
+    recovery_dir: Path | None = None
+    source_step: str = ""
     replay_accepted: bool = True
     replay_late: bool = True
+
+    @property
+    def recovery(self) -> bool:
+        """Whether the flow runs with a Bytewax recovery dir."""
+        return self.recovery_dir is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,7 +237,8 @@ class ShardUpdate:
     `rows` holds every applied event in source order (see `ROW_SCHEMA`): accepted ones with the
     feature value after them (kind `KIND_ALERT` when an alert fired on it) and late ones.
     `skipped` counts events that were already applied before (a replay); `replayed` counts rows
-    emitted again from the outbox for them after a restart with recovery.
+    emitted again from the outbox for them after a restart with recovery: they come first in
+    `rows` and are not counted again by `counts`.
     """
 
     partition: str
@@ -239,8 +250,8 @@ class ShardUpdate:
         return self.rows.column("kind").to_numpy()
 
     def counts(self) -> dict[str, int]:
-        """Count the accepted and late events and the alerts."""
-        kind = self._kind()
+        """Count the accepted and late events and the alerts applied now (not the replayed)."""
+        kind = self._kind()[self.replayed :]
         late = int(np.count_nonzero(kind == KIND_LATE))
         alerts = int(np.count_nonzero(kind == KIND_ALERT))
         return {"accepted": len(kind) - late, "late": late, "alerts": alerts}
@@ -293,13 +304,17 @@ class _RollingLogic(StatefulBatchLogic[EventBatch, ShardUpdate, dict[str, int]])
     def __init__(self, config: RollingConfig, resume: dict[str, int] | None) -> None:
         self.config = config
         self._store: RollingStateStore | None = None
+        self._shard = -1
         self.applied: dict[str, int] = {}
         self.resume = dict(resume or {})
+        self.floors: dict[str, int] = {}
+        self.last_prune = 0.0
         self.snapshots: deque[dict[str, int]] = deque()
 
     def _open(self, shard: int) -> RollingStateStore:
         if self._store is None:
             layout = self.config.layout
+            self._shard = shard
             self._store = RollingStateStore(
                 StateLayout.shard_dir(self.config.state_dir, shard),
                 feature=layout.feature_id,
@@ -308,12 +323,32 @@ class _RollingLogic(StatefulBatchLogic[EventBatch, ShardUpdate, dict[str, int]])
             )
         return self._store
 
+    def _floor(self, store: RollingStateStore, partition: str) -> int:
+        """Return the position up to which this shard's outputs survived the restart.
+
+        Rows of positions after it were emitted and then cut from the outputs (or never reached
+        them), so a replay emits them again. It is the applied position at the resumed snapshot,
+        or, for a partition the snapshot does not know, the applied position when this shard
+        first saw the partition with this recovery dir (recorded before anything is applied).
+        """
+        floor = self.floors.get(partition)
+        if floor is None:
+            if partition in self.resume:
+                floor = self.resume[partition]
+            else:
+                floor = first_start(
+                    self.config.recovery_dir,
+                    f"shard:{self._shard}:{partition}",
+                    store.applied_position(partition),
+                )
+            self.floors[partition] = floor
+        return floor
+
     def _replay(
         self, store: RollingStateStore, partition: str, skipped: np.ndarray
     ) -> pa.RecordBatch:
         """Rows emitted before a restart for `skipped` positions after the resumed snapshot."""
-        floor = self.resume.get(partition, -1)
-        skipped = skipped[skipped > floor]
+        skipped = skipped[skipped > self._floor(store, partition)]
         if not len(skipped):
             return _EMPTY_ROWS
         lo, hi = int(skipped[0]), int(skipped[-1])
@@ -335,6 +370,8 @@ class _RollingLogic(StatefulBatchLogic[EventBatch, ShardUpdate, dict[str, int]])
         done = self.applied.get(partition)
         if done is None:
             done = self.applied[partition] = store.applied_position(partition)
+            if self.config.recovery:
+                self._floor(store, partition)
         accounts, ts = batch.accounts, batch.ts
         skipped = 0
         replayed = None
@@ -346,6 +383,7 @@ class _RollingLogic(StatefulBatchLogic[EventBatch, ShardUpdate, dict[str, int]])
             idx = np.flatnonzero(fresh)
             accounts, ts, positions = accounts.take(pa.array(idx)), ts[idx], positions[idx]
         parts = [] if replayed is None or not replayed.num_rows else [replayed]
+        through = max(done, batch.through, int(positions[-1]) if len(positions) else -1)
         if len(ts):
             if not pa.types.is_dictionary(accounts.type):
                 accounts = accounts.dictionary_encode()
@@ -368,21 +406,23 @@ class _RollingLogic(StatefulBatchLogic[EventBatch, ShardUpdate, dict[str, int]])
             )
             values = np.where(result.accepted, result.values, -1)
             rows = _rows(positions, accounts, ts, values, kind)
-            first, last = int(positions[0]), int(positions[-1])
+            first = int(positions[0])
             outbox = None
             if self.config.recovery:
                 kept = self._outbox_rows(rows, kind)
-                outbox = (partition, first, last, kept.serialize().to_pybytes())
-            store.commit(uniq, result.records, {partition: last}, outbox)
-            self.applied[partition] = last
+                outbox = (partition, first, int(positions[-1]), kept.serialize().to_pybytes())
+            store.commit(uniq, result.records, {partition: through}, outbox)
             parts.append(rows)
+        elif through > done:
+            store.commit([], empty_records(0, layout.window_buckets), {partition: through})
+        self.applied[partition] = through
+        n_replayed = 0 if replayed is None else replayed.num_rows
         if not parts:
             rows = _EMPTY_ROWS
         elif len(parts) == 1:
             rows = parts[0]
         else:
             rows = pa.Table.from_batches(parts).combine_chunks().to_batches()[0]
-        n_replayed = 0 if replayed is None else replayed.num_rows
         return ShardUpdate(partition, rows, skipped, n_replayed)
 
     def _outbox_rows(self, rows: pa.RecordBatch, kind: np.ndarray) -> pa.RecordBatch:
@@ -402,12 +442,29 @@ class _RollingLogic(StatefulBatchLogic[EventBatch, ShardUpdate, dict[str, int]])
     def snapshot(self) -> dict[str, int]:
         state = {**self.resume, **self.applied}
         if self.config.recovery and self._store is not None:
-            # A restart resumes from one of the last snapshots: keep the outbox two snapshots deep.
-            self.snapshots.append(state)
-            if len(self.snapshots) > 2:
-                for partition, position in self.snapshots.popleft().items():
-                    self._store.prune_outbox(partition, position)
+            self._prune()
         return state
+
+    def _prune(self) -> None:
+        """Drop outbox entries that no restart can replay any more.
+
+        A restart replays each source partition from the position Bytewax snapshotted for it
+        at the epoch it resumes from; the oldest source snapshot still kept in the recovery dir
+        is at or before that, so outbox entries wholly before it are never needed again.
+        """
+        now = time.monotonic()
+        if now - self.last_prune < _PRUNE_INTERVAL_S or self._store is None:
+            return
+        self.last_prune = now
+        assert self.config.recovery_dir is not None
+        committed = committed_source_positions(self.config.recovery_dir, self.config.source_step)
+        for partition in self.applied:
+            position = committed.get(partition)
+            if position is not None:
+                self._store.prune_outbox(partition, min(position - 1, self.applied[partition]))
+
+
+_PRUNE_INTERVAL_S = 1.0
 
 
 @operator

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pyarrow as pa
 from bytewax import operators as op
@@ -19,7 +21,10 @@ def shard_key(shard: int) -> str:
 
 
 def split_by_shard(batch: EventBatch, shards: int) -> list[tuple[str, EventBatch]]:
-    """Split a batch into one sub-batch per shard present, each keeping source order.
+    """Split a batch into one sub-batch per shard, each keeping source order.
+
+    Every shard gets a sub-batch carrying the batch's `through` position, empty when none of the
+    events are its own, so every shard records how far the source has been applied.
 
     Each sub-batch carries its accounts as a dictionary array whose dictionary holds exactly the
     distinct accounts of that sub-batch, so the rolling count reads each account's state once
@@ -27,7 +32,9 @@ def split_by_shard(batch: EventBatch, shards: int) -> list[tuple[str, EventBatch
     own accounts.
     """
     if not len(batch):
-        return []
+        if batch.through < 0:
+            return []
+        return [(shard_key(s), replace(batch, shard=s)) for s in range(shards)]
     encoded = batch.accounts.dictionary_encode()
     codes = encoded.indices.to_numpy(zero_copy_only=False)
     dictionary = encoded.dictionary
@@ -46,13 +53,24 @@ def split_by_shard(batch: EventBatch, shards: int) -> list[tuple[str, EventBatch
     cuts = np.flatnonzero(np.diff(shard[order])) + 1
     groups = dict(zip(code_shards[starts].tolist(), np.split(by_shard, code_cuts), strict=True))
     out = []
+    present = set()
     for idx in np.split(order, cuts):
         s = int(shard[idx[0]])
+        present.add(s)
         accounts = pa.DictionaryArray.from_arrays(
             pa.array(local[codes[idx]], type=pa.int32()), dictionary.take(pa.array(groups[s]))
         )
-        sub = EventBatch(batch.partition, accounts, batch.ts[idx], batch.positions[idx], s)
+        sub = EventBatch(
+            batch.partition, accounts, batch.ts[idx], batch.positions[idx], s, batch.through
+        )
         out.append((shard_key(s), sub))
+    if batch.through >= 0 and len(present) < shards:
+        empty = batch.positions[:0]
+        none = pa.array([], pa.binary())
+        for s in range(shards):
+            if s not in present:
+                sub = EventBatch(batch.partition, none, batch.ts[:0], empty, s, batch.through)
+                out.append((shard_key(s), sub))
     return out
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from collections import Counter
@@ -12,40 +11,33 @@ from typing import Any
 
 import orjson
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
+from streamml.operators.recovery_state import first_start
 from streamml.operators.rolling import ShardUpdate
 from streamml.operators.shard import shard_key
+from streamml.state.errors import RefusedError
 from streamml.state.history import HistoryWriter
 
-__all__ = ["HistorySink", "JsonLinesSink", "StatsSink", "first_start", "read_stats"]
-
-
-def first_start(recovery_dir: Path | None, output: str, current: Any) -> Any:
-    """Return what `output` was when the flow first started with `recovery_dir`.
-
-    The first call for an output records `current` in the recovery dir; later calls (a restart
-    before any snapshot was committed) return the recorded value, so the restart can cut the
-    output back to where the run began. Without a recovery dir, returns `current`.
-    """
-    if recovery_dir is None:
-        return current
-    marks = Path(recovery_dir) / "streamml-outputs"
-    marks.mkdir(parents=True, exist_ok=True)
-    mark = marks / (hashlib.sha256(output.encode()).hexdigest()[:32] + ".json")
-    try:
-        fd = os.open(mark, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
-    except FileExistsError:
-        return orjson.loads(mark.read_bytes())["start"]
-    with os.fdopen(fd, "wb") as f:
-        f.write(orjson.dumps({"output": output, "start": current}))
-    return current
+__all__ = ["HistorySink", "JsonLinesSink", "StatsSink", "read_stats"]
 
 
 class _JsonLinesPartition(StatefulSinkPartition[Any, int]):
     def __init__(self, path: Path, resume: int | None, recovery_dir: Path | None) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.f = open(path, "ab")  # noqa: SIM115
         if resume is None and recovery_dir is not None:
-            resume = first_start(recovery_dir, str(path.resolve()), self.f.tell())
+            size = path.stat().st_size if path.exists() else 0
+            resume = first_start(recovery_dir, str(path.resolve()), size)
+        if resume is not None:
+            size = path.stat().st_size if path.exists() else None
+            if (size or 0) < resume:
+                state = "is gone" if size is None else f"is {size} bytes"
+                raise RefusedError(
+                    f"output {path} {state}, but recovery dir {recovery_dir} resumes it at byte "
+                    f"{resume}: what was written to it before cannot be told from what is new. "
+                    "Restore the file, or start over with `streamml recovery reset "
+                    f"{recovery_dir} --state-dir STATE_DIR` (the output is then appended to "
+                    "from where the state dir stopped)"
+                )
+        self.f = open(path, "ab")  # noqa: SIM115
         if resume is not None:
             self.f.truncate(resume)
             self.f.seek(resume)
@@ -76,10 +68,11 @@ class JsonLinesSink(FixedPartitionedSink[Any, int]):
     def __init__(
         self, path: str | os.PathLike[str], *, recovery_dir: str | os.PathLike[str] | None = None
     ) -> None:
-        self.path = Path(path)
+        self.path = Path(path).resolve()
         self.recovery_dir = Path(recovery_dir) if recovery_dir is not None else None
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.touch()
+        if self.recovery_dir is None:
+            self.path.touch()
 
     def list_parts(self) -> list[str]:
         """Return the single partition."""
@@ -209,6 +202,10 @@ class StatsSink(FixedPartitionedSink[Mapping[str, int], None]):
     def __init__(self, path: str | os.PathLike[str] | None, interval_s: float = 0.5) -> None:
         self.path = Path(path) if path is not None else None
         self.interval_s = interval_s
+        if self.path is not None:
+            # Bytewax builds the partition on the first item: a run with nothing to read
+            # still reports zeros, not the counters of an earlier run.
+            _StatsPartition(self.path, interval_s)
 
     def list_parts(self) -> list[str]:
         """Return the single partition."""

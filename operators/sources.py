@@ -8,6 +8,7 @@ and the position check of the rolling count work the same way for every source.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,8 +17,13 @@ import numpy as np
 import pyarrow as pa
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from streamml.operators.records import EventBatch, LinesChunk
+from streamml.operators.recovery_state import first_start
+from streamml.state.errors import RefusedError
+from streamml.state.rolling_store import stored_positions
+from streamml.state.sources import SourceRegistry
 
 __all__ = [
+    "DEFAULT_SETTLE_MS",
     "FileSource",
     "GeneratedEvents",
     "GeneratorConfig",
@@ -29,6 +35,8 @@ __all__ = [
 ]
 
 DEFAULT_CHUNK_BYTES = 16 << 20
+DEFAULT_SETTLE_MS = 10_000
+"""A last line without a newline is read once its file has not changed for this long."""
 
 
 def detect_format(path: str | os.PathLike[str]) -> str:
@@ -46,6 +54,14 @@ def read_csv_header(path: str | os.PathLike[str]) -> tuple[tuple[str, ...], int]
     return tuple(c.strip() for c in text.split(",")), len(first)
 
 
+def _ends_with_newline(path: Path, size: int) -> bool:
+    if size == 0:
+        return True
+    with open(path, "rb") as f:
+        f.seek(size - 1)
+        return f.read(1) == b"\n"
+
+
 class _FilePartition(StatefulSourcePartition[LinesChunk, int]):
     def __init__(
         self,
@@ -53,33 +69,66 @@ class _FilePartition(StatefulSourcePartition[LinesChunk, int]):
         path: Path,
         fmt: str,
         header: tuple[str, ...] | None,
-        begin: int,
-        resume: int | None,
+        start: int,
         chunk_bytes: int,
+        settle_ms: int,
+        registry: SourceRegistry | None,
     ) -> None:
         self.name = name
+        self.path = path
         self.fmt = fmt
         self.header = header
         self.chunk_bytes = chunk_bytes
+        self.settle_ms = settle_ms
+        self.registry = registry
         self.f = open(path, "rb")  # noqa: SIM115
-        self.pos = begin if resume is None else resume
+        self.pos = start
         self.f.seek(self.pos)
+        self.ended = False
+
+    def _settled(self) -> bool:
+        """Whether the file has not changed for `settle_ms`: its last line is then complete."""
+        age_ms = (time.time() - os.fstat(self.f.fileno()).st_mtime) * 1000
+        return age_ms >= self.settle_ms
 
     def next_batch(self) -> list[LinesChunk]:
+        if self.ended:
+            raise StopIteration
         data = self.f.read(self.chunk_bytes)
         if not data:
+            self._end()
             raise StopIteration
         cut = data.rfind(b"\n") + 1
         if cut == 0:
             data += self.f.readline()
-        elif cut < len(data):
+            cut = len(data) if data.endswith(b"\n") else 0
+        if cut < len(data):
+            rest = data[cut:]
+            if cut == 0 and self._settled():
+                # The file ends with a line that has no newline and has not changed for a
+                # while: the line is complete; its position is where the newline would be.
+                base = self.pos
+                self.pos += len(rest)
+                return [LinesChunk(self.name, self.fmt, rest + b"\n", base, self.header)]
             data = data[:cut]
             self.f.seek(self.pos + cut)
+            if not data:
+                self._end()
+                return [LinesChunk(self.name, self.fmt, b"", self.pos, self.header, held_back=1)]
         base = self.pos
         self.pos += len(data)
         return [LinesChunk(self.name, self.fmt, data, base, self.header)]
 
+    def _end(self) -> None:
+        self.ended = True
+        self._record()
+
+    def _record(self) -> None:
+        if self.registry is not None:
+            self.registry.record_read(self.name, self.path, self.pos)
+
     def snapshot(self) -> int:
+        self._record()
         return self.pos
 
     def close(self) -> None:
@@ -90,9 +139,18 @@ class FileSource(FixedPartitionedSource[LinesChunk, int]):
     """Read JSON lines or CSV files to their end, in chunks of whole lines.
 
     Each file is one partition, ``file:PATH``, read in order; a record's position is the byte
-    offset of its line. Running again over a file that grew reads only what was appended once the
-    state holds the earlier positions. Counts are exact for the order of each file: keep each
-    account in one file (as a topic keeps each key in one partition) when reading several.
+    offset of its line. Counts are exact for the order of each file: keep each account in one
+    file (as a topic keeps each key in one partition) when reading several.
+
+    Only complete lines are records: a last line without its newline (a writer mid-append) is
+    held back, and read once it is complete; a file that simply lacks a final newline has that
+    line read once the file has not changed for `settle_ms` (0: the files are complete now).
+
+    With a `state_dir`, the state dir says what each file is and how far it was applied (see
+    `streamml.state.sources`): a file that grew is read for its new lines only, a replaced or
+    rotated file is read from its start as the new input it is (its partition is then named
+    ``file:PATH#N``), and a truncated one is refused. With a `recovery_dir` too, a start with no
+    Bytewax snapshot reads from where the first start with that recovery dir did.
     """
 
     def __init__(
@@ -101,6 +159,10 @@ class FileSource(FixedPartitionedSource[LinesChunk, int]):
         *,
         fmt: str | None = None,
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        state_dir: str | os.PathLike[str] | None = None,
+        shards: int = 0,
+        recovery_dir: str | os.PathLike[str] | None = None,
+        settle_ms: int = DEFAULT_SETTLE_MS,
     ) -> None:
         if not paths:
             raise ValueError("FileSource needs at least one path")
@@ -110,19 +172,60 @@ class FileSource(FixedPartitionedSource[LinesChunk, int]):
                 raise FileNotFoundError(f"input file not found: {p}")
         if len(set(self.paths)) != len(self.paths):
             raise ValueError("the same input file was given twice")
+        if settle_ms < 0:
+            raise ValueError(f"settle_ms must be >= 0, got {settle_ms}")
         self.fmt = fmt
         self.chunk_bytes = chunk_bytes
+        self.settle_ms = settle_ms
+        self.state_dir = Path(state_dir) if state_dir is not None else None
+        self.shards = shards
+        self.recovery_dir = Path(recovery_dir) if recovery_dir is not None else None
+        self.registry = SourceRegistry(state_dir) if state_dir is not None else None
+        if self.registry is None:
+            self.names = {f"file:{p}": p for p in self.paths}
+        else:
+            self.names = {self.registry.resolve_file(p): p for p in self.paths}
+        self._stored: dict[str, int] | None = None
 
     def list_parts(self) -> list[str]:
         """Return one partition name per file."""
-        return [f"file:{p}" for p in self.paths]
+        return list(self.names)
+
+    def _stored_position(self, name: str) -> int:
+        if self.state_dir is None:
+            return -1
+        if self._stored is None:
+            self._stored = stored_positions(self.state_dir, self.shards)
+        return first_start(self.recovery_dir, f"source:{name}", self._stored.get(name, -1))
 
     def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _FilePartition:
-        """Open one file, at `resume_state` if resuming."""
-        path = Path(for_part.removeprefix("file:"))
+        """Open one file at `resume_state`, or after what the state dir has applied."""
+        path = self.names[for_part]
         fmt = self.fmt or detect_format(path)
         header, first = read_csv_header(path) if fmt == "csv" else (None, 0)
-        return _FilePartition(for_part, path, fmt, header, first, resume_state, self.chunk_bytes)
+        if resume_state is None:
+            start = max(first, self._stored_position(for_part) + 1)
+        else:
+            start = int(resume_state)
+        size = path.stat().st_size
+        if start == size + 1 and not _ends_with_newline(path, size):
+            start = size  # its last line was read without a newline (a settled file)
+        if start > size:
+            raise RefusedError(
+                f"input {path} is {size} bytes but reading is to resume at byte {start}: the "
+                "file is shorter than what was read. Restore it, or read it as a new input with "
+                f"--reset-source {path}"
+            )
+        return _FilePartition(
+            for_part,
+            path,
+            fmt,
+            header,
+            start,
+            self.chunk_bytes,
+            self.settle_ms,
+            self.registry,
+        )
 
 
 @dataclass(frozen=True, slots=True)

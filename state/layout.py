@@ -3,26 +3,63 @@
 ```
 STATE_DIR/
   streamml-state.json   settings every reader and writer must agree on
-  shards/shard-NNN/     one RocksDB database per shard
+  streamml-id.json      the state dir's id, which recovery dirs record to be tied to it
+  shards/shard-NNN/     one RocksDB database per shard, all created with the state dir
+  sources/              what each input is (file identity, topic incarnation), see `sources`
   history/              default location of the history store (Parquet, by day)
 ```
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import uuid
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-__all__ = ["LAYOUT_FILE", "IncompatibleStateError", "StateLayout"]
+import orjson
+from streamml.state.errors import RefusedError
+from streamml.state.files import atomic_write, create_exclusive
+
+__all__ = [
+    "ID_FILE",
+    "LAYOUT_FILE",
+    "IncompatibleStateError",
+    "IncompleteStateError",
+    "StateLayout",
+    "missing_shards",
+    "state_id",
+]
 
 LAYOUT_FILE = "streamml-state.json"
+ID_FILE = "streamml-id.json"
 _FORMAT = 1
 
 
-class IncompatibleStateError(ValueError):
+class IncompatibleStateError(RefusedError, ValueError):
     """A state directory was created with settings that differ from the ones requested."""
+
+
+class IncompleteStateError(RefusedError, FileNotFoundError):
+    """A state directory lacks shard databases it was created with (copied or half deleted)."""
+
+
+def state_id(state_dir: str | os.PathLike[str]) -> str:
+    """Return the id of `state_dir`, giving it one if it has none yet."""
+    path = Path(state_dir) / ID_FILE
+    create_exclusive(path, orjson.dumps({"id": uuid.uuid4().hex}))
+    return orjson.loads(path.read_bytes())["id"]
+
+
+def missing_shards(state_dir: str | os.PathLike[str], layout: StateLayout) -> list[int]:
+    """Return the shards of `layout` whose database is not in `state_dir`."""
+    return [
+        s
+        for s in range(layout.shards)
+        if not (StateLayout.shard_dir(state_dir, s) / "CURRENT").exists()
+    ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,15 +102,27 @@ class StateLayout:
         return cls(**{k: v for k, v in data.items() if k in known})
 
     def ensure(self, state_dir: str | os.PathLike[str]) -> StateLayout:
-        """Create `state_dir` with this layout, or check that the stored one is the same."""
+        """Create `state_dir` with this layout, or check that the stored one is the same.
+
+        A new state dir gets its id and every shard database before its layout file, which is
+        written last: a state dir with a layout file is complete.
+        """
         stored = StateLayout.read(state_dir)
         if stored is None:
+            from streamml.state.rolling_store import create_shard
+
             root = Path(state_dir)
             root.mkdir(parents=True, exist_ok=True)
-            tmp = root / f"{LAYOUT_FILE}.{os.getpid()}.tmp"
-            tmp.write_text(json.dumps(asdict(self), indent=2) + "\n")
-            os.replace(tmp, root / LAYOUT_FILE)
-            return self
+            with open(root / ".create.lock", "wb") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                stored = StateLayout.read(state_dir)
+                if stored is None:
+                    state_id(root)
+                    for shard in range(self.shards):
+                        create_shard(StateLayout.shard_dir(root, shard))
+                    body = (json.dumps(asdict(self), indent=2) + "\n").encode()
+                    atomic_write(root / LAYOUT_FILE, body)
+                    return self
         if stored != self:
             diff = {
                 f.name: (getattr(stored, f.name), getattr(self, f.name))
@@ -85,4 +134,18 @@ class StateLayout:
                 f"state directory {state_dir} was created with other settings ({detail}); "
                 "use the stored settings or a new --state-dir"
             )
+        stored.check_complete(state_dir)
         return stored
+
+    def check_complete(self, state_dir: str | os.PathLike[str]) -> None:
+        """Raise `IncompleteStateError` naming the shards whose database is missing."""
+        missing = missing_shards(state_dir, self)
+        if missing:
+            names = ", ".join(f"shard-{s:03d}" for s in missing[:8])
+            more = f" and {len(missing) - 8} more" if len(missing) > 8 else ""
+            raise IncompleteStateError(
+                f"state directory {state_dir} is incomplete: {len(missing)} of {self.shards} "
+                f"shard databases are missing ({names}{more}); its values would be wrong. "
+                "Restore the whole directory, or rebuild it by running the flow into a new "
+                "--state-dir"
+            )

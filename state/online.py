@@ -56,6 +56,7 @@ class OnlineStore:
                 f"{self.state_dir} holds no feature state (no streamml-state.json); "
                 "run `streamml run error-count --state-dir DIR ...` first"
             )
+        layout.check_complete(self.state_dir)
         self.layout = layout
         self._clock = clock
         self._shards: dict[int, RollingStateStore | None] = {}

@@ -31,8 +31,10 @@ __all__ = [
     "ALERT_FLAG",
     "RollingStateStore",
     "StoreTuning",
+    "create_shard",
     "empty_records",
     "record_dtype",
+    "stored_positions",
 ]
 
 ALERT_FLAG = 1
@@ -198,3 +200,31 @@ class RollingStateStore:
             if not k.startswith(self._prefix):
                 break
             yield k[len(self._prefix) :], np.frombuffer(v, dtype=self.dtype)[0]
+
+
+def create_shard(path: str | os.PathLike[str]) -> None:
+    """Create an empty shard database at `path` (nothing happens if one is there)."""
+    RollingStateStore(path, feature=0, window=1).close()
+
+
+def stored_positions(state_dir: str | os.PathLike[str], shards: int) -> dict[str, int]:
+    """Return, per source partition, the position through which every shard has applied it.
+
+    Each shard records how far it applied each partition (every shard sees every batch, even
+    with none of its events), so reading can resume after the smallest of them; a partition that
+    some shard has not recorded yet answers -1. Opens the shards read-only, so it works while a
+    flow writes them.
+    """
+    per_shard: list[dict[str, int]] = []
+    for shard in range(shards):
+        path = Path(state_dir) / "shards" / f"shard-{shard:03d}"
+        if not (path / "CURRENT").exists():
+            per_shard.append({})
+            continue
+        store = RollingStateStore(path, feature=0, window=1, read_only=True)
+        try:
+            per_shard.append(store.applied_positions())
+        finally:
+            store.close()
+    names = set().union(*per_shard) if per_shard else set()
+    return {n: min(p.get(n, -1) for p in per_shard) for n in names}

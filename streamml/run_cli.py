@@ -10,11 +10,23 @@ from pathlib import Path
 from typing import Any
 
 from streamml.console import Progress, format_table, human
-from streamml.dataflows.error_count import KAFKA_PREFIX, ErrorCountConfig, SourceConfig
-from streamml.operators.sources import GeneratorConfig, detect_format, read_csv_header
+from streamml.dataflows.error_count import (
+    KAFKA_PREFIX,
+    ErrorCountConfig,
+    SourceConfig,
+    prepare_state,
+)
+from streamml.operators.sources import (
+    DEFAULT_SETTLE_MS,
+    GeneratorConfig,
+    detect_format,
+    read_csv_header,
+)
 from streamml.recovery import ensure_recovery_dir, recovery_args
 from streamml.runner import RunResult, run_flow_processes
-from streamml.state.layout import IncompatibleStateError, StateLayout
+from streamml.state.errors import RefusedError
+from streamml.state.layout import StateLayout
+from streamml.worker import REFUSED_EXIT
 
 __all__ = ["config_from_args", "register", "run_error_count", "summary_rows"]
 
@@ -58,6 +70,21 @@ def add_error_count_options(p: argparse.ArgumentParser) -> None:
     )
     src.add_argument(
         "--format", choices=["csv", "jsonl"], help="input format (default: .csv files are CSV)"
+    )
+    src.add_argument(
+        "--settle-ms",
+        type=int,
+        default=DEFAULT_SETTLE_MS,
+        help="a last line without a newline is read once its file has not changed for this long "
+        "(0: the files are complete now); until then it is held back, and read once complete",
+    )
+    src.add_argument(
+        "--reset-source",
+        action="append",
+        default=[],
+        metavar="PATH|kafka:TOPIC",
+        help="read this input again from its start as a new input (its events are counted "
+        "again): for a file truncated in place, or a topic that was deleted and created again",
     )
     src.add_argument("--events", type=int, default=1_000_000, help="events to generate")
     src.add_argument("--accounts", type=int, default=100_000, help="distinct accounts to generate")
@@ -157,6 +184,8 @@ def config_from_args(args: argparse.Namespace, stats_path: Path | None) -> Error
         raise ValueError("--events must be >= 0 and --accounts >= 1")
     if args.processes < 1:
         raise ValueError("--processes must be >= 1")
+    if args.settle_ms < 0:
+        raise ValueError("--settle-ms must be >= 0")
     if getattr(args, "recovery_dir", None) is not None and args.snapshot_interval < 1:
         raise ValueError("--snapshot-interval must be >= 1 second")
     source = SourceConfig(
@@ -186,6 +215,7 @@ def config_from_args(args: argparse.Namespace, stats_path: Path | None) -> Error
         recovery_dir=Path(args.recovery_dir).resolve()
         if getattr(args, "recovery_dir", None)
         else None,
+        settle_ms=args.settle_ms,
     )
 
 
@@ -196,13 +226,18 @@ def run_error_count(
     show_progress: bool | None = None,
     recovery_dir: Path | None = None,
     snapshot_interval_s: int = 10,
+    reset_sources: tuple[str, ...] = (),
 ) -> RunResult:
-    """Run the error-count flow in worker processes; shows progress on a terminal."""
-    config.layout.ensure(config.state_dir)
+    """Run the error-count flow in worker processes; shows progress on a terminal.
+
+    Raises `RefusedError` when the state dir, recovery dir and inputs disagree (nothing is
+    written then).
+    """
     extra: list[str] = []
     if recovery_dir is not None:
         ensure_recovery_dir(recovery_dir)
         extra = recovery_args(recovery_dir, snapshot_interval_s)
+    prepare_state(config, reset_sources=reset_sources)
     bar = Progress(enabled=show_progress)
 
     def progress(counters: dict[str, Any], elapsed: float) -> None:
@@ -234,8 +269,12 @@ def summary_rows(result: RunResult) -> list[tuple[str, str]]:
         ("accepted", human(c.get("accepted", 0))),
         ("late (not counted)", human(c.get("late", 0))),
         ("already applied (skipped)", human(c.get("skipped", 0))),
+        ("replayed after a restart", human(c.get("replayed", 0))),
         ("dead letters", human(c.get("dead", 0))),
     ]
+    if c.get("held_back"):
+        n = c["held_back"]
+        rows.append(("held back", f"{n} incomplete line{'s' if n != 1 else ''}"))
     for key in sorted(k for k in c if k.startswith("dead.")):
         rows.append((f"  {key.removeprefix('dead.')}", human(c[key])))
     rows += [
@@ -252,16 +291,22 @@ def _cmd_error_count(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="streamml-run-") as tmp:
         try:
             config = config_from_args(args, Path(tmp) / "stats.json")
-            config.layout.ensure(config.state_dir)
-        except (ValueError, IncompatibleStateError) as exc:
+            resets = tuple(
+                r if r.startswith("kafka:") else str(Path(r).resolve()) for r in args.reset_source
+            )
+            result = run_error_count(
+                config,
+                processes=args.processes,
+                recovery_dir=args.recovery_dir,
+                snapshot_interval_s=args.snapshot_interval,
+                reset_sources=resets,
+            )
+        except (ValueError, RefusedError) as exc:
             print(f"streamml run error-count: {exc}", file=sys.stderr)
             return 2
-        result = run_error_count(
-            config,
-            processes=args.processes,
-            recovery_dir=args.recovery_dir,
-            snapshot_interval_s=args.snapshot_interval,
-        )
+    if result.returncode == REFUSED_EXIT:
+        print("streamml run error-count: the run was refused (see above)", file=sys.stderr)
+        return 2
     if result.returncode != 0:
         print(
             f"streamml run error-count: the flow failed (exit {result.returncode})", file=sys.stderr

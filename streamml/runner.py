@@ -112,5 +112,10 @@ def run_flow_processes(
     stats = read_stats(stats_path) if stats_path is not None else None
     if rc != 0 and log is None:
         errlog.seek(0)
-        sys.stderr.write(errlog.read()[-8000:])
+        text = errlog.read()
+        refusals = [line for line in text.splitlines() if line.startswith("streamml: refused:")]
+        if refusals:
+            sys.stderr.write(refusals[0] + "\n")
+        else:
+            sys.stderr.write(text[-8000:])
     return RunResult(rc, (stats or {}).get("counters", {}), wall, cpu, peak)

@@ -13,7 +13,12 @@ import sys
 from collections.abc import Sequence
 from datetime import timedelta
 
-__all__ = ["main"]
+from streamml.state.errors import RefusedError
+
+__all__ = ["REFUSED_EXIT", "main"]
+
+REFUSED_EXIT = 3
+"""Exit code of a worker whose run was refused (`RefusedError`) before it wrote anything."""
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -37,8 +42,26 @@ def main(argv: Sequence[str] | None = None) -> None:
     if addresses is not None:
         kwargs["addresses"] = addresses.split(";")
     module, _, attr = kwargs.pop("import_str").partition(":")
-    kwargs["flow"] = bytewax_run._locate_dataflow(module, attr or "flow")
-    bytewax_run.cli_main(**kwargs)
+    try:
+        kwargs["flow"] = bytewax_run._locate_dataflow(module, attr or "flow")
+        bytewax_run.cli_main(**kwargs)
+    except Exception as exc:
+        refused = _refusal(exc)
+        if refused is None:
+            raise
+        print(f"streamml: refused: {refused}", file=sys.stderr, flush=True)
+        sys.exit(REFUSED_EXIT)
+
+
+def _refusal(exc: BaseException | None) -> RefusedError | None:
+    """Return the `RefusedError` behind `exc` (Bytewax wraps errors of sources and sinks)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, RefusedError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 if __name__ == "__main__":

@@ -23,8 +23,8 @@ KILLS = 5
 # then soon after the first one is committed. A run resumes from its last committed snapshot, so
 # five kills advance it by about two snapshots of input and the input outlasts them. The file
 # source reads 16 MiB chunks, which delays its first commit; Kafka batches are small.
-FILE_KILL_WINDOWS = [(0.05, 0.7), (2.0, 2.6)]
-KAFKA_KILL_WINDOWS = [(0.05, 0.5), (1.3, 1.8)]
+FILE_KILL_WINDOWS = [(0.0, 0.3), (1.4, 2.0)]
+KAFKA_KILL_WINDOWS = [(0.0, 0.2), (0.9, 1.3)]
 
 
 def flow_cmd(extra: list[str]) -> list[str]:
@@ -53,6 +53,14 @@ def run_clean(config: ErrorCountConfig) -> None:
     subprocess.run(flow_cmd([]), env=env_for(config), check=True, timeout=600)
 
 
+def started(stats: Path) -> bool:
+    """Whether the flow has read something (the stats file exists from the start)."""
+    try:
+        return orjson.loads(stats.read_bytes())["counters"].get("read", 0) > 0
+    except (FileNotFoundError, orjson.JSONDecodeError):
+        return False
+
+
 def run_with_kills(config: ErrorCountConfig, seed: int, windows: list[tuple[float, float]]) -> int:
     """Kill the flow KILLS times, at a random moment of each attempt's window, then let it end."""
     rng = random.Random(seed)
@@ -67,7 +75,7 @@ def run_with_kills(config: ErrorCountConfig, seed: int, windows: list[tuple[floa
         proc = subprocess.Popen(flow_cmd(args), env=env_for(config))
         if kills < KILLS:
             deadline = time.time() + 120
-            while not stats.exists() and proc.poll() is None and time.time() < deadline:
+            while not started(stats) and proc.poll() is None and time.time() < deadline:
                 time.sleep(0.01)
             time.sleep(rng.uniform(*windows[kills % len(windows)]))
             if proc.poll() is None:
