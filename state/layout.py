@@ -4,6 +4,7 @@
 STATE_DIR/
   streamml-state.json   settings every reader and writer must agree on
   shards/shard-NNN/     one RocksDB database per shard
+  ondemand/shard-NNN/   answers of on-demand services, one RocksDB database per shard
   history/              default location of the history store (Parquet, by day)
 ```
 """
@@ -53,6 +54,11 @@ class StateLayout:
     def shard_dir(state_dir: str | os.PathLike[str], shard: int) -> Path:
         """Return the directory of one shard's database."""
         return Path(state_dir) / "shards" / f"shard-{shard:03d}"
+
+    @staticmethod
+    def ondemand_dir(state_dir: str | os.PathLike[str], shard: int) -> Path:
+        """Return the directory of one shard's database of on-demand answers."""
+        return Path(state_dir) / "ondemand" / f"shard-{shard:03d}"
 
     @classmethod
     def read(cls, state_dir: str | os.PathLike[str]) -> StateLayout | None:
