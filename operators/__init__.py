@@ -1,8 +1,9 @@
 """Reusable typed Bytewax operators, sources and sinks of the feature flows.
 
-The Kafka connector (`streamml.operators.kafka`) and the scoring operator
-(`streamml.operators.scoring`) are imported from their modules, so flows that use neither do
-not load kafka-python or ONNX Runtime.
+The Kafka connector (`streamml.operators.kafka`), the scoring operator
+(`streamml.operators.scoring`) and the asynchronous fetcher (`streamml.operators.fetch`,
+`streamml.operators.fetch_logic`) are imported from their modules, so flows that use none of them
+do not load kafka-python, ONNX Runtime or aiohttp.
 """
 
 from streamml.operators.decode import (

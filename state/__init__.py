@@ -1,7 +1,8 @@
-"""Keyed state on RocksDB: rolling-count state, the online feature store and the history store."""
+"""Keyed state on RocksDB: rolling-count state, online and on-demand stores, the history store."""
 
 from streamml.state.history import HISTORY_SCHEMA, HistoryWriter, read_history
 from streamml.state.layout import IncompatibleStateError, StateLayout
+from streamml.state.ondemand import OnDemandReader, OnDemandStore, is_fresh
 from streamml.state.online import FeatureValue, OnlineStore, window_value
 from streamml.state.rolling_store import RollingStateStore, StoreTuning, empty_records, record_dtype
 from streamml.state.sharding import hash_account, hash_many, shard_many, shard_of
@@ -11,6 +12,8 @@ __all__ = [
     "FeatureValue",
     "HistoryWriter",
     "IncompatibleStateError",
+    "OnDemandReader",
+    "OnDemandStore",
     "OnlineStore",
     "RollingStateStore",
     "StateLayout",
@@ -18,6 +21,7 @@ __all__ = [
     "empty_records",
     "hash_account",
     "hash_many",
+    "is_fresh",
     "read_history",
     "record_dtype",
     "shard_many",

@@ -7,8 +7,10 @@ payload. Namespaces never share a prefix, so a prefix scan of one never sees ano
 - applied source position: ``VERSION | b"P" | partition name (UTF-8)``
 - metadata: ``VERSION | b"M" | name (UTF-8)``
 - outbox of emitted updates: ``VERSION | b"O" | len(partition) (u16) | partition | position (u64)``
+- on-demand answer: ``VERSION | b"D" | len(service) (u16) | service (UTF-8) | account bytes``
 
-The account is the last component, so keys of one feature sort exactly like their account bytes.
+The account is the last component, so keys of one feature (or one on-demand service) sort exactly
+like their account bytes.
 """
 
 from __future__ import annotations
@@ -19,14 +21,18 @@ __all__ = [
     "ACCOUNT_NS",
     "FORMAT_VERSION",
     "META_NS",
+    "ONDEMAND_NS",
     "OUTBOX_NS",
     "POSITION_NS",
     "account_key",
     "account_prefix",
     "decode_account_key",
+    "decode_ondemand_key",
     "decode_outbox_key",
     "decode_position_key",
     "meta_key",
+    "ondemand_key",
+    "ondemand_prefix",
     "outbox_key",
     "outbox_prefix",
     "position_key",
@@ -38,6 +44,7 @@ ACCOUNT_NS = b"A"
 POSITION_NS = b"P"
 META_NS = b"M"
 OUTBOX_NS = b"O"
+ONDEMAND_NS = b"D"
 _LEN = struct.Struct(">H")
 _POS = struct.Struct(">Q")
 _FEATURE = struct.Struct(">H")
@@ -100,3 +107,26 @@ def decode_outbox_key(key: bytes) -> tuple[str, int]:
         raise ValueError(f"not an outbox key of format version {FORMAT_VERSION}: {key[:16]!r}")
     (n,) = _LEN.unpack_from(key, 2)
     return key[4 : 4 + n].decode("utf-8"), _POS.unpack_from(key, 4 + n)[0]
+
+
+def ondemand_prefix(service: str) -> bytes:
+    """Return the prefix shared by every on-demand key of `service`."""
+    name = service.encode("utf-8")
+    if len(name) > 0xFFFF:
+        raise ValueError(f"service names are at most 65535 bytes, got {len(name)}")
+    return _V + ONDEMAND_NS + _LEN.pack(len(name)) + name
+
+
+def ondemand_key(service: str, account: bytes) -> bytes:
+    """Return the key of the answer of `service` fetched for `account`."""
+    return ondemand_prefix(service) + account
+
+
+def decode_ondemand_key(key: bytes) -> tuple[str, bytes]:
+    """Return `(service, account)` from a key built by `ondemand_key`."""
+    if len(key) < 4 or key[:1] != _V or key[1:2] != ONDEMAND_NS:
+        raise ValueError(f"not an on-demand key of format version {FORMAT_VERSION}: {key[:16]!r}")
+    (n,) = _LEN.unpack_from(key, 2)
+    if len(key) < 4 + n:
+        raise ValueError(f"truncated on-demand key: {key[:16]!r}")
+    return key[4 : 4 + n].decode("utf-8"), key[4 + n :]

@@ -5,6 +5,7 @@ STATE_DIR/
   streamml-state.json   settings every reader and writer must agree on
   streamml-id.json      the state dir's id, which recovery dirs record to be tied to it
   shards/shard-NNN/     one RocksDB database per shard, all created with the state dir
+  ondemand/shard-NNN/   answers of on-demand services, one RocksDB database per shard
   sources/              what each input is (file identity, topic incarnation), see `sources`
   history/              default location of the history store (Parquet, by day)
 ```
@@ -90,6 +91,11 @@ class StateLayout:
     def shard_dir(state_dir: str | os.PathLike[str], shard: int) -> Path:
         """Return the directory of one shard's database."""
         return Path(state_dir) / "shards" / f"shard-{shard:03d}"
+
+    @staticmethod
+    def ondemand_dir(state_dir: str | os.PathLike[str], shard: int) -> Path:
+        """Return the directory of one shard's database of on-demand answers."""
+        return Path(state_dir) / "ondemand" / f"shard-{shard:03d}"
 
     @classmethod
     def read(cls, state_dir: str | os.PathLike[str]) -> StateLayout | None:
