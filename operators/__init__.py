@@ -1,8 +1,9 @@
 """Reusable typed Bytewax operators, sources and sinks of the feature flows.
 
-The Kafka connector (`streamml.operators.kafka`) and the scoring operator
-(`streamml.operators.scoring`) are imported from their modules, so flows that use neither do
-not load kafka-python or ONNX Runtime.
+The Kafka connector (`streamml.operators.kafka`), the scoring operator
+(`streamml.operators.scoring`), the model metadata stream (`streamml.operators.metadata`) and
+prediction explanations (`streamml.operators.explain`) are imported from their modules, so flows
+that use none of them do not load kafka-python, the model registry or ONNX Runtime.
 """
 
 from streamml.operators.decode import (
