@@ -1,24 +1,46 @@
-"""Keyed state on RocksDB: rolling-count state, the online feature store and the history store."""
+"""Keyed state on RocksDB, the online feature store, and the history and prediction stores."""
 
 from streamml.state.history import HISTORY_SCHEMA, HistoryWriter, read_history
 from streamml.state.layout import IncompatibleStateError, StateLayout
 from streamml.state.online import FeatureValue, OnlineStore, window_value
+from streamml.state.predictions import (
+    PREDICTION_SCHEMA,
+    TIMEOUT_SCHEMA,
+    FeatureRecord,
+    Latency,
+    PredictionRecord,
+    PredictionWriter,
+    TimeoutRecord,
+    TimeoutWriter,
+    read_predictions,
+    read_timeouts,
+)
 from streamml.state.rolling_store import RollingStateStore, StoreTuning, empty_records, record_dtype
 from streamml.state.sharding import hash_account, hash_many, shard_many, shard_of
 
 __all__ = [
     "HISTORY_SCHEMA",
+    "PREDICTION_SCHEMA",
+    "TIMEOUT_SCHEMA",
+    "FeatureRecord",
     "FeatureValue",
     "HistoryWriter",
     "IncompatibleStateError",
+    "Latency",
     "OnlineStore",
+    "PredictionRecord",
+    "PredictionWriter",
     "RollingStateStore",
     "StateLayout",
     "StoreTuning",
+    "TimeoutRecord",
+    "TimeoutWriter",
     "empty_records",
     "hash_account",
     "hash_many",
     "read_history",
+    "read_predictions",
+    "read_timeouts",
     "record_dtype",
     "shard_many",
     "shard_of",
