@@ -114,7 +114,7 @@ class RoutingStore:
         and a shadow raise `RoutingError` and change nothing. No actual change, no new revision.
         """
         if clear_split and (split is not None or experiment is not None):
-            raise RoutingError("--clear-split removes the split; do not also give a split")
+            raise RoutingError("clearing the split takes no split or experiment with it")
         with self._lock():
             known = {v.version for v in self.versions(name)}
             data = self._read_stages(name)
@@ -150,7 +150,7 @@ class RoutingStore:
                 new_experiment = experiment or before.experiment
             if not new_split and experiment is not None:
                 raise RoutingError(
-                    f"{name}: --experiment names an A/B split but {name} has none; give --split"
+                    f"{name}: an experiment names an A/B split but {name} has none; give --split"
                 )
             self._commit(name, data, before, by, "route", new_split, new_experiment, known)
             return self._routing_from(name, data)

@@ -138,7 +138,7 @@ def test_changing_weights_keeps_the_experiment_and_clear_split_removes_it(
         ({"live": "2", "shadow": ["2"]}, "both live and a shadow"),
         ({"shadow": ["1"]}, "is live"),
         ({"experiment": "e"}, "give --split"),
-        ({"clear_split": True, "split": {"1": 1, "2": 1}}, "clear-split"),
+        ({"clear_split": True, "split": {"1": 1, "2": 1}}, "clearing the split"),
     ],
 )
 def test_bad_routes_are_refused_and_change_nothing(
