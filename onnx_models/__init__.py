@@ -1,4 +1,4 @@
-"""Training data, ONNX export, the versioned model registry and the bundled demo model."""
+"""Training data, ONNX export, the versioned model registry, its routing and the demo model."""
 
 from streamml.onnx_models.bundle import (
     BUNDLED_DIR,
@@ -34,6 +34,15 @@ from streamml.onnx_models.registry import (
     UnsafeModelError,
     default_registry_dir,
 )
+from streamml.onnx_models.routing import (
+    LIVE_VARIANT,
+    Routing,
+    RoutingError,
+    Selection,
+    assignment_point,
+    parse_split,
+    select_variants,
+)
 from streamml.onnx_models.runtime import create_session
 from streamml.onnx_models.training import (
     TRIAGE_MODEL_NAME,
@@ -50,6 +59,7 @@ __all__ = [
     "FEATURE_NAMES",
     "INPUT_NAME",
     "LABEL_OUTPUT",
+    "LIVE_VARIANT",
     "PROBABILITIES_OUTPUT",
     "REGISTRY_ENV",
     "STAGES",
@@ -67,9 +77,13 @@ __all__ = [
     "ParityError",
     "ParityReport",
     "RegistryError",
+    "Routing",
+    "RoutingError",
+    "Selection",
     "TrainedTriage",
     "TriageData",
     "UnsafeModelError",
+    "assignment_point",
     "build_bundled",
     "bundled_contract",
     "bundled_contract_path",
@@ -82,7 +96,9 @@ __all__ = [
     "export",
     "fingerprint",
     "generate_speedtests",
+    "parse_split",
     "read_metadata",
+    "select_variants",
     "train_and_export",
     "train_triage",
     "triage_contract",

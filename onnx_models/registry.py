@@ -4,9 +4,11 @@ Layout under the registry root (all metadata is JSON, nothing is ever pickled):
 
 ```
 <root>/
-  .lock                         advisory lock taken by every write
+  .lock                         advisory lock: exclusive for every write, shared for snapshots
+  revision.json                 the registry's metadata revision, +1 on every change
   <name>/
     stages.json                 stage of each version + the history of stage changes
+    routing.json                live version, A/B split, shadows (see `routing.py`)
     versions/<version>/
       model.onnx                the model bytes, never rewritten
       manifest.json             sha256, contract, provenance, feature names, classes
@@ -19,6 +21,17 @@ the same name returns the existing version. Stages are `candidate` (the stage of
 `live`, `shadow` and `retired`; a name has at most one `live` version, and promoting another to
 `live` moves the previous one to `retired`. Every write goes to a temporary file or directory and
 is moved into place with `os.replace` / `os.rename`.
+
+Routing and stages are one mechanism: `stages.json` is the single source of truth for which
+version is `live` and which are `shadow`; `routing.json` adds the A/B split and its experiment and
+mirrors `live` and `shadow` from the stages (both files are rewritten under the lock by every
+change that touches them). `promote` therefore updates the routing, and `route --live V` /
+`--shadow X` are stage changes. A routing file is not needed: without one a model routes to its
+live version with no split, shadowing the versions in stage `shadow`.
+
+Every register, promote and routing change increments the registry-wide revision in
+`revision.json`, written last and atomically under the lock, so a reader notices any change by
+reading one small file and takes a consistent snapshot under the shared lock (`reading()`).
 
 Loading refuses: names or versions that are not plain identifiers (`..`, separators), files or
 symlinks resolving outside the registry root, files that are not ONNX (pickles included), content
@@ -45,13 +58,16 @@ import onnx
 import orjson
 from onnx import external_data_helper
 from streamml.onnx_models._files import atomic_write
+from streamml.onnx_models._routing_store import REVISION_FILE, RoutingStore
 from streamml.onnx_models.contract import ContractError, FeatureContract
+from streamml.onnx_models.errors import ModelNotFoundError, RegistryError, UnsafeModelError
 from streamml.onnx_models.export import INPUT_NAME, read_metadata
 
 __all__ = [
     "DEFAULT_REGISTRY_DIR",
     "MODEL_FILE",
     "REGISTRY_ENV",
+    "REVISION_FILE",
     "STAGES",
     "LoadedModel",
     "ModelNotFoundError",
@@ -79,21 +95,6 @@ _STAGES_FILE = "stages.json"
 _FORMAT = 1
 _IDENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 _PICKLE_PREFIXES = (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
-
-
-class RegistryError(Exception):
-    """A registry operation cannot be done as asked."""
-
-
-class ModelNotFoundError(RegistryError, KeyError):
-    """No such model name or version in the registry."""
-
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else ""
-
-
-class UnsafeModelError(RegistryError):
-    """A model file failed a safety check (location, type or content hash) and was not loaded."""
 
 
 def default_registry_dir() -> Path:
@@ -251,7 +252,7 @@ def _input_width(model: onnx.ModelProto) -> int | None:
     return None
 
 
-class ModelRegistry:
+class ModelRegistry(RoutingStore):
     """A model registry rooted at a directory (created on the first write)."""
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
@@ -269,10 +270,10 @@ class ModelRegistry:
         return self._name_dir(name) / "versions" / _check_ident("version", version)
 
     @contextmanager
-    def _lock(self) -> Iterator[None]:
+    def _lock(self, shared: bool = False) -> Iterator[None]:
         self.root.mkdir(parents=True, exist_ok=True)
         with open(self.root / ".lock", "a+b") as fh:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            fcntl.flock(fh.fileno(), fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
             try:
                 yield
             finally:
@@ -604,35 +605,27 @@ class ModelRegistry:
                 {"at": now, "version": version, "from": None, "to": "candidate", "by": "register"}
             )
             self._write_stages(name, stages)
+            self._bump(name, "register")
         return self.get(name, version)
 
     def promote(
         self, name: str, version: str, stage: str, *, actor: str | None = None
     ) -> ModelVersion:
-        """Move `name@version` to `stage`; promoting to `live` retires the previous live one."""
+        """Move `name@version` to `stage`; promoting to `live` retires the previous live one.
+
+        The routing follows (its `live` and `shadow` come from the stages). Moving a version that
+        is an arm of the A/B split to `shadow` is refused: clear or change the split first.
+        """
         if stage not in STAGES:
             raise RegistryError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
         with self._lock():
             self._read_manifest(name, version)
             data = self._read_stages(name)
-            stages: dict[str, str] = data["stages"]
-            now = _now()
+            before = self._routing_from(name, data)
             by = actor or os.environ.get("USER") or "unknown"
-            current = stages.get(version, "candidate")
-            if current == stage:
+            if not self._move(data, version, stage, _now(), by):
                 return self.get(name, version)
-            if stage == "live":
-                for other, st in list(stages.items()):
-                    if st == "live" and other != version:
-                        stages[other] = "retired"
-                        data["history"].append(
-                            {"at": now, "version": other, "from": "live", "to": "retired", "by": by}
-                        )
-            stages[version] = stage
-            data["history"].append(
-                {"at": now, "version": version, "from": current, "to": stage, "by": by}
-            )
-            self._write_stages(name, data)
+            self._commit(name, data, before, by, "promote")
         return self.get(name, version)
 
     def demote(

@@ -1,9 +1,10 @@
 """Reusable typed Bytewax operators, sources and sinks of the feature flows.
 
 The Kafka connector (`streamml.operators.kafka`), the scoring operator
-(`streamml.operators.scoring`) and the asynchronous fetcher (`streamml.operators.fetch`,
-`streamml.operators.fetch_logic`) are imported from their modules, so flows that use none of them
-do not load kafka-python, ONNX Runtime or aiohttp.
+(`streamml.operators.scoring`), the asynchronous fetcher (`streamml.operators.fetch`,
+`streamml.operators.fetch_logic`), the model metadata stream (`streamml.operators.metadata`) and
+prediction explanations (`streamml.operators.explain`) are imported from their modules, so flows
+that use none of them do not load kafka-python, the model registry, ONNX Runtime or aiohttp.
 """
 
 from streamml.operators.decode import (

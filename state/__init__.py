@@ -1,28 +1,50 @@
-"""Keyed state on RocksDB: rolling-count state, online and on-demand stores, the history store."""
+"""Keyed state on RocksDB: rolling-count state, online and on-demand stores, history and predictions."""
 
 from streamml.state.history import HISTORY_SCHEMA, HistoryWriter, read_history
 from streamml.state.layout import IncompatibleStateError, StateLayout
 from streamml.state.ondemand import OnDemandReader, OnDemandStore, is_fresh
 from streamml.state.online import FeatureValue, OnlineStore, window_value
+from streamml.state.predictions import (
+    PREDICTION_SCHEMA,
+    TIMEOUT_SCHEMA,
+    FeatureRecord,
+    Latency,
+    PredictionRecord,
+    PredictionWriter,
+    TimeoutRecord,
+    TimeoutWriter,
+    read_predictions,
+    read_timeouts,
+)
 from streamml.state.rolling_store import RollingStateStore, StoreTuning, empty_records, record_dtype
 from streamml.state.sharding import hash_account, hash_many, shard_many, shard_of
 
 __all__ = [
     "HISTORY_SCHEMA",
+    "PREDICTION_SCHEMA",
+    "TIMEOUT_SCHEMA",
+    "FeatureRecord",
     "FeatureValue",
     "HistoryWriter",
     "IncompatibleStateError",
+    "Latency",
     "OnDemandReader",
     "OnDemandStore",
     "OnlineStore",
+    "PredictionRecord",
+    "PredictionWriter",
     "RollingStateStore",
     "StateLayout",
     "StoreTuning",
+    "TimeoutRecord",
+    "TimeoutWriter",
     "empty_records",
     "hash_account",
     "hash_many",
     "is_fresh",
     "read_history",
+    "read_predictions",
+    "read_timeouts",
     "record_dtype",
     "shard_many",
     "shard_of",

@@ -1,4 +1,4 @@
-"""`streamml models`: train, register, list, show and promote ONNX models in the registry."""
+"""`streamml models`: train, register, list, show, promote and route ONNX models in the registry."""
 
 from __future__ import annotations
 
@@ -21,8 +21,10 @@ from streamml.onnx_models import (
     ModelRegistry,
     ModelVersion,
     RegistryError,
+    Routing,
     default_registry_dir,
     ensure_demo_registry,
+    parse_split,
     train_and_export,
     triage_contract,
 )
@@ -175,6 +177,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
     if args.json:
         data = v.to_json()
         data["history"] = [h for h in registry.history(name) if h["version"] == v.version]
+        data["routing"] = registry.routing(name).to_json()
         _emit_json(data)
         return 0
     prov = v.provenance
@@ -201,6 +204,67 @@ def _cmd_show(args: argparse.Namespace) -> int:
     ]
     print(_table(("#", "FEATURE", "DTYPE", "TTL_MS", "ON_MISSING"), rows))
     print(f"allow_nan: {v.contract.allow_nan}")
+    print()
+    print(_routing_text(registry.routing(name)))
+    return 0
+
+
+def _routing_text(routing: Routing) -> str:
+    head = f"routing of {routing.name}: live {_fmt(routing.live)}"
+    if routing.experiment is not None:
+        head += f", experiment {routing.experiment}"
+    if routing.revision:
+        head += f" (revision {routing.revision}, {routing.updated_at} by {routing.updated_by})"
+    rows: list[list[str]] = []
+    if routing.split:
+        rows += [[f"ab:{v}", v, "answer", f"{w:.2%}"] for v, w in routing.split]
+    elif routing.live is not None:
+        rows.append(["live", routing.live, "answer", "100.00%"])
+    rows += [[f"shadow:{v}", v, "shadow", "-"] for v in routing.shadow]
+    if not rows:
+        return head + "\nno version answers: make one live or set a split"
+    return head + "\n" + _table(("VARIANT", "VERSION", "ROLE", "SHARE"), rows)
+
+
+def _cmd_route(args: argparse.Namespace) -> int:
+    """Show or change a model's routing: live version, A/B split, shadows."""
+    registry = _registry(args)
+    changing = (
+        args.live is not None
+        or args.split is not None
+        or args.experiment is not None
+        or args.shadow is not None
+        or args.clear_split
+    )
+    if not changing:
+        routing = registry.routing(args.name)
+        if args.json:
+            _emit_json({"name": args.name, "routing": routing.to_json(), "changed": False})
+        else:
+            print(_routing_text(routing))
+        return 0
+    if args.split is not None and args.clear_split:
+        return _fail(args, "give either --split or --clear-split, not both")
+    before = registry.routing(args.name)
+    shadow = None
+    if args.shadow is not None:
+        shadow = [s.strip() for s in args.shadow.split(",") if s.strip()]
+    routing = registry.route(
+        args.name,
+        live=args.live,
+        split=parse_split(args.split) if args.split is not None else None,
+        experiment=args.experiment,
+        shadow=shadow,
+        clear_split=args.clear_split,
+        actor="streamml models route",
+    )
+    changed = not routing.same_routes(before)
+    if args.json:
+        _emit_json({"name": args.name, "routing": routing.to_json(), "changed": changed})
+        return 0
+    print(_routing_text(routing))
+    if not changed:
+        print("(unchanged)")
     return 0
 
 
@@ -270,7 +334,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Add the `models` command and its subcommands to the top-level subparsers `sub`."""
     models = sub.add_parser(
         "models",
-        help="train, register, list, show and promote ONNX models",
+        help="train, register, list, show, promote and route ONNX models",
         description=(
             "Manage the versioned model registry. Versions are immutable and verified by "
             "sha256 on load; stages are candidate, live, shadow and retired (one live version "
@@ -325,6 +389,29 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stage", required=True, choices=STAGES, help="target stage")
     _common(p)
     p.set_defaults(func=_guard(_cmd_promote))
+
+    p = msub.add_parser(
+        "route",
+        help="show or change a model's routing: live version, A/B split, shadows",
+        description=(
+            "Without change flags, show NAME's routing. --live promotes a version to live; "
+            "--split sends answering traffic to versions by weight, each account keeping its "
+            "version while experiment and weights are unchanged (hash of experiment and "
+            "account); --shadow makes exactly these versions shadows (scored and logged, never "
+            "answered; shadows not listed are retired, '' clears them). One change, one registry "
+            "revision, picked up by running flows."
+        ),
+    )
+    p.add_argument("name")
+    p.add_argument("--live", metavar="V", help="make version V live (retires the previous live)")
+    p.add_argument(
+        "--split", metavar="V=W,...", help="A/B split weights, e.g. 3=0.9,4=0.1 (normalised)"
+    )
+    p.add_argument("--experiment", metavar="NAME", help="experiment name for the assignment hash")
+    p.add_argument("--shadow", metavar="X[,Y]", help="the shadow versions ('' for none)")
+    p.add_argument("--clear-split", action="store_true", help="remove the split and experiment")
+    _common(p)
+    p.set_defaults(func=_guard(_cmd_route))
 
     p = msub.add_parser(
         "register",

@@ -1,0 +1,127 @@
+"""Buffered writers of records to Parquet files partitioned by day, and reading them back.
+
+Layout: ``ROOT/date=YYYY-MM-DD/part-WRITER-SEQ.parquet`` (UTC days). Like the history store:
+each writer (one per worker) owns its files, writes one file per day touched at each flush
+through a hidden temporary file renamed into place, numbers its files with a sequence, and can
+delete its files from a sequence number on (recovery drops what a replay will write again).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Generic, TypeVar
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+__all__ = ["DAY_MS", "DayPartitionedWriter", "read_partitioned"]
+
+DAY_MS = 86_400_000
+R = TypeVar("R")
+_PARTITIONING = ds.partitioning(pa.schema([("date", pa.string())]), flavor="hive")
+
+
+class DayPartitionedWriter(ABC, Generic[R]):
+    """Buffer records and write them as Parquet, one file per UTC day at each flush."""
+
+    schema: pa.Schema
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        pipeline_version: str,
+        *,
+        writer_id: str | None = None,
+        rows_per_flush: int = 10_000,
+        seq: int = 0,
+    ) -> None:
+        if rows_per_flush < 1:
+            raise ValueError(f"rows_per_flush must be >= 1, got {rows_per_flush}")
+        self.dir = Path(root)
+        self.pipeline_version = pipeline_version
+        self.writer_id = writer_id or f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        if not self.writer_id or "/" in self.writer_id or self.writer_id.startswith("."):
+            raise ValueError(f"writer_id must be a plain file-name part, got {self.writer_id!r}")
+        self.rows_per_flush = rows_per_flush
+        self.seq = seq
+        self.rows_written = 0
+        self._buffer: list[R] = []
+
+    @abstractmethod
+    def _day_ms(self, record: R) -> int:
+        """Return the epoch-ms time whose UTC day partitions `record`."""
+
+    @abstractmethod
+    def _table(self, records: Sequence[R]) -> pa.Table:
+        """Return `records` as a table of `schema`."""
+
+    def _check(self, record: R) -> None:
+        """Raise `ValueError` for a record that cannot be written (default: accept all)."""
+
+    def append(self, record: R) -> None:
+        """Buffer one record; flush when `rows_per_flush` are buffered."""
+        self._check(record)
+        self._buffer.append(record)
+        if len(self._buffer) >= self.rows_per_flush:
+            self.flush()
+
+    def extend(self, records: Iterable[R]) -> None:
+        """Buffer several records."""
+        for record in records:
+            self.append(record)
+
+    @property
+    def buffered(self) -> int:
+        """Records buffered and not yet written."""
+        return len(self._buffer)
+
+    def flush(self) -> None:
+        """Write the buffered records, one file per day, in day order."""
+        if not self._buffer:
+            return
+        by_day: dict[int, list[R]] = {}
+        for record in self._buffer:
+            by_day.setdefault(self._day_ms(record) // DAY_MS, []).append(record)
+        self._buffer = []
+        for day_index in sorted(by_day):
+            records = by_day[day_index]
+            day = datetime.fromtimestamp(day_index * 86_400, tz=UTC).date().isoformat()
+            target = self.dir / f"date={day}"
+            target.mkdir(parents=True, exist_ok=True)
+            name = f"part-{self.writer_id}-{self.seq:06d}.parquet"
+            tmp = target / f".{name}.tmp"
+            pq.write_table(self._table(records), tmp, compression="zstd")
+            os.replace(tmp, target / name)
+            self.seq += 1
+            self.rows_written += len(records)
+
+    def close(self) -> None:
+        """Flush what is buffered."""
+        self.flush()
+
+    def discard_from(self, seq: int) -> None:
+        """Delete this writer's files numbered `seq` and later, and drop what is buffered."""
+        self._buffer = []
+        prefix = f"part-{self.writer_id}-"
+        for path in self.dir.glob(f"date=*/{prefix}*.parquet"):
+            tail = path.stem[len(prefix) :]
+            if tail.isdigit() and int(tail) >= seq:
+                path.unlink()
+
+
+def read_partitioned(
+    root: str | os.PathLike[str], schema: pa.Schema, filter: ds.Expression | None = None
+) -> pa.Table:
+    """Read every file under `root` as one table of `schema` plus the `date` partition column."""
+    full = schema.append(pa.field("date", pa.string()))
+    path = Path(root)
+    if not path.is_dir():
+        return full.empty_table()
+    dataset = ds.dataset(path, schema=full, format="parquet", partitioning=_PARTITIONING)
+    return dataset.to_table(filter=filter)
