@@ -8,7 +8,14 @@ from streamml.onnx_models.bundle import (
     bundled_model_path,
     ensure_demo_registry,
 )
-from streamml.onnx_models.contract import ContractError, FeatureContract, FeatureSpec, MissingPolicy
+from streamml.onnx_models.contract import (
+    SOURCE_KINDS,
+    ContractError,
+    FeatureContract,
+    FeatureSource,
+    FeatureSpec,
+    MissingPolicy,
+)
 from streamml.onnx_models.data import CLASSES, FEATURE_NAMES, TriageData, generate_speedtests
 from streamml.onnx_models.export import (
     INPUT_NAME,
@@ -52,12 +59,14 @@ __all__ = [
     "LABEL_OUTPUT",
     "PROBABILITIES_OUTPUT",
     "REGISTRY_ENV",
+    "SOURCE_KINDS",
     "STAGES",
     "TRIAGE_MODEL_NAME",
     "ContractError",
     "ExportError",
     "ExportedModel",
     "FeatureContract",
+    "FeatureSource",
     "FeatureSpec",
     "LoadedModel",
     "MissingPolicy",
