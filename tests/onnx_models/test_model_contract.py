@@ -15,6 +15,8 @@ from streamml.onnx_models import (
     FeatureSource,
     FeatureSpec,
     MissingPolicy,
+    bundled_contract,
+    bundled_contract_path,
     triage_contract,
 )
 
@@ -353,3 +355,50 @@ def test_any_contract_round_trips_through_json(specs: list[FeatureSpec], allow_n
         if spec.source.kind == "online":
             assert spec.source.feature is not None
     assert sum(len(c.by_source(k)) for k in SOURCE_KINDS) == len(c)
+
+
+def test_the_triage_contract_takes_each_feature_from_its_source() -> None:
+    c = triage_contract()
+    assert [f.name for f in c.by_source("online")] == ["signal_errors_24h"]
+    assert [f.name for f in c.by_source("request")] == [
+        "download_ratio",
+        "upload_ratio",
+        "latency_ms",
+        "packet_loss_pct",
+    ]
+    assert c.services == ("telemetry",)
+    assert [f.name for f in c.for_service("telemetry")] == [
+        "wifi_rssi_dbm",
+        "wifi_noise_dbm",
+        "connected_devices",
+        "modem_uptime_h",
+        "node_health",
+    ]
+    context = {"download_ratio": 0.4, "upload_ratio": 0.5, "latency_ms": 80, "packet_loss_pct": 2}
+    assert [f.source.extract(context) for f in c.by_source("request")] == [0.4, 0.5, 80.0, 2.0]
+    doc = {
+        "devices": [
+            {"rssi_dbm": -50.0, "noise_dbm": -90.0},
+            {"rssi_dbm": -71.5, "noise_dbm": -88.5},
+            {"rssi_dbm": -60.0, "noise_dbm": -80.0},
+        ],
+        "modem": {"uptime_h": 800},
+        "node": {"health": 0.25},
+    }
+    assert [f.source.extract(doc) for f in c.for_service("telemetry")] == [
+        -71.5,
+        -88.5,
+        3.0,
+        800.0,
+        0.25,
+    ]
+    ttl = {f.name: f.ttl_ms for f in c.features}
+    assert ttl["signal_errors_24h"] == 5 * 60_000
+    assert ttl["wifi_rssi_dbm"] == 15 * 60_000
+    assert ttl["latency_ms"] >= 3_600_000
+
+
+def test_the_bundled_contract_file_is_the_triage_contract() -> None:
+    raw = bundled_contract_path().read_bytes()
+    assert bundled_contract() == triage_contract()
+    assert raw == orjson.dumps(triage_contract().to_json(), option=orjson.OPT_INDENT_2) + b"\n"
