@@ -11,7 +11,16 @@ __all__ = ["build_parser", "main"]
 
 def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser with every subcommand registered."""
-    from streamml import broker, demo, features_cli, generate_cli, models_cli, recovery, run_cli
+    from streamml import (
+        broker,
+        demo,
+        features_cli,
+        generate_cli,
+        models_cli,
+        recovery,
+        run_cli,
+        telemetry,
+    )
     from streamml.benchmarks import cli as bench_cli
 
     parser = argparse.ArgumentParser(
@@ -28,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate_cli.register(sub)
     models_cli.register(sub)
     broker.register(sub)
+    telemetry.register(sub)
     recovery.register(sub)
     bench_cli.register(sub)
     return parser
