@@ -6,22 +6,19 @@ each other); a seeded fraction `failure_rate` of them answers HTTP 503 with a JS
 An empty account or one over 256 UTF-8 bytes answers 400. `GET /healthz` answers at once.
 
 `start_telemetry_server(config)` runs it on a background thread with its own event loop (port 0:
-a free loopback port) and returns a context manager with `.url`; `start_telemetry_process` runs
-`streamml telemetry serve` as a subprocess; `streamml telemetry serve` runs it in the foreground.
+a free loopback port) and returns a context manager with `.url`; `streamml telemetry serve` runs
+it in the foreground (`streamml.telemetry_process` starts that command as a subprocess).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import collections
 import contextlib
 import math
 import random
-import re
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -31,23 +28,19 @@ from types import TracebackType
 import orjson
 from aiohttp import web
 
-from streamml.broker import _die_with_parent
 from streamml.onnx_models.speedtests import account_profile, telemetry_document
 
 __all__ = [
     "TelemetryConfig",
-    "TelemetryProcess",
     "TelemetryServer",
     "TelemetryStats",
     "build_app",
     "register",
-    "start_telemetry_process",
     "start_telemetry_server",
 ]
 
 MAX_ACCOUNT_BYTES = 256
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-_URL = re.compile(r"http://\S+")
 
 
 @dataclass(frozen=True)
@@ -248,93 +241,6 @@ def start_telemetry_server(config: TelemetryConfig | None = None) -> TelemetrySe
     picks a free port). Raises `OSError` when the address cannot be bound.
     """
     return TelemetryServer(config or TelemetryConfig()).start()
-
-
-class TelemetryProcess:
-    """`streamml telemetry serve` running as a subprocess; a context manager that stops it."""
-
-    def __init__(self, proc: subprocess.Popen[str], url: str, lines: collections.deque[str]):
-        self._proc = proc
-        self.url = url
-        self._lines = lines
-
-    @property
-    def pid(self) -> int:
-        """Process id of the service."""
-        return self._proc.pid
-
-    def output(self) -> str:
-        """Return what the process printed so far (its last 200 lines)."""
-        return "".join(self._lines)
-
-    def stop(self, timeout: float = 10.0) -> int:
-        """Stop the process (SIGINT, then SIGKILL after `timeout`); return its exit code."""
-        if self._proc.poll() is None:
-            self._proc.send_signal(signal.SIGINT)
-            try:
-                self._proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait(timeout=timeout)
-        return int(self._proc.returncode)
-
-    def __enter__(self) -> TelemetryProcess:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-
-def _args(config: TelemetryConfig) -> list[str]:
-    return [
-        *("--host", config.host, "--port", str(config.port)),
-        *("--latency-ms", repr(config.latency_ms), "--jitter-ms", repr(config.jitter_ms)),
-        *("--failure-rate", repr(config.failure_rate), "--seed", str(config.seed)),
-    ]
-
-
-def start_telemetry_process(
-    config: TelemetryConfig | None = None, *, timeout: float = 30.0
-) -> TelemetryProcess:
-    """Run `streamml telemetry serve` in a subprocess; return once it printed its URL."""
-    config = config or TelemetryConfig()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamml.cli", "telemetry", "serve", *_args(config)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        stdin=subprocess.DEVNULL,
-        preexec_fn=_die_with_parent if sys.platform == "linux" else None,
-    )
-    lines: collections.deque[str] = collections.deque(maxlen=200)
-    found: list[str] = []
-    ready = threading.Event()
-
-    def drain() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.append(line)
-            match = _URL.search(line)
-            if match and not found:
-                found.append(match.group(0))
-                ready.set()
-        ready.set()
-
-    threading.Thread(target=drain, name="streamml-telemetry-output", daemon=True).start()
-    ready.wait(timeout)
-    if not found:
-        proc.kill()
-        proc.wait()
-        raise RuntimeError(
-            f"streamml telemetry serve printed no URL within {timeout}s (exit code "
-            f"{proc.returncode}); its output:\n{''.join(lines) or '(none)'}"
-        )
-    return TelemetryProcess(proc, found[0], lines)
 
 
 def _serve(args: argparse.Namespace) -> int:

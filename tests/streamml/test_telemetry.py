@@ -16,11 +16,8 @@ import orjson
 import pytest
 from streamml.onnx_models import account_profile, telemetry_document, triage_contract
 
-from streamml.telemetry import (
-    TelemetryConfig,
-    start_telemetry_process,
-    start_telemetry_server,
-)
+from streamml.telemetry import TelemetryConfig, start_telemetry_server
+from streamml.telemetry_process import start_telemetry_process
 
 QUIET = {"latency_ms": 0.0, "jitter_ms": 0.0, "failure_rate": 0.0}
 
