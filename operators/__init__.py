@@ -1,8 +1,9 @@
 """Reusable typed Bytewax operators, sources and sinks of the feature flows.
 
-The Kafka connector (`streamml.operators.kafka`) and the scoring operator
-(`streamml.operators.scoring`) are imported from their modules, so flows that use neither do
-not load kafka-python or ONNX Runtime.
+The Kafka connector (`streamml.operators.kafka`), the scoring operator
+(`streamml.operators.scoring`) and the request generator (`streamml.operators.request_source`,
+which draws from the bundled model's data) are imported from their modules, so flows that use
+none of them do not load kafka-python or ONNX Runtime.
 """
 
 from streamml.operators.decode import (
@@ -12,7 +13,15 @@ from streamml.operators.decode import (
     decode_events,
     decode_records,
 )
-from streamml.operators.records import Alert, DeadLetter, EventBatch, LinesChunk, RecordList
+from streamml.operators.records import (
+    Alert,
+    DeadLetter,
+    EventBatch,
+    LinesChunk,
+    PredictionRequest,
+    RecordList,
+)
+from streamml.operators.requests import RequestDecodeOutputs, decode_requests, parse_request
 from streamml.operators.rolling import RollingConfig, ShardUpdate, advance, rolling_count
 from streamml.operators.shard import shard_events, split_by_shard
 from streamml.operators.sinks import HistorySink, JsonLinesSink, StatsSink, read_stats
@@ -30,7 +39,9 @@ __all__ = [
     "HistorySink",
     "JsonLinesSink",
     "LinesChunk",
+    "PredictionRequest",
     "RecordList",
+    "RequestDecodeOutputs",
     "RollingConfig",
     "ShardUpdate",
     "StatsSink",
@@ -38,7 +49,9 @@ __all__ = [
     "decode_chunk",
     "decode_events",
     "decode_records",
+    "decode_requests",
     "generate_events",
+    "parse_request",
     "read_stats",
     "rolling_count",
     "shard_events",
