@@ -225,6 +225,9 @@ class FeatureSource:
         return number_at(self._compiled, doc)
 
 
+_ONLINE_UNDER_OWN_NAME = FeatureSource.online()
+
+
 @dataclass(frozen=True)
 class FeatureSpec:
     """One model input: name, dtype, maximum staleness in ms, missing policy and source.
@@ -237,21 +240,19 @@ class FeatureSpec:
     ttl_ms: int
     on_missing: MissingPolicy
     dtype: str = "float32"
-    source: FeatureSource | None = None
+    source: FeatureSource = _ONLINE_UNDER_OWN_NAME
 
     def __post_init__(self) -> None:
-        if self.source is None or (self.source.kind == "online" and self.source.feature is None):
+        if self.source.kind == "online" and self.source.feature is None:
             object.__setattr__(self, "source", FeatureSource.online(self.name))
 
     @property
     def kind(self) -> SourceKind:
         """The kind of this feature's source."""
-        assert self.source is not None
         return self.source.kind
 
     def to_json(self) -> dict[str, Any]:
         """Return the JSON form."""
-        assert self.source is not None
         return {
             "name": self.name,
             "dtype": self.dtype,
@@ -292,12 +293,12 @@ class FeatureContract:
     @property
     def services(self) -> tuple[str, ...]:
         """The on-demand services the features need, each once, in first-use order."""
-        names = (f.source.service for f in self.features if f.source and f.source.service)
+        names = (f.source.service for f in self.features if f.source.service)
         return tuple(dict.fromkeys(names))
 
     def for_service(self, service: str) -> tuple[FeatureSpec, ...]:
         """Return the on-demand features answered by `service`, in model input order."""
-        return tuple(f for f in self.features if f.source and f.source.service == service)
+        return tuple(f for f in self.features if f.source.service == service)
 
     @classmethod
     def from_names(
@@ -350,7 +351,7 @@ class FeatureContract:
                 )
             if "on_missing" not in f:
                 raise ContractError(f'{where} ({name}): on_missing is required (e.g. "reject")')
-            source = None
+            source = _ONLINE_UNDER_OWN_NAME
             if "source" in f:
                 source = FeatureSource.from_json(f["source"], f"{where} ({name}) source")
             specs.append(
