@@ -8,7 +8,14 @@ from streamml.onnx_models.bundle import (
     bundled_model_path,
     ensure_demo_registry,
 )
-from streamml.onnx_models.contract import ContractError, FeatureContract, FeatureSpec, MissingPolicy
+from streamml.onnx_models.contract import (
+    SOURCE_KINDS,
+    ContractError,
+    FeatureContract,
+    FeatureSource,
+    FeatureSpec,
+    MissingPolicy,
+)
 from streamml.onnx_models.data import CLASSES, FEATURE_NAMES, TriageData, generate_speedtests
 from streamml.onnx_models.export import (
     INPUT_NAME,
@@ -44,7 +51,18 @@ from streamml.onnx_models.routing import (
     select_variants,
 )
 from streamml.onnx_models.runtime import create_session
+from streamml.onnx_models.speedtests import (
+    AccountProfile,
+    GeneratedRequests,
+    RequestGeneratorConfig,
+    RequestTruth,
+    account_profile,
+    generate_requests,
+    iter_truth,
+    telemetry_document,
+)
 from streamml.onnx_models.training import (
+    TELEMETRY_SERVICE,
     TRIAGE_MODEL_NAME,
     TrainedTriage,
     evaluate,
@@ -62,13 +80,18 @@ __all__ = [
     "LIVE_VARIANT",
     "PROBABILITIES_OUTPUT",
     "REGISTRY_ENV",
+    "SOURCE_KINDS",
     "STAGES",
+    "TELEMETRY_SERVICE",
     "TRIAGE_MODEL_NAME",
+    "AccountProfile",
     "ContractError",
     "ExportError",
     "ExportedModel",
     "FeatureContract",
+    "FeatureSource",
     "FeatureSpec",
+    "GeneratedRequests",
     "LoadedModel",
     "MissingPolicy",
     "ModelNotFoundError",
@@ -77,12 +100,15 @@ __all__ = [
     "ParityError",
     "ParityReport",
     "RegistryError",
+    "RequestGeneratorConfig",
+    "RequestTruth",
     "Routing",
     "RoutingError",
     "Selection",
     "TrainedTriage",
     "TriageData",
     "UnsafeModelError",
+    "account_profile",
     "assignment_point",
     "build_bundled",
     "bundled_contract",
@@ -95,10 +121,13 @@ __all__ = [
     "evaluate",
     "export",
     "fingerprint",
+    "generate_requests",
     "generate_speedtests",
+    "iter_truth",
     "parse_split",
     "read_metadata",
     "select_variants",
+    "telemetry_document",
     "train_and_export",
     "train_triage",
     "triage_contract",

@@ -2,13 +2,16 @@
 
 `python -m streamml.onnx_models.bundle` rebuilds the bundled files deterministically (fixed
 data seed, model seed and creation time): `speedtest-triage.onnx` (50 trees of depth 3 per
-class) and `speedtest-triage.contract.json`.
+class) and `speedtest-triage.contract.json`. With `--contract-only` it rewrites only the contract
+(from `triage_contract()`), leaving the model's bytes as they are.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -26,6 +29,7 @@ __all__ = [
     "bundled_model_path",
     "ensure_demo_registry",
     "main",
+    "write_bundled_contract",
 ]
 
 BUNDLED_DIR = Path(__file__).resolve().parent / "bundled"
@@ -53,6 +57,13 @@ def bundled_contract() -> FeatureContract:
     return FeatureContract.from_json(orjson.loads(bundled_contract_path().read_bytes()))
 
 
+def write_bundled_contract(out_dir: str | os.PathLike[str] = BUNDLED_DIR) -> Path:
+    """Write `triage_contract()` as the bundled contract JSON into `out_dir`; return its path."""
+    path = Path(out_dir) / f"{TRIAGE_MODEL_NAME}.contract.json"
+    path.write_bytes(orjson.dumps(triage_contract().to_json(), option=orjson.OPT_INDENT_2) + b"\n")
+    return path
+
+
 def build_bundled(out_dir: str | os.PathLike[str] = BUNDLED_DIR) -> Path:
     """Train and export the demo model and its contract into `out_dir`; return the model path."""
     out = Path(out_dir)
@@ -66,10 +77,7 @@ def build_bundled(out_dir: str | os.PathLike[str] = BUNDLED_DIR) -> Path:
         created_at=_CREATED_AT,
         created_by="streamml.onnx_models.bundle",
     )
-    contract_path = out / f"{TRIAGE_MODEL_NAME}.contract.json"
-    contract_path.write_bytes(
-        orjson.dumps(triage_contract().to_json(), option=orjson.OPT_INDENT_2) + b"\n"
-    )
+    write_bundled_contract(out)
     print(
         f"wrote {exported.path} ({exported.path.stat().st_size} bytes, sha256 "
         f"{exported.sha256[:12]}), accuracy {trained.metrics['accuracy']:.3f} vs majority "
@@ -99,9 +107,22 @@ def ensure_demo_registry(
     return version
 
 
-def main() -> int:
-    """Rebuild the bundled model in place."""
-    build_bundled()
+def main(argv: Sequence[str] | None = None) -> int:
+    """Rebuild the bundled model and contract in place (only the contract with --contract-only)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m streamml.onnx_models.bundle",
+        description="Rebuild the bundled speed-test triage model and its feature contract.",
+    )
+    parser.add_argument(
+        "--contract-only",
+        action="store_true",
+        help="rewrite only the contract JSON; keep the bundled .onnx bytes as they are",
+    )
+    args = parser.parse_args(argv)
+    if args.contract_only:
+        print(f"wrote {write_bundled_contract()}")
+    else:
+        build_bundled()
     return 0
 
 

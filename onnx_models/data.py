@@ -41,7 +41,14 @@ __all__ = [
     "CLASSES",
     "FEATURE_NAMES",
     "TriageData",
+    "apply_label_noise",
+    "draw_home",
+    "draw_label_noise",
+    "draw_line",
+    "draw_speed_ratios",
+    "draw_test_conditions",
     "generate_speedtests",
+    "hidden_scores",
 ]
 
 FEATURE_NAMES: tuple[str, ...] = (
@@ -82,7 +89,12 @@ class TriageData:
         return {c: int(np.sum(self.y == c)) for c in CLASSES}
 
 
-def _hidden_scores(cols: dict[str, np.ndarray]) -> np.ndarray:
+def hidden_scores(cols: dict[str, np.ndarray]) -> np.ndarray:
+    """Return the hidden rule's scores, one row per sample, columns in `CLASSES` order.
+
+    `cols` maps the feature names the rule reads (all but the speed ratios) to equal-length
+    arrays; see the module docstring for the rule.
+    """
     snr = cols["wifi_rssi_dbm"] - cols["wifi_noise_dbm"]
     wifi = 1.3 * np.clip((28.0 - snr) / 8.0, 0.0, 3.0) + 0.06 * np.maximum(
         cols["connected_devices"] - 12.0, 0.0
@@ -97,6 +109,70 @@ def _hidden_scores(cols: dict[str, np.ndarray]) -> np.ndarray:
     return np.stack([modem, network, wifi], axis=1)
 
 
+def draw_line(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
+    """Draw `n` lines: `signal_errors_24h` (heavy-tailed) and `node_health` of their node."""
+    heavy = rng.random(n) < 0.15
+    signal_errors = np.where(
+        heavy,
+        np.floor(rng.lognormal(mean=6.0, sigma=1.1, size=n)),
+        rng.poisson(lam=18.0, size=n).astype(np.float64),
+    )
+    node_health = np.clip(rng.beta(6.0, 1.6, size=n), 0.0, 1.0)
+    return {"signal_errors_24h": signal_errors, "node_health": node_health}
+
+
+def draw_test_conditions(
+    rng: np.random.Generator, node_health: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Draw one speed test's `latency_ms` and `packet_loss_pct` per line, given its node health."""
+    n = len(node_health)
+    latency = 12.0 + rng.gamma(shape=2.0, scale=9.0, size=n) + 70.0 * (1.0 - node_health) ** 2
+    packet_loss = np.clip(
+        rng.exponential(scale=0.4, size=n) + 4.0 * (1.0 - node_health) * rng.random(n), 0.0, 30.0
+    )
+    return {"latency_ms": latency, "packet_loss_pct": packet_loss}
+
+
+def draw_home(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
+    """Draw `n` homes: wifi RSSI and noise, connected devices and modem uptime in hours."""
+    return {
+        "wifi_rssi_dbm": np.clip(rng.normal(loc=-58.0, scale=10.0, size=n), -92.0, -28.0),
+        "wifi_noise_dbm": np.clip(rng.normal(loc=-92.0, scale=4.0, size=n), -105.0, -75.0),
+        "connected_devices": rng.integers(1, 36, size=n).astype(np.float64),
+        "modem_uptime_h": np.floor(rng.exponential(scale=400.0, size=n)),
+    }
+
+
+def draw_label_noise(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Draw the label noise of `n` samples: Gumbel noise per class, and the flipped class or -1."""
+    gumbel = rng.gumbel(loc=0.0, scale=_GUMBEL_SCALE, size=(n, len(CLASSES)))
+    flip = rng.random(n) < _FLIP_RATE
+    flip_to = np.where(flip, rng.integers(0, len(CLASSES), size=n), -1)
+    return gumbel, flip_to
+
+
+def apply_label_noise(scores: np.ndarray, gumbel: np.ndarray, flip_to: np.ndarray) -> np.ndarray:
+    """Return the label index per sample: `argmax(scores + gumbel)` unless flipped."""
+    return np.where(flip_to >= 0, flip_to, np.argmax(scores + gumbel, axis=1))
+
+
+def draw_speed_ratios(
+    rng: np.random.Generator, scores: np.ndarray, label_idx: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Draw the measured `download_ratio` and `upload_ratio`, consequences of the trouble."""
+    n = len(label_idx)
+    severity = np.max(scores, axis=1)
+    is_network = label_idx == CLASSES.index("network")
+    is_wifi = label_idx == CLASSES.index("wifi")
+    download = np.clip(0.92 - 0.14 * severity + rng.normal(0.0, 0.08, size=n), 0.02, 1.1)
+    upload = np.clip(
+        0.95 - 0.10 * severity - 0.15 * is_network + 0.08 * is_wifi + rng.normal(0.0, 0.08, size=n),
+        0.02,
+        1.1,
+    )
+    return {"download_ratio": download, "upload_ratio": upload}
+
+
 def generate_speedtests(rows: int, seed: int = 0) -> TriageData:
     """Generate `rows` slow speed tests with their features and labels, reproducibly from `seed`.
 
@@ -105,48 +181,12 @@ def generate_speedtests(rows: int, seed: int = 0) -> TriageData:
     if not isinstance(rows, int) or isinstance(rows, bool) or rows < 1:
         raise ValueError(f"rows must be a positive integer, got {rows!r}; pass e.g. rows=10000")
     rng = np.random.default_rng(seed)
-    n = rows
-    heavy = rng.random(n) < 0.15
-    signal_errors = np.where(
-        heavy,
-        np.floor(rng.lognormal(mean=6.0, sigma=1.1, size=n)),
-        rng.poisson(lam=18.0, size=n).astype(np.float64),
-    )
-    node_health = np.clip(rng.beta(6.0, 1.6, size=n), 0.0, 1.0)
-    latency = 12.0 + rng.gamma(shape=2.0, scale=9.0, size=n) + 70.0 * (1.0 - node_health) ** 2
-    packet_loss = np.clip(
-        rng.exponential(scale=0.4, size=n) + 4.0 * (1.0 - node_health) * rng.random(n), 0.0, 30.0
-    )
-    rssi = np.clip(rng.normal(loc=-58.0, scale=10.0, size=n), -92.0, -28.0)
-    noise = np.clip(rng.normal(loc=-92.0, scale=4.0, size=n), -105.0, -75.0)
-    devices = rng.integers(1, 36, size=n).astype(np.float64)
-    uptime = np.floor(rng.exponential(scale=400.0, size=n))
-    cols = {
-        "signal_errors_24h": signal_errors,
-        "latency_ms": latency,
-        "packet_loss_pct": packet_loss,
-        "wifi_rssi_dbm": rssi,
-        "wifi_noise_dbm": noise,
-        "connected_devices": devices,
-        "modem_uptime_h": uptime,
-        "node_health": node_health,
-    }
-    scores = _hidden_scores(cols)
-    gumbel = rng.gumbel(loc=0.0, scale=_GUMBEL_SCALE, size=scores.shape)
-    label_idx = np.argmax(scores + gumbel, axis=1)
-    flip = rng.random(n) < _FLIP_RATE
-    label_idx = np.where(flip, rng.integers(0, len(CLASSES), size=n), label_idx)
-    severity = np.max(scores, axis=1)
-    is_network = label_idx == CLASSES.index("network")
-    is_wifi = label_idx == CLASSES.index("wifi")
-    cols["download_ratio"] = np.clip(
-        0.92 - 0.14 * severity + rng.normal(0.0, 0.08, size=n), 0.02, 1.1
-    )
-    cols["upload_ratio"] = np.clip(
-        0.95 - 0.10 * severity - 0.15 * is_network + 0.08 * is_wifi + rng.normal(0.0, 0.08, size=n),
-        0.02,
-        1.1,
-    )
+    cols = draw_line(rng, rows)
+    cols |= draw_test_conditions(rng, cols["node_health"])
+    cols |= draw_home(rng, rows)
+    scores = hidden_scores(cols)
+    label_idx = apply_label_noise(scores, *draw_label_noise(rng, rows))
+    cols |= draw_speed_ratios(rng, scores, label_idx)
     X = np.stack([cols[name] for name in FEATURE_NAMES], axis=1).astype(np.float32)
     y = np.asarray(CLASSES, dtype=object)[label_idx].astype(str)
     return TriageData(X=np.ascontiguousarray(X), y=y, feature_names=FEATURE_NAMES, seed=seed)

@@ -8,11 +8,17 @@ from datetime import datetime
 from typing import Any
 
 import numpy as np
-from streamml.onnx_models.contract import FeatureContract, FeatureSpec, MissingPolicy
+from streamml.onnx_models.contract import (
+    FeatureContract,
+    FeatureSource,
+    FeatureSpec,
+    MissingPolicy,
+)
 from streamml.onnx_models.data import CLASSES, FEATURE_NAMES, TriageData, generate_speedtests
 from streamml.onnx_models.export import ExportedModel, export
 
 __all__ = [
+    "TELEMETRY_SERVICE",
     "TRIAGE_MODEL_NAME",
     "TrainedTriage",
     "evaluate",
@@ -24,7 +30,11 @@ __all__ = [
 TRIAGE_MODEL_NAME = "speedtest-triage"
 """Registry name of the speed-test triage model."""
 
+TELEMETRY_SERVICE = "telemetry"
+"""Name of the on-demand device-telemetry service in the triage contract."""
+
 _MINUTE_MS = 60_000
+_DAY_MS = 24 * 60 * _MINUTE_MS
 
 
 @dataclass(frozen=True)
@@ -41,18 +51,61 @@ class TrainedTriage:
 
 
 def triage_contract() -> FeatureContract:
-    """Return the feature contract of the triage model (TTLs and missing-value policies)."""
+    """Return the feature contract of the triage model: sources, TTLs and missing policies.
+
+    The rolling signal-error count comes from the online store; the speed test's own measures
+    from the request context (they are as old as the request, so their TTL is a day); the home
+    network from the `telemetry` service (`streamml telemetry serve`): the weakest device's RSSI
+    and the noise at that device, the number of devices, the modem's uptime and its node's health.
+    """
+    online = FeatureSource.online
+    ctx = FeatureSource.request
+
+    def telemetry(expression: str) -> FeatureSource:
+        return FeatureSource.on_demand(TELEMETRY_SERVICE, expression)
+
     specs = [
-        FeatureSpec("signal_errors_24h", 5 * _MINUTE_MS, MissingPolicy.default(0.0)),
-        FeatureSpec("download_ratio", 1 * _MINUTE_MS, MissingPolicy.reject()),
-        FeatureSpec("upload_ratio", 1 * _MINUTE_MS, MissingPolicy.reject()),
-        FeatureSpec("latency_ms", 1 * _MINUTE_MS, MissingPolicy.reject()),
-        FeatureSpec("packet_loss_pct", 1 * _MINUTE_MS, MissingPolicy.default(0.0)),
-        FeatureSpec("wifi_rssi_dbm", 15 * _MINUTE_MS, MissingPolicy.default(-60.0)),
-        FeatureSpec("wifi_noise_dbm", 15 * _MINUTE_MS, MissingPolicy.default(-92.0)),
-        FeatureSpec("connected_devices", 15 * _MINUTE_MS, MissingPolicy.default(8.0)),
-        FeatureSpec("modem_uptime_h", 60 * _MINUTE_MS, MissingPolicy.default(24.0)),
-        FeatureSpec("node_health", 5 * _MINUTE_MS, MissingPolicy.default(1.0)),
+        FeatureSpec(
+            "signal_errors_24h", 5 * _MINUTE_MS, MissingPolicy.default(0.0), source=online()
+        ),
+        FeatureSpec(
+            "download_ratio", _DAY_MS, MissingPolicy.reject(), source=ctx("download_ratio")
+        ),
+        FeatureSpec("upload_ratio", _DAY_MS, MissingPolicy.reject(), source=ctx("upload_ratio")),
+        FeatureSpec("latency_ms", _DAY_MS, MissingPolicy.reject(), source=ctx("latency_ms")),
+        FeatureSpec(
+            "packet_loss_pct", _DAY_MS, MissingPolicy.default(0.0), source=ctx("packet_loss_pct")
+        ),
+        FeatureSpec(
+            "wifi_rssi_dbm",
+            15 * _MINUTE_MS,
+            MissingPolicy.default(-60.0),
+            source=telemetry("min(devices[].rssi_dbm)"),
+        ),
+        FeatureSpec(
+            "wifi_noise_dbm",
+            15 * _MINUTE_MS,
+            MissingPolicy.default(-92.0),
+            source=telemetry("min_by(devices, &rssi_dbm).noise_dbm"),
+        ),
+        FeatureSpec(
+            "connected_devices",
+            15 * _MINUTE_MS,
+            MissingPolicy.default(8.0),
+            source=telemetry("length(devices)"),
+        ),
+        FeatureSpec(
+            "modem_uptime_h",
+            60 * _MINUTE_MS,
+            MissingPolicy.default(24.0),
+            source=telemetry("modem.uptime_h"),
+        ),
+        FeatureSpec(
+            "node_health",
+            5 * _MINUTE_MS,
+            MissingPolicy.default(1.0),
+            source=telemetry("node.health"),
+        ),
     ]
     return FeatureContract(tuple(specs), allow_nan=False)
 

@@ -1,12 +1,14 @@
 """Record types that travel between the steps of the feature flows.
 
 Sources emit undecoded batches (`LinesChunk` for files, `RecordList` for message streams); the
-decode step turns them into columnar `EventBatch`es plus `DeadLetter`s.
+decode step turns them into columnar `EventBatch`es plus `DeadLetter`s, or, for prediction
+requests, into one `PredictionRequest` each.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -17,6 +19,7 @@ __all__ = [
     "DeadLetter",
     "EventBatch",
     "LinesChunk",
+    "PredictionRequest",
     "RecordList",
 ]
 
@@ -114,3 +117,32 @@ class Alert:
     def to_json(self) -> dict[str, object]:
         """Return the JSON-ready form written to alert outputs."""
         return {"account": self.account, "ts": self.ts, "value": self.value, "id": self.alert_id}
+
+
+@dataclass(frozen=True, slots=True)
+class PredictionRequest:
+    """A valid prediction request: which model, for which account, when, with what context.
+
+    `ts` is epoch milliseconds; `context` the request's own JSON object (speed-test measures,
+    ...), read by the contract's `request` sources. `partition` and `position` say where it was
+    read, `raw_size` how many bytes it had there.
+    """
+
+    request_id: str
+    model: str
+    account: str
+    ts: int
+    context: dict[str, Any]
+    partition: str
+    position: int
+    raw_size: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the request as it travels (without where it was read)."""
+        return {
+            "request_id": self.request_id,
+            "model": self.model,
+            "account": self.account,
+            "ts": self.ts,
+            "context": self.context,
+        }

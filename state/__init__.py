@@ -1,4 +1,4 @@
-"""Keyed state on RocksDB: rolling-count state, online and on-demand stores, history and predictions."""
+"""Keyed state on RocksDB: rolling state, online and on-demand stores, history, predictions."""
 
 from streamml.state.history import HISTORY_SCHEMA, HistoryWriter, read_history
 from streamml.state.layout import IncompatibleStateError, StateLayout

@@ -181,7 +181,8 @@ def test_new_recovery_dir_on_state_of_another_is_refused(tmp_path):
     assert str(tmp_path / "rec2") in err and "recovery reset" in err
     assert snapshot_files(tmp_path) == outputs
     rec2 = str(tmp_path / "rec2")
-    assert streamml("recovery", "reset", rec2, "--state-dir", str(tmp_path / "state")).returncode == 0
+    reset = streamml("recovery", "reset", rec2, "--state-dir", str(tmp_path / "state"))
+    assert reset.returncode == 0, reset.stderr
     c = ok(*run_args(tmp_path, path, extra=["--recovery-dir", rec2]))
     assert c.get("accepted", 0) == 0
     assert snapshot_files(tmp_path) == outputs
@@ -268,7 +269,7 @@ def test_recovery_marks_are_whole_or_absent(tmp_path):
     assert first_start(tmp_path, "out", 9) == 5
     for mark in marks.glob("*.json"):
         mark.write_bytes(b"")  # a mark emptied by an older version's kill
-    with pytest.raises(Exception, match="unreadable.*recovery reset"):
+    with pytest.raises(Exception, match=r"unreadable.*recovery reset"):
         first_start(tmp_path, "out", 9)
 
 
