@@ -442,15 +442,19 @@ class _RollingLogic(StatefulBatchLogic[EventBatch, ShardUpdate, dict[str, int]])
     def snapshot(self) -> dict[str, int]:
         state = {**self.resume, **self.applied}
         if self.config.recovery and self._store is not None:
-            self._prune()
+            self.snapshots.append(state)
+            if len(self.snapshots) > 2:
+                self._prune(self.snapshots.popleft())
         return state
 
-    def _prune(self) -> None:
+    def _prune(self, older: dict[str, int]) -> None:
         """Drop outbox entries that no restart can replay any more.
 
         A restart replays each source partition from the position Bytewax snapshotted for it
-        at the epoch it resumes from; the oldest source snapshot still kept in the recovery dir
-        is at or before that, so outbox entries wholly before it are never needed again.
+        at the epoch it resumes from. The oldest source snapshot still kept in the recovery dir
+        is at or before that, and so is this shard's state two snapshots ago; entries wholly
+        before both are never needed again. Without a visible source snapshot nothing is pruned
+        past the older bound.
         """
         now = time.monotonic()
         if now - self.last_prune < _PRUNE_INTERVAL_S or self._store is None:
@@ -458,10 +462,10 @@ class _RollingLogic(StatefulBatchLogic[EventBatch, ShardUpdate, dict[str, int]])
         self.last_prune = now
         assert self.config.recovery_dir is not None
         committed = committed_source_positions(self.config.recovery_dir, self.config.source_step)
-        for partition in self.applied:
-            position = committed.get(partition)
-            if position is not None:
-                self._store.prune_outbox(partition, min(position - 1, self.applied[partition]))
+        for partition, position in older.items():
+            kept = committed.get(partition)
+            upto = position if kept is None else min(position, kept - 1)
+            self._store.prune_outbox(partition, upto)
 
 
 _PRUNE_INTERVAL_S = 1.0

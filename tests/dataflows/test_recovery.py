@@ -23,7 +23,7 @@ KILLS = 5
 # then soon after the first one is committed. A run resumes from its last committed snapshot, so
 # five kills advance it by about two snapshots of input and the input outlasts them. The file
 # source reads 16 MiB chunks, which delays its first commit; Kafka batches are small.
-FILE_KILL_WINDOWS = [(0.0, 0.3), (1.4, 2.0)]
+FILE_KILL_WINDOWS = [(0.0, 0.3), (1.0, 1.5)]
 KAFKA_KILL_WINDOWS = [(0.0, 0.2), (0.9, 1.3)]
 
 
