@@ -272,13 +272,25 @@ def prepare_state(config: ErrorCountConfig, *, reset_sources: tuple[str, ...] = 
         positions = stored_positions(config.state_dir, config.layout.shards)
         fresh = not any(p >= 0 for p in positions.values())
         bind_recovery_dir(config.recovery_dir, config.state_dir, fresh_state=fresh)
-        for step, path in (
-            ("alerts-out", config.alerts_out),
-            ("dead-letters-out", config.dead_letters_out),
-            ("late-out", config.late_out),
-        ):
+        for field, step in _FILE_OUTPUTS.items():
+            path = getattr(config, field)
             if path is not None:
                 check_output_file(config.recovery_dir, f"error_count.{step}", path)
+
+
+_FILE_OUTPUTS = {
+    "alerts_out": "alerts-out",
+    "dead_letters_out": "dead-letters-out",
+    "late_out": "late-out",
+}
+"""The JSON lines outputs: config field -> step id of the sink (its snapshots are keyed by it)."""
+
+
+def _json_lines_out(config: ErrorCountConfig, field: str, stream) -> None:
+    """Write `stream` to the JSON lines file of `field`, one worker writing it."""
+    step = _FILE_OUTPUTS[field]
+    sink = JsonLinesSink(getattr(config, field), recovery_dir=config.recovery_dir)
+    op.output(step, _one_key(f"{step}-key", stream), sink)
 
 
 def _kafka_sink(config: ErrorCountConfig, topic_var: str):
@@ -319,11 +331,7 @@ def build_flow(config: ErrorCountConfig) -> Dataflow:
     updates = op.key_rm("unkey", by_shard)
     alerts = op.flat_map("alerts", updates, lambda u: u.alerts)
     if config.alerts_out is not None:
-        op.output(
-            "alerts-out",
-            _one_key("alerts-key", alerts),
-            JsonLinesSink(config.alerts_out, recovery_dir=config.recovery_dir),
-        )
+        _json_lines_out(config, "alerts_out", alerts)
     alerts_kafka = _kafka_sink(config, "ALERTS_TOPIC")
     if alerts_kafka is not None:
         from streamml.operators.kafka import KafkaAlertSink
@@ -335,18 +343,9 @@ def build_flow(config: ErrorCountConfig) -> Dataflow:
 
         op.output("dead-letters-kafka", decoded.dead, KafkaDeadLetterSink(dead_kafka))
     if config.dead_letters_out is not None:
-        op.output(
-            "dead-letters-out",
-            _one_key("dead-key", decoded.dead),
-            JsonLinesSink(config.dead_letters_out, recovery_dir=config.recovery_dir),
-        )
+        _json_lines_out(config, "dead_letters_out", decoded.dead)
     if config.late_out is not None:
-        late = op.flat_map("late", updates, _late_records)
-        op.output(
-            "late-out",
-            _one_key("late-key", late),
-            JsonLinesSink(config.late_out, recovery_dir=config.recovery_dir),
-        )
+        _json_lines_out(config, "late_out", op.flat_map("late", updates, _late_records))
     if config.history_dir is not None:
         op.output(
             "history",

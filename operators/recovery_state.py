@@ -31,8 +31,9 @@ __all__ = [
     "BINDING_FILE",
     "bind_recovery_dir",
     "check_output_file",
-    "committed_source_positions",
+    "check_output_length",
     "first_start",
+    "kept_snapshot_positions",
     "peek_first_start",
     "recovery_binding",
 ]
@@ -52,11 +53,29 @@ def first_start(recovery_dir: Path | None, output: str, current: Any) -> Any:
     """
     if recovery_dir is None:
         return current
-    marks = Path(recovery_dir) / _MARKS
-    marks.mkdir(parents=True, exist_ok=True)
-    mark = marks / (hashlib.sha256(output.encode()).hexdigest()[:32] + ".json")
+    mark = _mark_path(recovery_dir, output)
+    mark.parent.mkdir(parents=True, exist_ok=True)
     if create_exclusive(mark, orjson.dumps({"output": output, "start": current})):
         return current
+    return _read_mark(mark, recovery_dir, output)
+
+
+def peek_first_start(recovery_dir: Path | None, output: str) -> Any:
+    """Return what `first_start` recorded for `output`, or None (recording nothing)."""
+    if recovery_dir is None:
+        return None
+    mark = _mark_path(recovery_dir, output)
+    if not mark.exists():
+        return None
+    return _read_mark(mark, recovery_dir, output)
+
+
+def _mark_path(recovery_dir: Path, output: str) -> Path:
+    digest = hashlib.sha256(output.encode()).hexdigest()[:32]
+    return Path(recovery_dir) / _MARKS / f"{digest}.json"
+
+
+def _read_mark(mark: Path, recovery_dir: Path, output: str) -> Any:
     try:
         return orjson.loads(mark.read_bytes())["start"]
     except (orjson.JSONDecodeError, KeyError) as exc:
@@ -64,6 +83,19 @@ def first_start(recovery_dir: Path | None, output: str, current: Any) -> Any:
             f"the recovery mark {mark} (for {output}) is unreadable ({exc}); "
             f"start over with `streamml recovery reset {recovery_dir} --state-dir STATE_DIR`"
         ) from None
+
+
+def check_output_length(path: Path, resume: int, recovery_dir: Path | None) -> None:
+    """Raise `RefusedError` when the output at `path` is gone or shorter than `resume` bytes."""
+    size = path.stat().st_size if path.exists() else None
+    if (size or 0) < resume:
+        state = "is gone" if size is None else f"is {size} bytes"
+        raise RefusedError(
+            f"output {path} {state}, but recovery dir {recovery_dir} resumes it at byte "
+            f"{resume}: what was written to it before cannot be told from what is new. Restore "
+            f"the file, or start over with `streamml recovery reset {recovery_dir} --state-dir "
+            "STATE_DIR` (the output is then appended to from where the state dir stopped)"
+        )
 
 
 def recovery_binding(recovery_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
@@ -127,23 +159,6 @@ def bind_recovery_dir(
         )
 
 
-def peek_first_start(recovery_dir: Path | None, output: str) -> Any:
-    """Return what `first_start` recorded for `output`, or None (recording nothing)."""
-    if recovery_dir is None:
-        return None
-    digest = hashlib.sha256(output.encode()).hexdigest()[:32]
-    mark = Path(recovery_dir) / _MARKS / f"{digest}.json"
-    try:
-        return orjson.loads(mark.read_bytes())["start"]
-    except FileNotFoundError:
-        return None
-    except (orjson.JSONDecodeError, KeyError) as exc:
-        raise RefusedError(
-            f"the recovery mark {mark} (for {output}) is unreadable ({exc}); "
-            f"start over with `streamml recovery reset {recovery_dir} --state-dir STATE_DIR`"
-        ) from None
-
-
 def check_output_file(recovery_dir: Path | None, step_id: str, path: Path) -> None:
     """Refuse a run whose output file at `path` is gone or shorter than where it resumes.
 
@@ -153,25 +168,14 @@ def check_output_file(recovery_dir: Path | None, step_id: str, path: Path) -> No
     if recovery_dir is None:
         return
     key = str(Path(path).resolve())
-    resume = committed_source_positions(recovery_dir, step_id).get(key)
+    resume = kept_snapshot_positions(recovery_dir, step_id).get(key)
     if resume is None:
         resume = peek_first_start(recovery_dir, key)
-    if not resume:
-        return
-    size = path.stat().st_size if path.exists() else None
-    if (size or 0) < resume:
-        state = "is gone" if size is None else f"is {size} bytes"
-        raise RefusedError(
-            f"output {path} {state}, but recovery dir {recovery_dir} resumes it at byte "
-            f"{resume}: what was written to it before cannot be told from what is new. Restore "
-            f"the file, or start over with `streamml recovery reset {recovery_dir} --state-dir "
-            "STATE_DIR` (the output is then appended to from where the state dir stopped)"
-        )
+    if resume:
+        check_output_length(path, resume, recovery_dir)
 
 
-def committed_source_positions(
-    recovery_dir: str | os.PathLike[str], step_id: str
-) -> dict[str, int]:
+def kept_snapshot_positions(recovery_dir: str | os.PathLike[str], step_id: str) -> dict[str, int]:
     """Return, per partition of `step_id`, the oldest position snapshotted for it still kept.
 
     Bytewax resumes a source partition from its snapshot at the resume epoch; every snapshot it

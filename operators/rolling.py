@@ -21,7 +21,7 @@ from bytewax import operators as op
 from bytewax.dataflow import operator
 from bytewax.operators import KeyedStream, StatefulBatchLogic
 from streamml.operators.records import Alert, EventBatch
-from streamml.operators.recovery_state import committed_source_positions, first_start
+from streamml.operators.recovery_state import first_start, kept_snapshot_positions
 from streamml.state.layout import StateLayout
 from streamml.state.rolling_store import ALERT_FLAG, RollingStateStore, StoreTuning, empty_records
 
@@ -461,7 +461,7 @@ class _RollingLogic(StatefulBatchLogic[EventBatch, ShardUpdate, dict[str, int]])
             return
         self.last_prune = now
         assert self.config.recovery_dir is not None
-        committed = committed_source_positions(self.config.recovery_dir, self.config.source_step)
+        committed = kept_snapshot_positions(self.config.recovery_dir, self.config.source_step)
         for partition, position in older.items():
             kept = committed.get(partition)
             upto = position if kept is None else min(position, kept - 1)

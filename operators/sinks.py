@@ -11,10 +11,9 @@ from typing import Any
 
 import orjson
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
-from streamml.operators.recovery_state import first_start
+from streamml.operators.recovery_state import check_output_length, first_start
 from streamml.operators.rolling import ShardUpdate
 from streamml.operators.shard import shard_key
-from streamml.state.errors import RefusedError
 from streamml.state.history import HistoryWriter
 
 __all__ = ["HistorySink", "JsonLinesSink", "StatsSink", "read_stats"]
@@ -27,16 +26,7 @@ class _JsonLinesPartition(StatefulSinkPartition[Any, int]):
             size = path.stat().st_size if path.exists() else 0
             resume = first_start(recovery_dir, str(path.resolve()), size)
         if resume is not None:
-            size = path.stat().st_size if path.exists() else None
-            if (size or 0) < resume:
-                state = "is gone" if size is None else f"is {size} bytes"
-                raise RefusedError(
-                    f"output {path} {state}, but recovery dir {recovery_dir} resumes it at byte "
-                    f"{resume}: what was written to it before cannot be told from what is new. "
-                    "Restore the file, or start over with `streamml recovery reset "
-                    f"{recovery_dir} --state-dir STATE_DIR` (the output is then appended to "
-                    "from where the state dir stopped)"
-                )
+            check_output_length(path, resume, recovery_dir)
         self.f = open(path, "ab")  # noqa: SIM115
         if resume is not None:
             self.f.truncate(resume)

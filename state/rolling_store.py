@@ -215,9 +215,11 @@ def stored_positions(state_dir: str | os.PathLike[str], shards: int) -> dict[str
     some shard has not recorded yet answers -1. Opens the shards read-only, so it works while a
     flow writes them.
     """
+    from streamml.state.layout import StateLayout
+
     per_shard: list[dict[str, int]] = []
     for shard in range(shards):
-        path = Path(state_dir) / "shards" / f"shard-{shard:03d}"
+        path = StateLayout.shard_dir(state_dir, shard)
         if not (path / "CURRENT").exists():
             per_shard.append({})
             continue
