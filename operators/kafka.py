@@ -47,9 +47,8 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.errors import TopicAlreadyExistsError
 from streamml.operators.records import Alert, DeadLetter, RecordList
-from streamml.operators.recovery_state import first_start
+from streamml.operators.recovery_state import StoredStart
 from streamml.state.errors import RefusedError
-from streamml.state.rolling_store import stored_positions
 from streamml.state.sources import SourceRegistry, incarnation_name
 
 __all__ = [
@@ -472,13 +471,14 @@ class KafkaSource(FixedPartitionedSource[RecordList, int]):
                 "build one with KafkaSourceConfig(brokers=[...], topic=...)"
             )
         self.config = config
-        self.state_dir = state_dir
-        self.shards = shards
-        self.recovery_dir = Path(recovery_dir) if recovery_dir is not None else None
+        self.stored = StoredStart(
+            Path(state_dir) if state_dir is not None else None,
+            shards,
+            Path(recovery_dir) if recovery_dir is not None else None,
+        )
         self.incarnation = 1
         if state_dir is not None:
             self.incarnation = SourceRegistry(state_dir).resolve_stream(f"kafka:{config.topic}")
-        self._stored: dict[str, int] | None = None
 
     def list_parts(self) -> list[str]:
         """Return `kafka:{topic}:{p}` for every partition of the topic."""
@@ -487,14 +487,6 @@ class KafkaSource(FixedPartitionedSource[RecordList, int]):
         return [
             incarnation_name(kafka_partition_name(cfg.topic, p), self.incarnation) for p in parts
         ]
-
-    def _stored_next(self, name: str) -> int | None:
-        if self.state_dir is None or self.config.start != "stored":
-            return None
-        if self._stored is None:
-            self._stored = stored_positions(self.state_dir, self.shards)
-        through = first_start(self.recovery_dir, f"source:{name}", self._stored.get(name, -1))
-        return through + 1 if through >= 0 else None
 
     def build_part(
         self, step_id: str, for_part: str, resume_state: int | None
@@ -506,8 +498,9 @@ class KafkaSource(FixedPartitionedSource[RecordList, int]):
                 f"{step_id}: expected a partition named kafka:{self.config.topic}:N, got "
                 f"{for_part!r}; the recovery store may belong to another topic"
             )
-        if resume_state is None:
-            resume_state = self._stored_next(for_part)
+        if resume_state is None and self.config.start == "stored":
+            through = self.stored.through(for_part)
+            resume_state = through + 1 if through >= 0 else None
         return _KafkaSourcePartition(self.config, parsed[1], resume_state, for_part)
 
 

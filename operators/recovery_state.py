@@ -26,9 +26,11 @@ import orjson
 from streamml.state.errors import RefusedError
 from streamml.state.files import atomic_write, create_exclusive
 from streamml.state.layout import state_id
+from streamml.state.rolling_store import stored_positions
 
 __all__ = [
     "BINDING_FILE",
+    "StoredStart",
     "bind_recovery_dir",
     "check_output_file",
     "check_output_length",
@@ -54,9 +56,10 @@ def first_start(recovery_dir: Path | None, output: str, current: Any) -> Any:
     if recovery_dir is None:
         return current
     mark = _mark_path(recovery_dir, output)
-    mark.parent.mkdir(parents=True, exist_ok=True)
-    if create_exclusive(mark, orjson.dumps({"output": output, "start": current})):
-        return current
+    if not mark.exists():
+        mark.parent.mkdir(parents=True, exist_ok=True)
+        if create_exclusive(mark, orjson.dumps({"output": output, "start": current})):
+            return current
     return _read_mark(mark, recovery_dir, output)
 
 
@@ -96,6 +99,33 @@ def check_output_length(path: Path, resume: int, recovery_dir: Path | None) -> N
             f"the file, or start over with `streamml recovery reset {recovery_dir} --state-dir "
             "STATE_DIR` (the output is then appended to from where the state dir stopped)"
         )
+
+
+class StoredStart:
+    """Where each source partition continues when Bytewax has no snapshot of it.
+
+    Without a recovery dir: after the position every shard of the state dir has applied it
+    through (read once, from read-only opens, when first asked). With one: after that position
+    as it was when the flow first ran with the recovery dir, so a restart before the first
+    snapshot reads again what the first run read and cut from the outputs.
+    """
+
+    def __init__(
+        self, state_dir: Path | None, shards: int, recovery_dir: Path | None = None
+    ) -> None:
+        self.state_dir = state_dir
+        self.shards = shards
+        self.recovery_dir = recovery_dir
+        self._applied: dict[str, int] | None = None
+
+    def through(self, partition: str) -> int:
+        """Return the position `partition` was applied through (-1: read it from its start)."""
+        if self.state_dir is None:
+            return -1
+        if self._applied is None:
+            self._applied = stored_positions(self.state_dir, self.shards)
+        applied = self._applied.get(partition, -1)
+        return first_start(self.recovery_dir, f"source:{partition}", applied)
 
 
 def recovery_binding(recovery_dir: str | os.PathLike[str]) -> dict[str, Any] | None:

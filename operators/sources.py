@@ -17,9 +17,8 @@ import numpy as np
 import pyarrow as pa
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from streamml.operators.records import EventBatch, LinesChunk
-from streamml.operators.recovery_state import first_start
+from streamml.operators.recovery_state import StoredStart
 from streamml.state.errors import RefusedError
-from streamml.state.rolling_store import stored_positions
 from streamml.state.sources import SourceRegistry
 
 __all__ = [
@@ -177,26 +176,20 @@ class FileSource(FixedPartitionedSource[LinesChunk, int]):
         self.fmt = fmt
         self.chunk_bytes = chunk_bytes
         self.settle_ms = settle_ms
-        self.state_dir = Path(state_dir) if state_dir is not None else None
-        self.shards = shards
-        self.recovery_dir = Path(recovery_dir) if recovery_dir is not None else None
+        self.stored = StoredStart(
+            Path(state_dir) if state_dir is not None else None,
+            shards,
+            Path(recovery_dir) if recovery_dir is not None else None,
+        )
         self.registry = SourceRegistry(state_dir) if state_dir is not None else None
         if self.registry is None:
             self.names = {f"file:{p}": p for p in self.paths}
         else:
             self.names = {self.registry.resolve_file(p): p for p in self.paths}
-        self._stored: dict[str, int] | None = None
 
     def list_parts(self) -> list[str]:
         """Return one partition name per file."""
         return list(self.names)
-
-    def _stored_position(self, name: str) -> int:
-        if self.state_dir is None:
-            return -1
-        if self._stored is None:
-            self._stored = stored_positions(self.state_dir, self.shards)
-        return first_start(self.recovery_dir, f"source:{name}", self._stored.get(name, -1))
 
     def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _FilePartition:
         """Open one file at `resume_state`, or after what the state dir has applied."""
@@ -204,7 +197,7 @@ class FileSource(FixedPartitionedSource[LinesChunk, int]):
         fmt = self.fmt or detect_format(path)
         header, first = read_csv_header(path) if fmt == "csv" else (None, 0)
         if resume_state is None:
-            start = max(first, self._stored_position(for_part) + 1)
+            start = max(first, self.stored.through(for_part) + 1)
         else:
             start = int(resume_state)
         size = path.stat().st_size
