@@ -124,8 +124,8 @@ def _check_ts_text(text: str) -> int:
     return _check_ts_number(value)
 
 
-def decode_json_value(value: bytes) -> tuple[bytes, int]:
-    """Decode one JSON event into `(account, ts)`; raises `_Invalid` with the reason."""
+def _json_object(value: bytes) -> dict:
+    """Parse one JSON object; raises `_Invalid` (not_utf8, not_json, not_object)."""
     try:
         obj = orjson.loads(value)
     except orjson.JSONDecodeError as exc:
@@ -136,6 +136,12 @@ def decode_json_value(value: bytes) -> tuple[bytes, int]:
         raise _Invalid("not_json", str(exc)[:200]) from exc
     if not isinstance(obj, dict):
         raise _Invalid("not_object", f"got {type(obj).__name__}")
+    return obj
+
+
+def decode_json_value(value: bytes) -> tuple[bytes, int]:
+    """Decode one JSON event into `(account, ts)`; raises `_Invalid` with the reason."""
+    obj = _json_object(value)
     return _check_account(obj.get("account")), _check_ts_number(obj.get("ts"))
 
 

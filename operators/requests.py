@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import orjson
 from bytewax import operators as op
 from bytewax.dataflow import Stream, operator
-from streamml.operators.decode import _check_account, _check_ts_number, _Invalid
+from streamml.operators.decode import _check_account, _check_ts_number, _Invalid, _json_object
 from streamml.operators.records import (
     DEAD_LETTER_RAW_LIMIT,
     DeadLetter,
@@ -64,16 +64,7 @@ def _check_name(value: object, what: str) -> str:
 def _parse(raw: bytes, partition: str, position: int, max_context_bytes: int) -> PredictionRequest:
     if not raw.strip():
         raise _Invalid("blank")
-    try:
-        obj = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        try:
-            raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise _Invalid("not_utf8") from exc
-        raise _Invalid("not_json", str(exc)[:200]) from exc
-    if not isinstance(obj, dict):
-        raise _Invalid("not_object", f"got {type(obj).__name__}")
+    obj = _json_object(raw)
     request_id = _check_name(obj.get("request_id"), "request_id")
     model = _check_name(obj.get("model"), "model")
     account = _check_account(obj.get("account")).decode("utf-8")
