@@ -49,12 +49,14 @@ from kafka.errors import TopicAlreadyExistsError
 from streamml.operators.records import Alert, DeadLetter, RecordList
 from streamml.operators.recovery_state import StoredStart
 from streamml.state.errors import RefusedError
+from streamml.state.predictions import PredictionRecord
 from streamml.state.sources import SourceRegistry, incarnation_name
 
 __all__ = [
     "SECURITY_KEYS",
     "KafkaAlertSink",
     "KafkaDeadLetterSink",
+    "KafkaPredictionSink",
     "KafkaSinkConfig",
     "KafkaSource",
     "KafkaSourceConfig",
@@ -647,6 +649,36 @@ def _encode_dead_letter(item: DeadLetter | tuple[DeadLetter, bytes | None]) -> _
         ("source_offset", str(letter.position).encode("ascii")),
     ]
     return letter.partition.encode("utf-8"), value, headers
+
+
+def _encode_prediction(record: PredictionRecord) -> _Encoded:
+    return (
+        record.account.encode("utf-8"),
+        orjson.dumps(record.to_json()),
+        [("request_id", record.request_id.encode("utf-8"))],
+    )
+
+
+class KafkaPredictionSink(DynamicSink[PredictionRecord]):
+    """Write answering predictions to a topic: key = account, value = JSON, header `request_id`.
+
+    After a restart the flow may send again what it sent since its last snapshot (the same
+    request with the same answer variant); readers keep the first record of each `request_id`.
+    """
+
+    def __init__(self, config: KafkaSinkConfig):
+        """Write with `config` (one idempotent producer per worker)."""
+        if not isinstance(config, KafkaSinkConfig):
+            raise TypeError(
+                f"KafkaPredictionSink: expected a KafkaSinkConfig, got {type(config).__name__}"
+            )
+        self.config = config
+
+    def build(
+        self, step_id: str, worker_index: int, worker_count: int
+    ) -> StatelessSinkPartition[PredictionRecord]:
+        """Build this worker's producer."""
+        return _ProducerPartition(self.config, _encode_prediction)
 
 
 class KafkaAlertSink(DynamicSink[Alert]):

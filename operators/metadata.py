@@ -18,7 +18,9 @@ that read them)::
 where `selector.on_batch` remembers the last `ModelMetadata` it saw and answers each request
 with `metadata.select(model, account)` (requests arriving before the first snapshot wait for it).
 There is no resume state: after a restart the partition emits the current snapshot again.
-Non-stream callers (the REST service) use `load_metadata`.
+Non-stream callers (the REST service) use `load_metadata`. `WithMetadata` wraps a partitioned
+input so each of its partitions carries the snapshots in its own batches: the metadata then
+ends with a bounded input, which the prediction flow needs to finish.
 """
 
 from __future__ import annotations
@@ -31,7 +33,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from bytewax.inputs import DynamicSource, StatelessSourcePartition
+from bytewax.inputs import (
+    DynamicSource,
+    FixedPartitionedSource,
+    StatefulSourcePartition,
+    StatelessSourcePartition,
+)
 from streamml.onnx_models import (
     FeatureContract,
     ModelRegistry,
@@ -46,6 +53,7 @@ __all__ = [
     "ModelEntry",
     "ModelMetadata",
     "VersionInfo",
+    "WithMetadata",
     "load_metadata",
 ]
 
@@ -229,3 +237,81 @@ class MetadataSource(DynamicSource[ModelMetadata]):
         return _MetadataPartition(
             ModelRegistry(self.registry_dir), self.poll_interval_s, self.until
         )
+
+
+class _WithMetadataPartition(StatefulSourcePartition[Any, Any]):
+    def __init__(self, inner: StatefulSourcePartition, registry: ModelRegistry, interval_s: float):
+        self._inner = inner
+        self._registry = registry
+        self._interval = timedelta(seconds=interval_s)
+        self._due = datetime.now(UTC)
+        self._last: int | None = None
+        self._error: str | None = None
+
+    def _poll(self) -> list[ModelMetadata]:
+        now = datetime.now(UTC)
+        if now < self._due:
+            return []
+        self._due = now + self._interval
+        try:
+            if self._last is not None and self._registry.revision() == self._last:
+                return []
+            snapshot = load_metadata(self._registry)
+        except (RegistryError, OSError) as exc:
+            if str(exc) != self._error:
+                _log.warning("model metadata not refreshed, retrying: %s", exc)
+                self._error = str(exc)
+            return []
+        self._error = None
+        self._last = snapshot.revision
+        return [snapshot]
+
+    def next_batch(self) -> list[Any]:
+        meta = self._poll()
+        batch = self._inner.next_batch()
+        return [*meta, *batch] if meta else batch
+
+    def next_awake(self) -> datetime | None:
+        inner = self._inner.next_awake()
+        if inner is None:
+            return None
+        return min(inner, self._due)
+
+    def snapshot(self) -> Any:
+        return self._inner.snapshot()
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+class WithMetadata(FixedPartitionedSource[Any, Any]):
+    """Interleave `ModelMetadata` snapshots into the batches of every partition of `source`.
+
+    Each partition emits a snapshot before its first items and then whenever the registry's
+    revision changed (checked at most every `poll_interval_s`), so the metadata stream lives
+    exactly as long as the input: a bounded input ends its flow. Positions and resume states
+    are the inner source's own.
+    """
+
+    def __init__(
+        self,
+        source: FixedPartitionedSource[Any, Any],
+        registry_dir: str | os.PathLike[str],
+        poll_interval_s: float = 0.2,
+    ) -> None:
+        if not poll_interval_s > 0:
+            raise ValueError(f"poll_interval_s must be > 0 seconds, got {poll_interval_s!r}")
+        self.source = source
+        self.registry_dir = Path(registry_dir)
+        self.poll_interval_s = poll_interval_s
+
+    def list_parts(self) -> list[str]:
+        """Return the inner source's partitions."""
+        return self.source.list_parts()
+
+    def build_part(
+        self, step_id: str, for_part: str, resume_state: Any
+    ) -> StatefulSourcePartition[Any, Any]:
+        """Build the inner partition and wrap it."""
+        inner = self.source.build_part(step_id, for_part, resume_state)
+        return _WithMetadataPartition(inner, ModelRegistry(self.registry_dir), self.poll_interval_s)

@@ -1,4 +1,4 @@
-"""Sinks of the feature flows: JSON lines files, the history store and run statistics."""
+"""Sinks of the flows: JSON lines files, the history and prediction stores, run statistics."""
 
 from __future__ import annotations
 
@@ -15,8 +15,9 @@ from streamml.operators.recovery_state import check_output_length, first_start
 from streamml.operators.rolling import ShardUpdate
 from streamml.operators.shard import shard_key
 from streamml.state.history import HistoryWriter
+from streamml.state.predictions import PredictionWriter, TimeoutWriter
 
-__all__ = ["HistorySink", "JsonLinesSink", "StatsSink", "read_stats"]
+__all__ = ["HistorySink", "JsonLinesSink", "PredictionStoreSink", "StatsSink", "read_stats"]
 
 
 class _JsonLinesPartition(StatefulSinkPartition[Any, int]):
@@ -143,6 +144,79 @@ class HistorySink(FixedPartitionedSink[ShardUpdate, tuple[str, int]]):
             )
             writer.discard_from(seq)
         return _HistoryPartition(writer)
+
+
+class _PredictionStorePartition(StatefulSinkPartition[Any, tuple[str, int, int]]):
+    def __init__(self, predictions: PredictionWriter, timeouts: TimeoutWriter) -> None:
+        self.predictions = predictions
+        self.timeouts = timeouts
+
+    def write_batch(self, items: list[Any]) -> None:
+        for out in items:
+            if out.predictions:
+                self.predictions.extend(out.predictions)
+            if out.timeouts:
+                self.timeouts.extend(out.timeouts)
+
+    def snapshot(self) -> tuple[str, int, int]:
+        self.predictions.flush()
+        self.timeouts.flush()
+        return self.predictions.writer_id, self.predictions.seq, self.timeouts.seq
+
+    def close(self) -> None:
+        self.predictions.close()
+        self.timeouts.close()
+
+
+class PredictionStoreSink(FixedPartitionedSink[Any, tuple[str, int, int]]):
+    """Write every prediction (answers and shadows) and timeout record to the prediction store.
+
+    Items are `PredictOutput`s keyed by shard (``shard-NNN``), one writer pair per shard. A
+    snapshot flushes the buffers; on resume, the files written after the resumed snapshot are
+    removed, since the replay writes them again, so each request is in the store once.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        pipeline_version: str,
+        *,
+        shards: int,
+        recovery_dir: str | os.PathLike[str] | None = None,
+        rows_per_flush: int = 10_000,
+    ) -> None:
+        self.root = Path(root)
+        self.pipeline_version = pipeline_version
+        self.shards = shards
+        self.recovery_dir = Path(recovery_dir) if recovery_dir is not None else None
+        self.rows_per_flush = rows_per_flush
+
+    def list_parts(self) -> list[str]:
+        """Return one partition per shard."""
+        return [shard_key(i) for i in range(self.shards)]
+
+    def part_fn(self, item_key: str) -> int:
+        """Route a shard's outputs to that shard's partition."""
+        return int(item_key.rsplit("-", 1)[1])
+
+    def build_part(
+        self, step_id: str, for_part: str, resume_state: tuple[str, int, int] | None
+    ) -> _PredictionStorePartition:
+        """Open the shard's writers, discarding what was written after the resumed snapshot."""
+        if resume_state is None:
+            writer_id = f"{for_part}-{time.time_ns():x}-{os.getpid()}"
+            target = str(self.root.resolve()) + f"#{for_part}"
+            writer_id = first_start(self.recovery_dir, target, writer_id)
+            seqs = (0, 0)
+        else:
+            writer_id, *rest = resume_state
+            seqs = (rest[0], rest[1])
+        kw = {"writer_id": writer_id, "rows_per_flush": self.rows_per_flush}
+        predictions = PredictionWriter(self.root, self.pipeline_version, seq=seqs[0], **kw)
+        timeouts = TimeoutWriter(self.root, self.pipeline_version, seq=seqs[1], **kw)
+        predictions.discard_from(seqs[0])
+        timeouts.discard_from(seqs[1])
+        return _PredictionStorePartition(predictions, timeouts)
 
 
 class _StatsPartition(StatefulSinkPartition[Mapping[str, int], None]):

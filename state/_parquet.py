@@ -31,6 +31,8 @@ class DayPartitionedWriter(ABC, Generic[R]):
     """Buffer records and write them as Parquet, one file per UTC day at each flush."""
 
     schema: pa.Schema
+    subdir: str = ""
+    """Folder under the root that holds this writer's records ("" for the root itself)."""
 
     def __init__(
         self,
@@ -43,7 +45,7 @@ class DayPartitionedWriter(ABC, Generic[R]):
     ) -> None:
         if rows_per_flush < 1:
             raise ValueError(f"rows_per_flush must be >= 1, got {rows_per_flush}")
-        self.dir = Path(root)
+        self.dir = Path(root) / self.subdir if self.subdir else Path(root)
         self.pipeline_version = pipeline_version
         self.writer_id = writer_id or f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         if not self.writer_id or "/" in self.writer_id or self.writer_id.startswith("."):

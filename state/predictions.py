@@ -1,12 +1,13 @@
 """The prediction store: one Parquet row per scored variant, with everything to reproduce it.
 
-Layout: ``ROOT/date=YYYY-MM-DD/part-WRITER-SEQ.parquet``, partitioned by the UTC day of the
-request time. A request scored by an answering version and two shadows gives three rows with the
-same `request_id`, told apart by `variant` and `role` ("answer" | "shadow"). Each row keeps the
+Layout: ``ROOT/predictions/date=YYYY-MM-DD/part-WRITER-SEQ.parquet``, partitioned by the UTC
+day of the request time, and the timeout records beside them under ``ROOT/timeouts/``. A
+request scored by an answering version and two shadows gives three rows with the same
+`request_id`, told apart by `variant` and `role` ("answer" | "shadow"). Each row keeps the
 feature values as scored (value, `updated_at`, feature version, status), the model version and
 its sha256, the class probabilities, the metadata revision that routed it, the pipeline version
 and where the time went. Timeout records (requests that ended without a prediction) have their
-own schema and writer and go to a directory of their own.
+own schema and writer.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.dataset as ds
@@ -24,8 +27,10 @@ __all__ = [
     "FEATURE_STATUSES",
     "FEATURE_TYPE",
     "LATENCY_TYPE",
+    "PREDICTIONS_DIR",
     "PREDICTION_SCHEMA",
     "ROLES",
+    "TIMEOUTS_DIR",
     "TIMEOUT_SCHEMA",
     "FeatureRecord",
     "Latency",
@@ -37,6 +42,10 @@ __all__ = [
     "read_timeouts",
 ]
 
+PREDICTIONS_DIR = "predictions"
+"""Folder of the prediction rows under a prediction store's root."""
+TIMEOUTS_DIR = "timeouts"
+"""Folder of the timeout records under a prediction store's root."""
 FEATURE_STATUSES = ("fresh", "stale", "missing", "fetched", "defaulted")
 """How a feature value came to be (see DESIGN.md, prediction requests)."""
 ROLES = ("answer", "shadow")
@@ -140,6 +149,40 @@ class PredictionRecord:
     scored_at: int
     latency: Latency = Latency()
 
+    def to_json(self) -> dict[str, Any]:
+        """Return the JSON form sent to the predictions topic and file."""
+        lat = self.latency
+        return {
+            "request_id": self.request_id,
+            "model": self.model,
+            "version": self.version,
+            "variant": self.variant,
+            "role": self.role,
+            "account": self.account,
+            "ts": self.request_ts,
+            "label": self.label,
+            "probabilities": dict(zip(self.classes, self.probabilities, strict=True)),
+            "features": {
+                f.name: {
+                    "value": f.value,
+                    "updated_at": f.updated_at,
+                    "version": f.version,
+                    "status": f.status,
+                }
+                for f in self.features
+            },
+            "sha256": self.sha256,
+            "metadata_revision": self.metadata_revision,
+            "scored_at": self.scored_at,
+            "latency_ms": {
+                "read": lat.read_ms,
+                "fetch": lat.fetch_ms,
+                "wait": lat.wait_ms,
+                "score": lat.score_ms,
+                "total": lat.total_ms,
+            },
+        }
+
 
 @dataclass(frozen=True, slots=True)
 class TimeoutRecord:
@@ -154,11 +197,25 @@ class TimeoutRecord:
     metadata_revision: int
     timed_out_at: int
 
+    def to_json(self) -> dict[str, Any]:
+        """Return the JSON form written to the timeouts file."""
+        return {
+            "request_id": self.request_id,
+            "model": self.model,
+            "account": self.account,
+            "ts": self.request_ts,
+            "missing": list(self.missing),
+            "reason": self.reason,
+            "metadata_revision": self.metadata_revision,
+            "timed_out_at": self.timed_out_at,
+        }
+
 
 class PredictionWriter(DayPartitionedWriter[PredictionRecord]):
     """Append `PredictionRecord`s to the store at `root` (one writer per worker)."""
 
     schema = PREDICTION_SCHEMA
+    subdir = PREDICTIONS_DIR
 
     def _day_ms(self, record: PredictionRecord) -> int:
         return record.request_ts
@@ -230,6 +287,7 @@ class TimeoutWriter(DayPartitionedWriter[TimeoutRecord]):
     """Append `TimeoutRecord`s to the timeout store at `root` (one writer per worker)."""
 
     schema = TIMEOUT_SCHEMA
+    subdir = TIMEOUTS_DIR
 
     def _day_ms(self, record: TimeoutRecord) -> int:
         return record.request_ts
@@ -258,9 +316,11 @@ def _by_request(request_id: str | None) -> ds.Expression | None:
 
 def read_predictions(root: str | os.PathLike[str], request_id: str | None = None) -> pa.Table:
     """Read the prediction store (every row, or the rows of one request) with a `date` column."""
-    return read_partitioned(root, PREDICTION_SCHEMA, _by_request(request_id))
+    return read_partitioned(
+        Path(root) / PREDICTIONS_DIR, PREDICTION_SCHEMA, _by_request(request_id)
+    )
 
 
 def read_timeouts(root: str | os.PathLike[str], request_id: str | None = None) -> pa.Table:
     """Read the timeout store (every row, or those of one request) with a `date` column."""
-    return read_partitioned(root, TIMEOUT_SCHEMA, _by_request(request_id))
+    return read_partitioned(Path(root) / TIMEOUTS_DIR, TIMEOUT_SCHEMA, _by_request(request_id))

@@ -156,8 +156,8 @@ def test_layout_and_reading_one_request(tmp_path: Path) -> None:
     writer.flush()
     files = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*.parquet"))
     assert files == [
-        "date=2025-01-01/part-w7-000000.parquet",
-        "date=2025-01-02/part-w7-000001.parquet",
+        "predictions/date=2025-01-01/part-w7-000000.parquet",
+        "predictions/date=2025-01-02/part-w7-000001.parquet",
     ]
     one = read_predictions(tmp_path, "r1")
     assert one.num_rows == 2 and set(one["role"].to_pylist()) == {"answer", "shadow"}
