@@ -216,7 +216,8 @@ class _PredictLogic(StatefulBatchLogic[Any, PredictOutput, Any]):
                 self.shard = shard_of(v.account.encode(), self.config.layout.shards)
             rid = v.request_id
             if rid in self.pending or rid in self.ended:
-                counts["duplicates"] += 1
+                counts["dead"] += 1
+                counts["dead.duplicate_request_id"] += 1
                 detail = f"request {rid!r} was already received; it is answered once"
                 self._out["dead"].append(_dead(v, "duplicate_request_id", detail))
                 continue
@@ -242,6 +243,7 @@ class _PredictLogic(StatefulBatchLogic[Any, PredictOutput, Any]):
             if isinstance(got, tuple):
                 self._end(p.request.request_id)
                 self._out["dead"].append(_dead(p.request, *got))
+                self._out["counts"]["dead"] += 1
                 self._out["counts"][f"dead.{got[0]}"] += 1
                 continue
             p.plan = got

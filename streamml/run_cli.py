@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from streamml import predict_cli
 from streamml.console import Progress, format_table, human
 from streamml.dataflows.error_count import (
     KAFKA_PREFIX,
@@ -106,7 +107,9 @@ def add_error_count_options(p: argparse.ArgumentParser) -> None:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add `streamml run` and its flows."""
-    run = sub.add_parser("run", help="run a feature flow", description="Run a feature flow.")
+    run = sub.add_parser(
+        "run", help="run a flow (error-count, predict)", description="Run a dataflow to its end."
+    )
     flows = run.add_subparsers(dest="flow", metavar="FLOW", required=True)
     p = flows.add_parser(
         "error-count",
@@ -145,6 +148,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--snapshot-interval", type=int, default=10, help="whole seconds between snapshots"
     )
     p.set_defaults(func=_cmd_error_count)
+    predict_cli.add_parser(flows)
 
 
 def config_from_args(args: argparse.Namespace, stats_path: Path | None) -> ErrorCountConfig:
