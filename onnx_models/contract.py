@@ -33,12 +33,12 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import jmespath.parser
-from streamml.onnx_models.expressions import ExpressionError, compile_expression, number_at
+from streamml.onnx_models.expressions import ExpressionError, compile_expression, number_getter
 
 __all__ = [
     "SOURCE_KINDS",
@@ -133,6 +133,9 @@ class FeatureSource:
     _compiled: jmespath.parser.ParsedResult | None = field(
         default=None, init=False, repr=False, compare=False
     )
+    _getter: Callable[[Any], float | None] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         if self.kind not in _SOURCE_KEYS:
@@ -162,6 +165,10 @@ class FeatureSource:
         except ExpressionError as exc:
             raise ContractError(str(exc)) from None
         object.__setattr__(self, "_compiled", compiled)
+        object.__setattr__(self, "_getter", number_getter(compiled))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.kind, self.expression, self.feature, self.service))
 
     @classmethod
     def request(cls, expression: str) -> FeatureSource:
@@ -218,11 +225,11 @@ class FeatureSource:
         document does not fit the expression (e.g. `min()` over strings). Online sources have no
         expression: calling this on one is a programmer error (`TypeError`).
         """
-        if self._compiled is None:
+        if self._getter is None:
             raise TypeError(
                 f"an online source has no expression; read {self.feature!r} from the online store"
             )
-        return number_at(self._compiled, doc)
+        return self._getter(doc)
 
 
 _ONLINE_UNDER_OWN_NAME = FeatureSource.online()

@@ -9,6 +9,7 @@ numbers. Nothing is ever passed to `eval`.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import jmespath
@@ -16,7 +17,7 @@ import jmespath.exceptions
 import jmespath.functions
 import jmespath.parser
 
-__all__ = ["ExpressionError", "compile_expression", "number_at"]
+__all__ = ["ExpressionError", "compile_expression", "number_at", "number_getter"]
 
 _FUNCTIONS = jmespath.functions.Functions().FUNCTION_TABLE
 
@@ -79,3 +80,57 @@ def number_at(compiled: jmespath.parser.ParsedResult, doc: Any) -> float | None:
     except OverflowError:
         return None
     return number if math.isfinite(number) else None
+
+
+def _field_path(node: Any) -> tuple[str, ...] | None:
+    """Return the keys of an expression made only of field names (`a`, `a.b.c`), else None."""
+    if not isinstance(node, dict):
+        return None
+    if node.get("type") == "field":
+        return (node["value"],)
+    if node.get("type") == "subexpression":
+        out: tuple[str, ...] = ()
+        for child in node.get("children", ()):
+            part = _field_path(child)
+            if part is None:
+                return None
+            out += part
+        return out
+    return None
+
+
+def _finite(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def number_getter(compiled: jmespath.parser.ParsedResult) -> Callable[[Any], float | None]:
+    """Return a function equal to ``lambda doc: number_at(compiled, doc)``.
+
+    Expressions made only of field names (`latency_ms`, `modem.uptime_h`) are read with plain
+    dictionary lookups, which is what JMESPath does for them, without its interpreter.
+    """
+    keys = _field_path(compiled.parsed)
+    if keys is None:
+        return lambda doc: number_at(compiled, doc)
+    if len(keys) == 1:
+        (key,) = keys
+
+        def one(doc: Any) -> float | None:
+            return _finite(doc.get(key)) if isinstance(doc, dict) else None
+
+        return one
+
+    def path(doc: Any) -> float | None:
+        for key in keys:
+            if not isinstance(doc, dict):
+                return None
+            doc = doc.get(key)
+        return _finite(doc)
+
+    return path

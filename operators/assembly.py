@@ -131,6 +131,17 @@ class Doc:
     fetched_at: int | None
     fetched: bool = False
     fetch_ms: float = 0.0
+    values: dict[str, float | None] = field(default_factory=dict, compare=False, repr=False)
+    """Values already extracted from `document`, by expression."""
+
+    def extract(self, spec: FeatureSpec) -> float | None:
+        """Return the value of `spec` in the document (each expression evaluated once)."""
+        key = spec.source.expression or ""
+        values = self.values
+        if key in values:
+            return values[key]
+        value = values[key] = spec.source.extract(self.document)
+        return value
 
 
 @dataclass(slots=True)
@@ -201,7 +212,7 @@ def _feature(
         version = src.service or ""
         doc = gathered.docs.get(version)
         if doc is not None and doc.document is not None:
-            value = src.extract(doc.document)
+            value = doc.extract(spec)
             if value is not None:
                 updated_at = doc.fetched_at
                 if doc.fetched:
@@ -218,13 +229,13 @@ def _feature(
 def resolve(plan: Plan, gathered: Gathered, *, online_version: str, arrived_ns: int) -> Resolved:
     """Build every version's row from what was gathered (see the module docstring)."""
     rows = []
-    cache: dict[FeatureSpec, FeatureRecord] = {}
+    cache: dict[int, FeatureRecord] = {}
     for variant in plan.variants:
         records = []
         for spec in variant.info.contract.features:
-            rec = cache.get(spec)
+            rec = cache.get(id(spec))
             if rec is None:
-                rec = cache[spec] = _feature(spec, plan.request, gathered, online_version)
+                rec = cache[id(spec)] = _feature(spec, plan.request, gathered, online_version)
             records.append(rec)
         missing = tuple(r.name for r in records if r.value is None)
         row = None

@@ -60,6 +60,9 @@ from streamml.state.sharding import shard_of
 __all__ = ["PredictConfig", "PredictOutput", "metadata_to_shards", "predict"]
 
 _MS = 1_000_000
+_DOC_CACHE = 2048
+"""Parsed stored answers kept per shard (least recently used dropped first)."""
+_NO_DOC = Doc(None, None)
 
 
 @dataclass(frozen=True)
@@ -104,7 +107,7 @@ class PredictOutput:
         return [p for p in self.predictions if p.role == "answer"]
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class _Pending:
     plan: Plan | None
     request: PredictionRequest
@@ -173,7 +176,7 @@ class _PredictLogic(StatefulBatchLogic[Any, PredictOutput, Any]):
         self.config = config
         self.clock_ns = clock_ns
         self.scorer = _scorer(config)
-        self.online = OnlineStore(config.state_dir)
+        self.online = OnlineStore(config.state_dir, follow=True)
         self.online_opened_ns = clock_ns()
         self.ondemand = OnDemandStore(config.state_dir)
         self.fetchers = {
@@ -183,6 +186,8 @@ class _PredictLogic(StatefulBatchLogic[Any, PredictOutput, Any]):
         self.meta: ModelMetadata | None = None
         self.pending: dict[str, _Pending] = {}
         self.deadlines: list[tuple[int, str]] = []
+        self.unplanned: list[_Pending] = []
+        self.docs: dict[tuple[str, bytes], Doc] = {}
         self.ended: dict[str, int] = {}
         self.version = f"{config.layout.feature}/{config.layout.feature_id}"
         self._out = self._fresh_out()
@@ -190,7 +195,9 @@ class _PredictLogic(StatefulBatchLogic[Any, PredictOutput, Any]):
             self.shard, pending, ended = resume
             self.ended = dict(ended)
             for request, arrived_ns, deadline_ns in pending:
-                self._hold(_Pending(None, request, arrived_ns, deadline_ns))
+                p = _Pending(None, request, arrived_ns, deadline_ns)
+                self._hold(p)
+                self.unplanned.append(p)
 
     def _fresh_out(self) -> dict[str, Any]:
         return {"predictions": [], "timeouts": [], "dead": [], "counts": Counter()}
@@ -224,9 +231,12 @@ class _PredictLogic(StatefulBatchLogic[Any, PredictOutput, Any]):
             p = _Pending(None, v, now, now + self.config.request_ttl_ms * _MS)
             self._hold(p)
             fresh.append(p)
-        if self.meta is not None:
-            waiting = [p for p in self.pending.values() if p.plan is None and p not in fresh]
-            self._start(waiting + fresh)
+        if self.meta is None:
+            self.unplanned += fresh
+        else:
+            waiting, self.unplanned = self.unplanned, []
+            alive = [p for p in waiting if self.pending.get(p.request.request_id) is p]
+            self._start(alive + fresh)
         self._collect()
         self._expire(now)
         return self._emit(), StatefulBatchLogic.RETAIN
@@ -265,8 +275,7 @@ class _PredictLogic(StatefulBatchLogic[Any, PredictOutput, Any]):
             accounts = list(dict.fromkeys(p.request.account.encode() for p in users))
             entries = self.ondemand.get_many(self.shard, service, accounts)
             docs = {
-                a: Doc(orjson.loads(e[1]), e[0]) if e is not None else Doc(None, None)
-                for a, e in zip(accounts, entries, strict=True)
+                a: self._stored_doc(service, a, e) for a, e in zip(accounts, entries, strict=True)
             }
             for p in users:
                 p.gathered.docs[service] = docs[p.request.account.encode()]
@@ -284,6 +293,19 @@ class _PredictLogic(StatefulBatchLogic[Any, PredictOutput, Any]):
             if not p.awaiting:
                 ready.append(p)
         self._score(ready)
+
+    def _stored_doc(self, service: str, account: bytes, entry: tuple[int, bytes] | None) -> Doc:
+        """Return the stored answer as a `Doc`, parsed once while it stays the same answer."""
+        if entry is None:
+            return _NO_DOC
+        key = (service, account)
+        cached = self.docs.pop(key, None)
+        if cached is None or cached.fetched_at != entry[0]:
+            cached = Doc(orjson.loads(entry[1]), entry[0])
+        self.docs[key] = cached
+        if len(self.docs) > _DOC_CACHE:
+            del self.docs[next(iter(self.docs))]
+        return cached
 
     def _refresh_online(self) -> None:
         now = self.clock_ns()
@@ -429,7 +451,9 @@ class _PredictLogic(StatefulBatchLogic[Any, PredictOutput, Any]):
                 next(iter(self.fetchers.values())).fetcher.wait_for_results(wait_s)
             else:
                 time.sleep(wait_s)
-        return self._emit(), StatefulBatchLogic.RETAIN
+        out = self._emit()
+        self.close()
+        return out, StatefulBatchLogic.RETAIN
 
     def notify_at(self) -> datetime | None:
         moments = []
@@ -448,8 +472,10 @@ class _PredictLogic(StatefulBatchLogic[Any, PredictOutput, Any]):
         return self.shard, pending, tuple(self.ended.items())
 
     def close(self) -> None:
+        """Release the fetchers and close the stores (Bytewax has no close hook: EOF calls it)."""
         for fetcher in self.fetchers.values():
             _release_fetcher(fetcher)
+        self.fetchers = {}
         self.online.close()
         self.ondemand.close()
 

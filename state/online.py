@@ -7,6 +7,8 @@ a read as of T sums the buckets in ``[T // bucket_ms - window + 1, T // bucket_m
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -49,11 +51,17 @@ class OnlineStore:
     """Read-only access to the online store of a state directory, from any process.
 
     Each shard is opened read-only on first use and sees the writes made before it was opened;
-    `refresh` reopens the shards to see newer writes.
+    `refresh` reopens the shards to see newer writes. With `follow`, shards are opened as
+    RocksDB secondary instances (never taking the writer's lock) and `refresh` catches them up
+    with the writer instead, which costs in proportion to what was written since.
     """
 
-    def __init__(self, state_dir: str | os.PathLike[str], *, clock=time.time) -> None:
+    def __init__(
+        self, state_dir: str | os.PathLike[str], *, clock=time.time, follow: bool = False
+    ) -> None:
         self.state_dir = Path(state_dir)
+        self.follow = follow
+        self._secondary_root: Path | None = None
         layout = StateLayout.read(self.state_dir)
         if layout is None:
             raise FileNotFoundError(
@@ -75,11 +83,17 @@ class OnlineStore:
             path = StateLayout.shard_dir(self.state_dir, shard)
             store = None
             if (path / "CURRENT").exists():
+                secondary = None
+                if self.follow:
+                    if self._secondary_root is None:
+                        self._secondary_root = Path(tempfile.mkdtemp(prefix="streamml-online-"))
+                    secondary = self._secondary_root / f"shard-{shard:03d}"
                 store = RollingStateStore(
                     path,
                     feature=self.layout.feature_id,
                     window=self.layout.window_buckets,
                     read_only=True,
+                    secondary_dir=secondary,
                 )
             self._shards[shard] = store
         return self._shards[shard]
@@ -135,8 +149,15 @@ class OnlineStore:
         return out
 
     def refresh(self) -> None:
-        """Reopen the shards so that reads see the latest writes."""
-        self.close()
+        """Let later reads see the latest writes (catch up, or reopen the shards)."""
+        if not self.follow:
+            self.close()
+            return
+        for shard, store in list(self._shards.items()):
+            if store is None:
+                del self._shards[shard]
+            else:
+                store.catch_up()
 
     def close(self) -> None:
         """Close every open shard."""
@@ -144,3 +165,6 @@ class OnlineStore:
             if store is not None:
                 store.close()
         self._shards.clear()
+        if self._secondary_root is not None:
+            shutil.rmtree(self._secondary_root, ignore_errors=True)
+            self._secondary_root = None

@@ -97,6 +97,7 @@ class RollingStateStore:
         window: int,
         read_only: bool = False,
         tuning: StoreTuning | None = None,
+        secondary_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         self.path = Path(path)
         self.feature = feature
@@ -104,7 +105,12 @@ class RollingStateStore:
         self.dtype = record_dtype(window)
         self._prefix = keys.account_prefix(feature)
         tuning = tuning or StoreTuning()
-        if read_only:
+        if secondary_dir is not None:
+            opts = _options(tuning, create=False)
+            opts.set_max_open_files(-1)
+            access = AccessType.secondary(str(secondary_dir))
+            self._db = Rdict(str(self.path), opts, access_type=access)
+        elif read_only:
             access = AccessType.read_only(False)
             self._db = Rdict(str(self.path), _options(tuning, create=False), access_type=access)
         else:
@@ -115,6 +121,10 @@ class RollingStateStore:
     def close(self) -> None:
         """Close the database."""
         self._db.close()
+
+    def catch_up(self) -> None:
+        """Read the writes the primary made since (a store opened with `secondary_dir` only)."""
+        self._db.try_catch_up_with_primary()
 
     def key(self, account: bytes) -> bytes:
         """Return the RocksDB key of an account."""

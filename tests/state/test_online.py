@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 from streamml.state.history import HistoryWriter, read_history
 from streamml.state.layout import StateLayout
-from streamml.state.online import OnlineStore, window_value
+from streamml.state.online import FeatureValue, OnlineStore, window_value
 from streamml.state.rolling_store import RollingStateStore, empty_records
 from streamml.state.sharding import shard_of
 
@@ -65,6 +65,33 @@ def test_reader_process_sees_writes_while_writer_runs(tmp_path):
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_a_following_reader_catches_up_with_the_writer_on_refresh(tmp_path):
+    layout = StateLayout(shards=2, bucket_ms=1, window_buckets=2)
+    layout.ensure(tmp_path)
+    account = b"acct-7"
+    shard = shard_of(account, 2)
+    writer = RollingStateStore(StateLayout.shard_dir(tmp_path, shard), feature=1, window=2)
+    reader = OnlineStore(tmp_path, follow=True)
+    assert reader.get_batch([account], [3]) == [FeatureValue(0, None)]
+    for i in range(1, 4):
+        rec = empty_records(1, 2)
+        rec["max_bucket"] = 3
+        rec["updated_at"] = i
+        rec["counts"][0] = [i, 10]
+        writer.commit([account], rec, {"p": i})
+        assert reader.get(account, as_of=3).updated_at == (i - 1 or None)
+        reader.refresh()
+        assert reader.get_batch([account, b"nobody"], [3, 3]) == [
+            FeatureValue(i + 10, i),
+            FeatureValue(0, None),
+        ]
+    secondary = reader._secondary_root
+    assert secondary is not None and secondary.is_dir()
+    reader.close()
+    writer.close()
+    assert not secondary.exists()
 
 
 def test_store_round_trip_and_positions(tmp_path):
