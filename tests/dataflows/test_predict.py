@@ -16,17 +16,10 @@ from streamml.operators.sinks import read_stats
 from streamml.state.layout import StateLayout
 from streamml.state.ondemand import OnDemandStore
 from streamml.state.predictions import read_predictions, read_timeouts
+
 from streamml.telemetry import TelemetryConfig
 from streamml.telemetry_process import start_telemetry_process
-
-from tests.predict_support import (  # noqa: F401
-    MODEL,
-    read_lines,
-    registry,
-    registry_template,
-    run_predict_flow,
-    telemetry,
-)
+from tests.predict_support import MODEL, read_lines, run_predict_flow
 
 NOW = 1_790_000_000_000
 

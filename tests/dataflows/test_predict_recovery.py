@@ -14,16 +14,10 @@ from pathlib import Path
 from streamml.dataflows.predict import PredictFlowConfig, RequestsConfig
 from streamml.onnx_models.speedtests import RequestGeneratorConfig, generate_requests
 from streamml.operators.sinks import read_stats
-from streamml.recovery import ensure_recovery_dir, recovery_args
 from streamml.state.predictions import read_predictions, read_timeouts
 
-from tests.predict_support import (  # noqa: F401
-    MODEL,
-    read_lines,
-    registry,
-    registry_template,
-    telemetry,
-)
+from streamml.recovery import ensure_recovery_dir, recovery_args
+from tests.predict_support import MODEL, read_lines
 
 NOW = 1_790_000_000_000
 FLOW = "streamml.dataflows.predict:flow"
