@@ -26,7 +26,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="run the main job on generated data",
         description=(
             "Generate a signal-error stream with some malformed lines, run the rolling 24-hour "
-            "error count over it, and show the summary, alerts and online feature values. "
+            "error count over it, and show the summary, alerts and online feature values; then "
+            "start the telemetry service and answer generated slow speed tests with the "
+            "prediction flow (selection, feature assembly, on-demand fetches, ONNX scoring). "
             "Everything is written under --dir and replaced on each run."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -35,13 +37,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--events", type=int, default=300_000)
     p.add_argument("--accounts", type=int, default=3_000)
     p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--requests", type=int, default=2_000, help="slow speed tests to answer")
     p.set_defaults(func=run_demo)
 
 
 def run_demo(args: argparse.Namespace) -> int:
     """Run the demo; returns the exit code."""
     root: Path = args.dir.resolve()
-    for name in ("state", "alerts.jsonl", "dead-letters.jsonl"):
+    for name in (
+        "state",
+        "alerts.jsonl",
+        "dead-letters.jsonl",
+        "predictions",
+        "predictions.jsonl",
+        "timeouts.jsonl",
+    ):
         target = root / name
         if target.is_dir():
             shutil.rmtree(target)
@@ -90,40 +100,71 @@ def run_demo(args: argparse.Namespace) -> int:
             headers=["account", "signal_errors_24h", "updated_at (ms)"],
         )
     )
-    _score_demo(root, accounts, [v.value for v in values])
-    return 0
+    ok = _predict_demo(root, args.accounts, args.seed, end, args.requests)
+    return 0 if ok else 1
 
 
-def _score_demo(root: Path, accounts: list[str], errors_24h: list[int]) -> None:
-    """Score slow speed tests of the alerted accounts with the bundled triage model."""
-    from bytewax import operators as op
-    from bytewax.dataflow import Dataflow
-    from bytewax.testing import TestingSink, TestingSource, run_main
+def _predict_demo(root: Path, accounts: int, seed: int, as_of: int, requests: int) -> bool:
+    """Answer generated slow speed tests with the prediction flow; print a few answers."""
+    from streamml.dataflows.predict import PredictFlowConfig, RequestsConfig
+    from streamml.onnx_models import ensure_demo_registry
+    from streamml.onnx_models.speedtests import RequestGeneratorConfig
+    from streamml.predict_cli import run_predict
+    from streamml.predict_cli import summary_rows as predict_rows
+    from streamml.telemetry import TelemetryConfig
+    from streamml.telemetry_process import start_telemetry_process
 
-    from streamml.onnx_models import ensure_demo_registry, generate_speedtests
-    from streamml.operators.scoring import ScoreRequest, ScoringConfig, score
-
-    registry = root / "models"
-    version = ensure_demo_registry(registry)
-    rows = generate_speedtests(len(accounts), seed=1)
-    column = list(rows.feature_names).index("signal_errors_24h")
-    requests = []
-    for i, (account, errors) in enumerate(zip(accounts, errors_24h, strict=True)):
-        x = rows.X[i].copy()
-        x[column] = errors
-        requests.append(ScoreRequest(f"speedtest-{account}", version.name, version.version, x))
-    flow = Dataflow("demo_scoring")
-    outs = score(
-        "score",
-        op.input("requests", flow, TestingSource(requests)),
-        ScoringConfig(registry_dir=registry),
-    )
-    predictions: list = []
-    op.output("predictions", outs.oks, TestingSink(predictions))
-    run_main(flow)
-    print(f"5. slow speed tests triaged by {version.name} v{version.version} (ONNX Runtime):")
-    rows_out = [
-        (a, e, p.label, f"{max(p.probabilities):.2f}")
-        for a, e, p in zip(accounts, errors_24h, predictions, strict=True)
+    version = ensure_demo_registry(root / "models")
+    with start_telemetry_process(TelemetryConfig(seed=seed)) as telemetry:
+        print(
+            f"5. telemetry service (streamml telemetry serve) at {telemetry.url}; answering "
+            f"{human(requests)} slow speed tests with {version.name} (live: v{version.version})"
+        )
+        gen = RequestGeneratorConfig(
+            requests=requests, accounts=accounts, seed=seed, now_ms=as_of, span_ms=3_600_000
+        )
+        config = PredictFlowConfig(
+            requests=RequestsConfig(kind="generate", generator=gen),
+            state_dir=root / "state",
+            registry_dir=root / "models",
+            telemetry_url=telemetry.url,
+            prediction_store=root / "predictions",
+            predictions_out=root / "predictions.jsonl",
+            timeouts_out=root / "timeouts.jsonl",
+            stats_path=root / "predict-stats.json",
+        )
+        result = run_predict(config)
+    if result.returncode != 0:
+        print("the prediction flow failed", file=sys.stderr)
+        return False
+    print(format_table(predict_rows(result), headers=["predict", "value"]))
+    answers = [
+        orjson.loads(line) for line in (root / "predictions.jsonl").read_bytes().splitlines()
     ]
-    print(format_table(rows_out, headers=["account", "signal_errors_24h", "trouble", "p"]))
+    shown = sorted(answers, key=lambda a: -a["features"]["signal_errors_24h"]["value"])[:5]
+    print(
+        f"6. {len(answers)} predictions in {root / 'predictions'} (Parquet) and "
+        f"{root / 'predictions.jsonl'}; a few, with where each feature came from:"
+    )
+    rows = []
+    for a in shown:
+        f = a["features"]
+        rows.append(
+            (
+                a["request_id"],
+                a["account"],
+                a["label"],
+                f"{a['probabilities'][a['label']]:.2f}",
+                f"{f['signal_errors_24h']['value']:.0f} ({f['signal_errors_24h']['status']})",
+                f"{f['wifi_rssi_dbm']['value']:.0f} ({f['wifi_rssi_dbm']['status']})",
+                f"{f['download_ratio']['value']:.2f} ({f['download_ratio']['status']})",
+            )
+        )
+    headers = ["request", "account", "trouble", "p", "errors 24h", "wifi RSSI", "download"]
+    print(format_table(rows, headers=headers))
+    first = shown[0]["request_id"] if shown else "REQUEST_ID"
+    print(
+        f"   reproduce one: streamml predictions explain {first} --prediction-store "
+        f"{root / 'predictions'} --registry {root / 'models'}"
+    )
+    return True
