@@ -9,7 +9,7 @@ __all__ = ["register"]
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add `streamml bench` and every benchmark."""
-    from streamml.benchmarks import error_count, scoring
+    from streamml.benchmarks import error_count, predict, scoring
 
     bench = sub.add_parser(
         "bench", help="run a benchmark", description="Run a benchmark and print its figures."
@@ -17,3 +17,4 @@ def register(sub: argparse._SubParsersAction) -> None:
     bsub = bench.add_subparsers(dest="bench", metavar="BENCHMARK", required=True)
     error_count.register(bsub)
     scoring.register(bsub)
+    predict.register(bsub)
