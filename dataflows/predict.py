@@ -56,7 +56,13 @@ from streamml.onnx_models import ModelRegistry
 from streamml.onnx_models.speedtests import RequestGeneratorConfig
 from streamml.operators.fetch import FetchConfig
 from streamml.operators.metadata import ModelMetadata, WithMetadata
-from streamml.operators.predict import PredictConfig, PredictOutput, metadata_to_shards, predict
+from streamml.operators.predict import (
+    PredictConfig,
+    PredictOutput,
+    metadata_to_shards,
+    predict,
+    tune_gc,
+)
 from streamml.operators.records import DeadLetter, PredictionRequest
 from streamml.operators.recovery_state import check_output_file
 from streamml.operators.request_source import RequestGeneratorSource
@@ -334,5 +340,7 @@ def build_flow(config: PredictFlowConfig) -> Dataflow:
 
 def __getattr__(name: str) -> Dataflow:
     if name == "flow":
-        return build_flow(PredictFlowConfig.from_env())
+        flow = build_flow(PredictFlowConfig.from_env())
+        tune_gc()
+        return flow
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -24,6 +24,7 @@ a shard holds no pending request.
 
 from __future__ import annotations
 
+import gc
 import heapq
 import time
 from collections import Counter
@@ -57,7 +58,7 @@ from streamml.state.online import OnlineStore
 from streamml.state.predictions import PredictionRecord, TimeoutRecord
 from streamml.state.sharding import shard_of
 
-__all__ = ["PredictConfig", "PredictOutput", "metadata_to_shards", "predict"]
+__all__ = ["PredictConfig", "PredictOutput", "metadata_to_shards", "predict", "tune_gc"]
 
 _MS = 1_000_000
 _DOC_CACHE = 2048
@@ -478,6 +479,23 @@ class _PredictLogic(StatefulBatchLogic[Any, PredictOutput, Any]):
         self.fetchers = {}
         self.online.close()
         self.ondemand.close()
+
+
+GC_THRESHOLDS = (100_000, 50, 1000)
+"""Collector thresholds of a prediction worker (CPython's defaults are (700, 10, 10))."""
+
+
+def tune_gc() -> None:
+    """Make CPython's cyclic garbage collector run less often in this process.
+
+    A prediction worker makes and drops many small acyclic objects per request (records,
+    tuples), which reference counting frees; with the default thresholds the collector still
+    walks every young object about every 700 allocations and the whole heap often, which
+    measured 30-60% of a happy-path run's time. Objects alive at start are frozen out of
+    collection.
+    """
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def metadata_to_shards(
