@@ -26,7 +26,8 @@ STREAMML_FETCH_TIMEOUT_MS     per-call timeout of on-demand fetches             
 STREAMML_FETCH_ATTEMPTS       calls per fetch (retries with backoff and jitter)      3
 STREAMML_FETCH_IN_FLIGHT      concurrent fetches per shard                           64
 STREAMML_REQUEST_TTL_MS       a request's deadline after it arrives                  2000
-STREAMML_DEDUPE_MS            how long an ended request id is remembered             3600000
+STREAMML_DEDUPE_MS            how long an ended request id is remembered             600000
+STREAMML_DEDUPE_IDS           ended request ids remembered per shard, at most        20000
 STREAMML_PREDICTION_STORE     prediction store root (Parquet by day)                 STATE/
                                                                                      predictions
 STREAMML_PREDICTIONS_OUT      JSON lines file of the answering predictions           none
@@ -107,7 +108,8 @@ class PredictFlowConfig:
     fetch_attempts: int = 3
     fetch_in_flight: int = 64
     request_ttl_ms: int = 2000
-    dedupe_ms: int = 3_600_000
+    dedupe_ms: int = 600_000
+    dedupe_ids: int = 20_000
     prediction_store: Path | None = None
     predictions_out: Path | None = None
     timeouts_out: Path | None = None
@@ -173,7 +175,8 @@ class PredictFlowConfig:
             fetch_attempts=int(get("FETCH_ATTEMPTS", "3") or 0),
             fetch_in_flight=int(get("FETCH_IN_FLIGHT", "64") or 0),
             request_ttl_ms=int(get("REQUEST_TTL_MS", "2000") or 0),
-            dedupe_ms=int(get("DEDUPE_MS", "3600000") or 0),
+            dedupe_ms=int(get("DEDUPE_MS", "600000") or 0),
+            dedupe_ids=int(get("DEDUPE_IDS", "20000") or 0),
             prediction_store=path("PREDICTION_STORE"),
             predictions_out=path("PREDICTIONS_OUT"),
             timeouts_out=path("TIMEOUTS_OUT"),
@@ -202,6 +205,7 @@ class PredictFlowConfig:
             "FETCH_IN_FLIGHT": str(self.fetch_in_flight),
             "REQUEST_TTL_MS": str(self.request_ttl_ms),
             "DEDUPE_MS": str(self.dedupe_ms),
+            "DEDUPE_IDS": str(self.dedupe_ids),
             "PREDICTION_STORE": str(self.prediction_store or ""),
             "PREDICTIONS_OUT": str(self.predictions_out or ""),
             "TIMEOUTS_OUT": str(self.timeouts_out or ""),
@@ -295,6 +299,7 @@ def build_flow(config: PredictFlowConfig) -> Dataflow:
             services=config.services(),
             request_ttl_ms=config.request_ttl_ms,
             dedupe_ms=config.dedupe_ms,
+            dedupe_ids=config.dedupe_ids,
         ),
     )
     op.output(

@@ -15,9 +15,10 @@ request is scored with what it has (stale answers, then each feature's missing p
 with a timeout record naming the missing `reject` features. Fetched answers are written to the
 on-demand store with their fetch time, so later requests within the TTL use them.
 
-Every request ends once: a `request_id` already pending or ended within `dedupe_ms` is a dead
-letter `duplicate_request_id`. The shard's recoverable state is its pending requests (with their
-arrival and deadline) and the ids it ended within `dedupe_ms`; a resumed shard plans its pending
+Every request ends once: a `request_id` already pending, or among the last `dedupe_ids` ids the
+shard ended within `dedupe_ms`, is a dead letter `duplicate_request_id` (both bound the memory the
+ids take). The shard's recoverable state is its pending requests (with their arrival and
+deadline) and those ended ids; a resumed shard plans its pending
 requests again, which re-issues the fetches that were in flight. After every deadline has passed,
 a shard holds no pending request.
 """
@@ -81,7 +82,8 @@ class PredictConfig:
     layout: StateLayout
     services: tuple[tuple[str, FetchConfig], ...] = ()
     request_ttl_ms: int = 2000
-    dedupe_ms: int = 3_600_000
+    dedupe_ms: int = 600_000
+    dedupe_ids: int = 20_000
     online_refresh_ms: int = 1000
     poll_interval_ms: float = 2.0
     scoring: ScoringConfig | None = None
@@ -90,8 +92,10 @@ class PredictConfig:
         for name in ("request_ttl_ms", "online_refresh_ms"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1 ms, got {getattr(self, name)}")
-        if self.dedupe_ms < 0:
-            raise ValueError(f"dedupe_ms must be >= 0, got {self.dedupe_ms}")
+        if self.dedupe_ms < 0 or self.dedupe_ids < 0:
+            raise ValueError(
+                f"dedupe_ms and dedupe_ids must be >= 0, got {self.dedupe_ms}, {self.dedupe_ids}"
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -425,6 +429,8 @@ class _PredictLogic(StatefulBatchLogic[Any, PredictOutput, Any]):
     def _prune_ended(self) -> None:
         cutoff = self.clock_ns() - self.config.dedupe_ms * _MS
         ended = self.ended
+        while len(ended) > self.config.dedupe_ids:
+            del ended[next(iter(ended))]
         while ended:
             rid = next(iter(ended))
             if ended[rid] > cutoff:

@@ -147,9 +147,13 @@ class HistorySink(FixedPartitionedSink[ShardUpdate, tuple[str, int]]):
 
 
 class _PredictionStorePartition(StatefulSinkPartition[Any, tuple[str, int, int]]):
-    def __init__(self, predictions: PredictionWriter, timeouts: TimeoutWriter) -> None:
+    def __init__(
+        self, predictions: PredictionWriter, timeouts: TimeoutWriter, flush_interval_s: float
+    ) -> None:
         self.predictions = predictions
         self.timeouts = timeouts
+        self.flush_interval_s = flush_interval_s
+        self.flushed = time.monotonic()
 
     def write_batch(self, items: list[Any]) -> None:
         for out in items:
@@ -157,6 +161,10 @@ class _PredictionStorePartition(StatefulSinkPartition[Any, tuple[str, int, int]]
                 self.predictions.extend(out.predictions)
             if out.timeouts:
                 self.timeouts.extend(out.timeouts)
+        if time.monotonic() - self.flushed >= self.flush_interval_s:
+            self.predictions.flush()
+            self.timeouts.flush()
+            self.flushed = time.monotonic()
 
     def snapshot(self) -> tuple[str, int, int]:
         self.predictions.flush()
@@ -171,8 +179,9 @@ class _PredictionStorePartition(StatefulSinkPartition[Any, tuple[str, int, int]]
 class PredictionStoreSink(FixedPartitionedSink[Any, tuple[str, int, int]]):
     """Write every prediction (answers and shadows) and timeout record to the prediction store.
 
-    Items are `PredictOutput`s keyed by shard (``shard-NNN``), one writer pair per shard. A
-    snapshot flushes the buffers; on resume, the files written after the resumed snapshot are
+    Items are `PredictOutput`s keyed by shard (``shard-NNN``), one writer pair per shard. Buffers
+    are written at `rows_per_flush` rows, `flush_interval_s` after the last write, and at each
+    snapshot; on resume, the files written after the resumed snapshot are
     removed, since the replay writes them again, so each request is in the store once.
     """
 
@@ -184,8 +193,10 @@ class PredictionStoreSink(FixedPartitionedSink[Any, tuple[str, int, int]]):
         shards: int,
         recovery_dir: str | os.PathLike[str] | None = None,
         rows_per_flush: int = 10_000,
+        flush_interval_s: float = 5.0,
     ) -> None:
         self.root = Path(root)
+        self.flush_interval_s = flush_interval_s
         self.pipeline_version = pipeline_version
         self.shards = shards
         self.recovery_dir = Path(recovery_dir) if recovery_dir is not None else None
@@ -216,7 +227,7 @@ class PredictionStoreSink(FixedPartitionedSink[Any, tuple[str, int, int]]):
         timeouts = TimeoutWriter(self.root, self.pipeline_version, seq=seqs[1], **kw)
         predictions.discard_from(seqs[0])
         timeouts.discard_from(seqs[1])
-        return _PredictionStorePartition(predictions, timeouts)
+        return _PredictionStorePartition(predictions, timeouts, self.flush_interval_s)
 
 
 class _StatsPartition(StatefulSinkPartition[Mapping[str, int], None]):
