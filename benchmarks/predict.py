@@ -318,6 +318,53 @@ def run_latency(
     return LatencyResult(rate, n, happy, fetched, telemetry, rss)
 
 
+def broker_hop_ms(bootstrap: str, rate: float, n: int) -> list[float]:
+    """Return the produce-to-consume latency (ms) of `n` records sent at `rate`/s, open loop.
+
+    One hop through the broker with the same client settings as the latency runs: the floor
+    under a request's two hops (request in, prediction out).
+    """
+    from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+    from streamml.operators.kafka import ensure_topic
+
+    topic = f"hop-{time.time_ns()}"
+    ensure_topic(bootstrap, topic, partitions=1)
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap, fetch_max_wait_ms=5, enable_auto_commit=False
+    )
+    consumer.assign([TopicPartition(topic, 0)])
+    consumer.seek_to_beginning()
+    sent: dict[bytes, int] = {}
+    latencies: list[float] = []
+
+    def receive() -> None:
+        deadline = time.time() + n / rate + 30
+        while len(latencies) < n and time.time() < deadline:
+            for records in consumer.poll(timeout_ms=20).values():
+                now = time.time_ns()
+                latencies.extend((now - sent[r.value]) / 1e6 for r in records)
+
+    reader = threading.Thread(target=receive, daemon=True)
+    reader.start()
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=0, acks=1)
+    start = time.time_ns() + 50_000_000
+    step = int(1e9 / rate)
+    for i in range(n):
+        at = start + i * step
+        wait = (at - time.time_ns()) / 1e9
+        if wait > 0:
+            time.sleep(wait)
+        key = str(i).encode()
+        sent[key] = at
+        producer.send(topic, value=key)
+    producer.flush()
+    reader.join()
+    producer.close()
+    consumer.close()
+    return latencies
+
+
 def _fmt(q: dict[str, float]) -> str:
     if not q:
         return "-"
@@ -365,6 +412,7 @@ def _cmd(args: argparse.Namespace) -> int:
             "accounts": args.accounts,
             "telemetry_url": telemetry.url,
         }
+        hop = broker_hop_ms(broker.bootstrap, args.rate, int(args.rate * 10))
         base = run_latency(root, broker.bootstrap, fetch_share=0.0, tag="nofetch", **common)
         mixed = run_latency(
             root, broker.bootstrap, fetch_share=args.fetch_share, tag="fetch", **common
@@ -375,6 +423,7 @@ def _cmd(args: argparse.Namespace) -> int:
         (f"{args.fetch_share:.0%} fetched: happy path", _fmt(q(mixed.happy_ms))),
         (f"{args.fetch_share:.0%} fetched: fetched path", _fmt(q(mixed.fetched_ms))),
         ("telemetry calls seen by the flow", _fmt(q(mixed.telemetry_ms))),
+        ("broker alone: one hop, same rate", _fmt(q(hop))),
     ]
     print(f"end-to-end latency over Kafka, open loop at {args.rate:,.0f} requests/s (ms):")
     print(format_table(rows, headers=["path", "latency ms"]))

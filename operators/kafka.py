@@ -19,7 +19,8 @@ Environment variables read by `KafkaSourceConfig.from_env()` / `KafkaSinkConfig.
 - `BROKERS` comma-separated `host:port` list (required)
 - `TOPIC` source topic; sinks read the variable named by `topic_var` (e.g. `ALERTS_TOPIC`)
 - source: `START` (`stored` | `earliest` | `latest`), `STOP_AT_END` (`1`/`0`), `BATCH_SIZE`,
-  `FETCH_MAX_BYTES`, `MAX_PARTITION_FETCH_BYTES`, `FETCH_MIN_BYTES`, `FETCH_MAX_WAIT_MS`
+  `FETCH_MAX_BYTES`, `MAX_PARTITION_FETCH_BYTES`, `FETCH_MIN_BYTES`, `FETCH_MAX_WAIT_MS`,
+  `IDLE_WAIT_MS`
 - sinks: `LINGER_MS`, `PRODUCER_BATCH_SIZE`, `COMPRESSION_TYPE`, `MAX_REQUEST_SIZE`
 - security, passed through to kafka-python: `SECURITY_PROTOCOL`, `SASL_MECHANISM`,
   `SASL_PLAIN_USERNAME`, `SASL_PLAIN_PASSWORD`, `SASL_KERBEROS_SERVICE_NAME`,
@@ -219,7 +220,10 @@ class KafkaSourceConfig:
     `RecordList`. Fetch sizes are kafka-python's (large defaults for throughput).
     `security` is passed to kafka-python as-is (keys in `SECURITY_KEYS`).
     `poll_timeout_ms` is how long one `next_batch` may wait for data (0 = never blocks);
-    `idle_wait_ms` is the longest pause between polls while a partition is idle.
+    `idle_wait_ms` is the longest pause between polls while a partition is idle, and
+    `fetch_max_wait_ms` how long the broker may hold a fetch while it has no data: both add to
+    the latency of the first record after a pause (the defaults keep it to a few ms; an idle
+    partition then costs a cheap poll every few ms).
     """
 
     brokers: Sequence[str]
@@ -230,9 +234,9 @@ class KafkaSourceConfig:
     fetch_max_bytes: int = 64 * MiB
     max_partition_fetch_bytes: int = 16 * MiB
     fetch_min_bytes: int = 1
-    fetch_max_wait_ms: int = 100
+    fetch_max_wait_ms: int = 10
     poll_timeout_ms: int = 0
-    idle_wait_ms: int = 50
+    idle_wait_ms: int = 5
     check_crcs: bool = True
     client_id: str = "streamml"
     security: dict[str, str] = field(default_factory=dict)
@@ -278,6 +282,7 @@ class KafkaSourceConfig:
             fetch_max_wait_ms=_env_int(
                 env, prefix + "FETCH_MAX_WAIT_MS", d["fetch_max_wait_ms"].default
             ),
+            idle_wait_ms=_env_int(env, prefix + "IDLE_WAIT_MS", d["idle_wait_ms"].default),
             security=_env_security(env, prefix),
         )
 
