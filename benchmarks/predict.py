@@ -325,7 +325,6 @@ def broker_hop_ms(bootstrap: str, rate: float, n: int) -> list[float]:
     under a request's two hops (request in, prediction out).
     """
     from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-
     from streamml.operators.kafka import ensure_topic
 
     topic = f"hop-{time.time_ns()}"
