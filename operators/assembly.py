@@ -29,9 +29,10 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
-from streamml.onnx_models import FeatureSpec
+from streamml.onnx_models import FeatureSpec, Selection
 from streamml.operators.metadata import ModelMetadata, VersionInfo
 from streamml.operators.records import PredictionRequest
 from streamml.operators.scoring import PredictionBatch, ScoreBatch, ScoreError, Scorer
@@ -82,25 +83,45 @@ class Plan:
         return self.variants[0]
 
 
-def plan_request(request: PredictionRequest, metadata: ModelMetadata) -> Plan | tuple[str, str]:
+def plan_request(
+    request: PredictionRequest,
+    metadata: ModelMetadata,
+    cache: dict[Any, tuple[Any, ...]] | None = None,
+) -> Plan | tuple[str, str]:
     """Select the versions for `request`; return a `Plan`, or ``(reason, detail)`` to dead-letter.
 
     Reasons: `unknown_model` (the registry has no such model) and `model_unavailable` (the
     model has no live version or split, or its answering version cannot be loaded). Shadows
-    whose version cannot be loaded are left out.
+    whose version cannot be loaded are left out. `cache` (a dict the caller keeps) remembers
+    what a (metadata revision, model, selection) needs, so requests alike are planned once.
     """
-    entry = metadata.model(request.model)
+    selection = metadata.select(request.model, request.account)
+    key = (metadata.revision, request.model, selection)
+    found = cache.get(key) if cache is not None else None
+    if found is None:
+        found = _needs(request.model, metadata, selection)
+        if cache is not None:
+            if len(cache) >= 1024:
+                cache.clear()
+            cache[key] = found
+    if len(found) == 2:
+        return found  # type: ignore[return-value]
+    variants, online, ttl = found
+    return Plan(request, metadata.revision, variants, online, ttl)
+
+
+def _needs(model: str, metadata: ModelMetadata, selection: Selection | None) -> tuple[Any, ...]:
+    entry = metadata.model(model)
     if entry is None:
         known = ", ".join(metadata.names()) or "none"
-        return "unknown_model", f"no model {request.model!r} in the registry (models: {known})"
-    selection = metadata.select(request.model, request.account)
+        return "unknown_model", f"no model {model!r} in the registry (models: {known})"
     if selection is None or selection.answer is None:
-        return "model_unavailable", f"model {request.model!r} has no live version and no split"
+        return "model_unavailable", f"model {model!r} has no live version and no split"
     answer_version, answer_variant = selection.answer
     info = entry.version(answer_version)
     if info is None:
         problems = "; ".join(entry.problems) or "not in the registry"
-        return "model_unavailable", f"{request.model}@{answer_version}: {problems}"
+        return "model_unavailable", f"{model}@{answer_version}: {problems}"
     variants = [Variant(info, answer_variant, "answer")]
     for version, variant, role in selection.variants()[1:]:
         shadow = entry.version(version)
@@ -116,7 +137,7 @@ def plan_request(request: PredictionRequest, metadata: ModelMetadata) -> Plan | 
             elif src.kind == "on_demand":
                 service = src.service or ""
                 ttl[service] = min(ttl.get(service, spec.ttl_ms), spec.ttl_ms)
-    return Plan(request, metadata.revision, tuple(variants), tuple(online), ttl)
+    return tuple(variants), tuple(online), ttl
 
 
 @dataclass(frozen=True, slots=True)

@@ -193,6 +193,7 @@ class _PredictLogic(StatefulBatchLogic[Any, PredictOutput, Any]):
         self.deadlines: list[tuple[int, str]] = []
         self.unplanned: list[_Pending] = []
         self.docs: dict[tuple[str, bytes], Doc] = {}
+        self.plans: dict[Any, tuple[Any, ...]] = {}
         self.ended: dict[str, int] = {}
         self.version = f"{config.layout.feature}/{config.layout.feature_id}"
         self._out = self._fresh_out()
@@ -254,7 +255,7 @@ class _PredictLogic(StatefulBatchLogic[Any, PredictOutput, Any]):
         started = time.perf_counter()
         planned: list[_Pending] = []
         for p in items:
-            got = plan_request(p.request, self.meta)
+            got = plan_request(p.request, self.meta, self.plans)
             if isinstance(got, tuple):
                 self._end(p.request.request_id)
                 self._out["dead"].append(_dead(p.request, *got))

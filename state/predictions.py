@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as ds
 from streamml.state._parquet import DayPartitionedWriter, read_partitioned
@@ -113,8 +114,7 @@ class FeatureRecord(NamedTuple):
     status: str
 
 
-@dataclass(frozen=True, slots=True)
-class Latency:
+class Latency(NamedTuple):
     """Where a request's time went, in milliseconds."""
 
     read_ms: float = 0.0
@@ -122,6 +122,9 @@ class Latency:
     wait_ms: float = 0.0
     score_ms: float = 0.0
     total_ms: float = 0.0
+
+
+_NO_LATENCY = Latency()
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,7 +149,7 @@ class PredictionRecord:
     sha256: str
     metadata_revision: int
     scored_at: int
-    latency: Latency = Latency()
+    latency: Latency = _NO_LATENCY
 
     def to_json(self) -> dict[str, Any]:
         """Return the JSON form sent to the predictions topic and file."""
@@ -237,37 +240,51 @@ class PredictionWriter(DayPartitionedWriter[PredictionRecord]):
                 raise ValueError(f"{r.request_id}: feature {f.name} is NaN; store null instead")
 
     def _table(self, records: Sequence[PredictionRecord]) -> pa.Table:
-        cols = {
-            name: [getattr(r, name) for r in records]
-            for name in (
-                "request_id",
-                "model",
-                "version",
-                "variant",
-                "role",
-                "account",
-                "request_ts",
-                "label",
-                "sha256",
-                "metadata_revision",
-                "scored_at",
+        cols: dict[str, pa.Array] = {}
+        for name in (
+            "request_id",
+            "model",
+            "version",
+            "variant",
+            "role",
+            "account",
+            "request_ts",
+            "label",
+            "sha256",
+            "metadata_revision",
+            "scored_at",
+        ):
+            cols[name] = pa.array(
+                [getattr(r, name) for r in records], type=self.schema.field(name).type
             )
-        }
-        cols["probabilities"] = [list(r.probabilities) for r in records]
-        cols["classes"] = [list(r.classes) for r in records]
-        cols["features"] = [[f._asdict() for f in r.features] for r in records]
-        cols["latency"] = [
-            {
-                "read_ms": r.latency.read_ms,
-                "fetch_ms": r.latency.fetch_ms,
-                "wait_ms": r.latency.wait_ms,
-                "score_ms": r.latency.score_ms,
-                "total_ms": r.latency.total_ms,
-            }
-            for r in records
-        ]
-        cols["pipeline_version"] = [self.pipeline_version] * len(records)
-        return pa.table({n: pa.array(cols[n], type=self.schema.field(n).type) for n in cols})
+        cols["probabilities"] = _lists([r.probabilities for r in records], pa.float32())
+        cols["classes"] = _lists([r.classes for r in records], pa.string())
+        features = [r.features for r in records]
+        flat = [f for fs in features for f in fs]
+        columns = list(zip(*flat, strict=True)) if flat else [()] * len(FEATURE_TYPE)
+        struct = pa.StructArray.from_arrays(
+            [pa.array(c, type=FEATURE_TYPE.field(i).type) for i, c in enumerate(columns)],
+            fields=list(FEATURE_TYPE),
+        )
+        cols["features"] = pa.ListArray.from_arrays(_offsets(features), struct)
+        lat = list(zip(*(r.latency for r in records), strict=True))
+        cols["latency"] = pa.StructArray.from_arrays(
+            [pa.array(c, type=pa.float64()) for c in lat], fields=list(LATENCY_TYPE)
+        )
+        cols["pipeline_version"] = pa.array(
+            [self.pipeline_version] * len(records), type=pa.string()
+        )
+        return pa.table({n: cols[n] for n in self.schema.names})
+
+
+def _offsets(lists: Sequence[Sequence[object]]) -> pa.Array:
+    sizes = np.fromiter((len(x) for x in lists), dtype=np.int32, count=len(lists))
+    return pa.array(np.concatenate([[0], np.cumsum(sizes, dtype=np.int32)]), type=pa.int32())
+
+
+def _lists(lists: Sequence[Sequence[object]], item: pa.DataType) -> pa.Array:
+    flat = pa.array([x for xs in lists for x in xs], type=item)
+    return pa.ListArray.from_arrays(_offsets(lists), flat)
 
 
 class TimeoutWriter(DayPartitionedWriter[TimeoutRecord]):
