@@ -32,11 +32,12 @@ from pathlib import Path
 import numpy as np
 import orjson
 from streamml.dataflows.predict import PredictFlowConfig, RequestsConfig
-from streamml.onnx_models import ensure_demo_registry
+from streamml.onnx_models import bundled_contract, ensure_demo_registry
 from streamml.onnx_models.speedtests import account_profile, telemetry_document
+from streamml.operators.assembly import extract_values
 from streamml.operators.sinks import read_stats
 from streamml.state.layout import StateLayout
-from streamml.state.ondemand import OnDemandStore
+from streamml.state.ondemand import OnDemandStore, values_service
 from streamml.state.predictions import read_predictions
 from streamml.state.rolling_store import RollingStateStore, empty_records
 from streamml.state.sharding import shard_of
@@ -63,8 +64,12 @@ def account(i: int) -> str:
 
 
 def prepare_state(state_dir: Path, accounts: int, now_ms: int, seed: int = 7) -> StateLayout:
-    """Give every warm account an online value updated a minute ago and a fresh telemetry answer."""
+    """Give every warm account an online value updated a minute ago and a fresh telemetry answer.
+
+    The answers are stored as the flow stores what it fetches: the answer and its values.
+    """
     layout = StateLayout().ensure(state_dir)
+    specs = bundled_contract().for_service("telemetry")
     names = [account(i).encode() for i in range(accounts)]
     by_shard: dict[int, list[bytes]] = {}
     for name in names:
@@ -83,11 +88,18 @@ def prepare_state(state_dir: Path, accounts: int, now_ms: int, seed: int = 7) ->
         records["counts"][:, 0] = rng.integers(0, 3000, len(members))
         store.commit(members, records, {})
         store.close()
-        docs = [
-            (m, now_ms, orjson.dumps(telemetry_document(account_profile(seed, m.decode()))))
-            for m in members
-        ]
-        ondemand.put_many(shard, "telemetry", docs)
+        docs = [telemetry_document(account_profile(seed, m.decode())) for m in members]
+        ondemand.put_many(
+            shard,
+            "telemetry",
+            [(m, now_ms, orjson.dumps(d)) for m, d in zip(members, docs, strict=True)],
+        )
+        values = [orjson.dumps(extract_values(d, specs)) for d in docs]
+        ondemand.put_many(
+            shard,
+            values_service("telemetry"),
+            [(m, now_ms, v) for m, v in zip(members, values, strict=True)],
+        )
     ondemand.close()
     return layout
 

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import orjson
 from streamml.onnx_models import FeatureSpec, Selection
 from streamml.operators.metadata import ModelMetadata, VersionInfo
 from streamml.operators.records import PredictionRequest
@@ -47,6 +48,7 @@ __all__ = [
     "Resolved",
     "Variant",
     "VariantRow",
+    "extract_values",
     "plan_request",
     "resolve",
     "score_resolved",
@@ -140,29 +142,43 @@ def _needs(model: str, metadata: ModelMetadata, selection: Selection | None) -> 
     return tuple(variants), tuple(online), ttl
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, eq=False)
 class Doc:
     """An on-demand service's answer for the request's account.
 
-    `document` is None when there is none; `fetched` says it was fetched for this request (not
-    read from the store); `fetch_ms` is how long that fetch took.
+    `document` is the parsed answer; a stored answer may come as `raw` bytes instead, parsed
+    only when an expression is not among its `values` (the values extracted when it was
+    fetched, by expression). Both None: there is no answer. `fetched` says it was fetched for
+    this request (not read from the store); `fetch_ms` is how long that fetch took.
     """
 
     document: object | None
     fetched_at: int | None
     fetched: bool = False
     fetch_ms: float = 0.0
-    values: dict[str, float | None] = field(default_factory=dict, compare=False, repr=False)
-    """Values already extracted from `document`, by expression."""
+    values: dict[str, float | None] = field(default_factory=dict, repr=False)
+    raw: bytes | None = field(default=None, repr=False)
+
+    @property
+    def present(self) -> bool:
+        """Whether there is an answer."""
+        return self.document is not None or self.raw is not None
 
     def extract(self, spec: FeatureSpec) -> float | None:
-        """Return the value of `spec` in the document (each expression evaluated once)."""
+        """Return the value of `spec` in the answer (each expression evaluated once)."""
         key = spec.source.expression or ""
         values = self.values
         if key in values:
             return values[key]
+        if self.document is None and self.raw is not None:
+            self.document = orjson.loads(self.raw)
         value = values[key] = spec.source.extract(self.document)
         return value
+
+
+def extract_values(document: object, specs: Sequence[FeatureSpec]) -> dict[str, float | None]:
+    """Return the value of each on-demand spec in `document`, by expression."""
+    return {s.source.expression or "": s.source.extract(document) for s in specs}
 
 
 @dataclass(slots=True)
@@ -181,7 +197,7 @@ def services_to_fetch(plan: Plan, stored: Mapping[str, Doc]) -> list[str]:
         service
         for service, ttl in plan.service_ttl_ms.items()
         if (doc := stored.get(service)) is None
-        or doc.document is None
+        or not doc.present
         or doc.fetched_at is None
         or as_of - doc.fetched_at > ttl
     ]
@@ -232,7 +248,7 @@ def _feature(
     else:
         version = src.service or ""
         doc = gathered.docs.get(version)
-        if doc is not None and doc.document is not None:
+        if doc is not None and doc.present:
             value = doc.extract(spec)
             if value is not None:
                 updated_at = doc.fetched_at

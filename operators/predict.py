@@ -38,11 +38,13 @@ import orjson
 from bytewax import operators as op
 from bytewax.dataflow import Stream, operator
 from bytewax.operators import KeyedStream, StatefulBatchLogic
+from streamml.onnx_models import FeatureSpec
 from streamml.operators.assembly import (
     Doc,
     Gathered,
     Plan,
     Resolved,
+    extract_values,
     plan_request,
     resolve,
     score_resolved,
@@ -54,7 +56,7 @@ from streamml.operators.records import DeadLetter, PredictionRequest
 from streamml.operators.scoring import Scorer, ScoringConfig
 from streamml.operators.shard import shard_key
 from streamml.state.layout import StateLayout
-from streamml.state.ondemand import OnDemandStore
+from streamml.state.ondemand import OnDemandStore, values_service
 from streamml.state.online import OnlineStore
 from streamml.state.predictions import PredictionRecord, TimeoutRecord
 from streamml.state.sharding import shard_of
@@ -194,6 +196,7 @@ class _PredictLogic(StatefulBatchLogic[Any, PredictOutput, Any]):
         self.unplanned: list[_Pending] = []
         self.docs: dict[tuple[str, bytes], Doc] = {}
         self.plans: dict[Any, tuple[Any, ...]] = {}
+        self._specs: dict[tuple[int, str], list[FeatureSpec]] = {}
         self.ended: dict[str, int] = {}
         self.version = f"{config.layout.feature}/{config.layout.feature_id}"
         self._out = self._fresh_out()
@@ -280,8 +283,10 @@ class _PredictLogic(StatefulBatchLogic[Any, PredictOutput, Any]):
             users = [p for p in planned if service in p.plan.service_ttl_ms]  # type: ignore[union-attr]
             accounts = list(dict.fromkeys(p.request.account.encode() for p in users))
             entries = self.ondemand.get_many(self.shard, service, accounts)
+            values = self.ondemand.get_many(self.shard, values_service(service), accounts)
             docs = {
-                a: self._stored_doc(service, a, e) for a, e in zip(accounts, entries, strict=True)
+                a: self._stored_doc(service, a, e, v)
+                for a, e, v in zip(accounts, entries, values, strict=True)
             }
             for p in users:
                 p.gathered.docs[service] = docs[p.request.account.encode()]
@@ -300,18 +305,40 @@ class _PredictLogic(StatefulBatchLogic[Any, PredictOutput, Any]):
                 ready.append(p)
         self._score(ready)
 
-    def _stored_doc(self, service: str, account: bytes, entry: tuple[int, bytes] | None) -> Doc:
-        """Return the stored answer as a `Doc`, parsed once while it stays the same answer."""
+    def _stored_doc(
+        self,
+        service: str,
+        account: bytes,
+        entry: tuple[int, bytes] | None,
+        values: tuple[int, bytes] | None,
+    ) -> Doc:
+        """Return the stored answer as a `Doc`, kept while it stays the same answer."""
         if entry is None:
             return _NO_DOC
         key = (service, account)
         cached = self.docs.pop(key, None)
         if cached is None or cached.fetched_at != entry[0]:
-            cached = Doc(orjson.loads(entry[1]), entry[0])
+            known = orjson.loads(values[1]) if values is not None and values[0] == entry[0] else {}
+            cached = Doc(None, entry[0], values=known, raw=entry[1])
         self.docs[key] = cached
         if len(self.docs) > _DOC_CACHE:
             del self.docs[next(iter(self.docs))]
         return cached
+
+    def _service_specs(self, service: str) -> list[FeatureSpec]:
+        """Return the on-demand specs of `service` in every version the metadata routes to."""
+        if self.meta is None:
+            return []
+        key = (self.meta.revision, service)
+        found = self._specs.get(key)
+        if found is None:
+            seen: dict[str, FeatureSpec] = {}
+            for entry in self.meta.models:
+                for info in entry.versions:
+                    for spec in info.contract.for_service(service):
+                        seen.setdefault(spec.source.expression or "", spec)
+            found = self._specs[key] = list(seen.values())
+        return found
 
     def _refresh_online(self) -> None:
         now = self.clock_ns()
@@ -328,13 +355,24 @@ class _PredictLogic(StatefulBatchLogic[Any, PredictOutput, Any]):
             results = fetcher.poll(self.shard)
             if not results:
                 continue
-            stored = [
-                (r.key.encode(), r.fetched_at_ms, r.body)
-                for r in results
-                if r.ok and r.body is not None
-            ]
+            stored = [r for r in results if r.ok and r.body is not None]
             if stored:
-                self.ondemand.put_many(self.shard, service, stored)
+                specs = self._service_specs(service)
+                self.ondemand.put_many(
+                    self.shard, service, [(r.key.encode(), r.fetched_at_ms, r.body) for r in stored]
+                )
+                self.ondemand.put_many(
+                    self.shard,
+                    values_service(service),
+                    [
+                        (
+                            r.key.encode(),
+                            r.fetched_at_ms,
+                            orjson.dumps(extract_values(r.document, specs)),
+                        )
+                        for r in stored
+                    ],
+                )
             counts = self._out["counts"]
             for r in results:
                 counts[f"fetch.{service}.{'ok' if r.ok else 'failed'}"] += 1

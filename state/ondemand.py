@@ -23,13 +23,22 @@ from streamml.state.layout import StateLayout
 from streamml.state.rolling_store import StoreTuning, _options
 from streamml.state.sharding import shard_of
 
-__all__ = ["Entry", "OnDemandReader", "OnDemandStore", "is_fresh"]
+__all__ = ["Entry", "OnDemandReader", "OnDemandStore", "is_fresh", "values_service"]
 
 _TIME = struct.Struct(">q")
 _PRUNE_BATCH = 10_000
 
 Entry = tuple[int, bytes]
 """A stored answer: ``(fetched_at_ms, payload)``."""
+
+
+def values_service(service: str) -> str:
+    """Return the name under which the values extracted from `service`'s answers are kept.
+
+    They are stored like answers (fetch time, then the JSON of ``{expression: value}``), under
+    a name no service can have, so readers need not parse an answer to read its values.
+    """
+    return f"{service}#values"
 
 
 def is_fresh(fetched_at_ms: int, as_of_ms: int, ttl_ms: int) -> bool:

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import orjson
 from streamml.dataflows.predict import RequestsConfig
-from streamml.onnx_models import select_variants
+from streamml.onnx_models import bundled_contract, select_variants
 from streamml.onnx_models.speedtests import RequestGeneratorConfig, generate_requests
 from streamml.operators.explain import explain, explain_request
 from streamml.operators.scoring import Scorer, ScoringConfig
 from streamml.operators.sinks import read_stats
 from streamml.state.layout import StateLayout
-from streamml.state.ondemand import OnDemandStore
+from streamml.state.ondemand import OnDemandReader, OnDemandStore, values_service
 from streamml.state.predictions import read_predictions, read_timeouts
 
 from streamml.telemetry import TelemetryConfig
@@ -147,6 +147,18 @@ def test_a_stale_answer_is_fetched_again_and_a_fresh_one_is_not(
     assert stale["wifi_rssi_dbm"]["updated_at"] > NOW
     counters = read_stats(config.stats_path)["counters"]
     assert counters["fetch.telemetry.submitted"] == 1 and counters["fetch.telemetry.ok"] == 1
+    reader = OnDemandReader(state)
+    [(fetched_at, body)] = reader.lookup("telemetry", [b"acct-stale"])
+    [(values_at, values)] = reader.lookup(values_service("telemetry"), [b"acct-stale"])
+    reader.close()
+    assert values_at == fetched_at == stale["wifi_rssi_dbm"]["updated_at"]
+    answer = orjson.loads(body)
+    expected = {
+        spec.source.expression: spec.source.extract(answer)
+        for spec in bundled_contract().for_service("telemetry")
+    }
+    assert orjson.loads(values) == expected
+    assert expected["min(devices[].rssi_dbm)"] == stale["wifi_rssi_dbm"]["value"]
 
 
 def test_a_slow_service_ends_requests_at_their_deadline(tmp_path: Path, registry) -> None:
