@@ -46,11 +46,13 @@ from streamml.runner import run_flow_processes
 
 __all__ = [
     "LatencyResult",
+    "SoakResult",
     "ThroughputResult",
     "prepare_state",
     "register",
     "request_lines",
     "run_latency",
+    "run_soak",
     "run_throughput",
 ]
 
@@ -181,6 +183,72 @@ def run_throughput(
     return ThroughputResult(
         requests, result.wall_s, result.cpu_s, result.peak_rss_bytes, result.counters
     )
+
+
+@dataclass(frozen=True)
+class SoakResult:
+    """RSS of the flow process as a long happy-path run went on."""
+
+    requests: int
+    wall_s: float
+    samples: list[tuple[int, int]]
+    counters: dict[str, int]
+
+    def rss_at(self, share: float) -> int:
+        """Return the RSS (bytes) sampled once `share` of the requests were answered."""
+        goal = share * self.requests
+        for answered, rss in self.samples:
+            if answered >= goal:
+                return rss
+        return self.samples[-1][1] if self.samples else 0
+
+
+def run_soak(root: Path, requests: int, accounts: int, seed: int = 7) -> SoakResult:
+    """Answer `requests` from a file in one worker, sampling its RSS; check nothing is pending.
+
+    Every request must end (answers + timeouts + dead letters = requests read) and be stored
+    once.
+    """
+    now_ms = time.time_ns() // 1_000_000
+    registry = root / "models"
+    ensure_demo_registry(registry)
+    state = root / f"state-soak-{time.time_ns()}"
+    prepare_state(state, accounts, now_ms, seed)
+    path = root / "soak.jsonl"
+    with path.open("wb") as f:
+        for start in range(0, requests, 100_000):
+            lines, _ = request_lines(
+                min(100_000, requests - start), accounts, now_ms, seed + start, prefix=f"s{start}"
+            )
+            f.write(b"\n".join(lines) + b"\n")
+    config = PredictFlowConfig(
+        requests=RequestsConfig(kind="file", paths=(str(path),)),
+        state_dir=state,
+        registry_dir=registry,
+        telemetry_url="http://127.0.0.1:9",
+        stats_path=root / "stats-soak.json",
+    )
+    env = {**os.environ, **config.to_env()}
+    started = time.time()
+    flow = subprocess.Popen([sys.executable, "-P", "-m", "streamml.worker", FLOW], env=env)
+    samples: list[tuple[int, int]] = []
+    while flow.poll() is None:
+        stats = read_stats(config.stats_path)
+        answered = 0 if stats is None else stats["counters"].get("answers", 0)
+        samples.append((answered, _rss(flow.pid)))
+        time.sleep(0.5)
+    wall = time.time() - started
+    if flow.returncode != 0:
+        raise RuntimeError(f"the prediction flow failed (exit {flow.returncode})")
+    counters = (read_stats(config.stats_path) or {}).get("counters", {})
+    ended = counters.get("answers", 0) + counters.get("dead", 0)
+    ended += sum(v for k, v in counters.items() if k.startswith("timeouts."))
+    if ended != requests or counters.get("requests", 0) != requests:
+        raise AssertionError(f"{ended} of {requests} requests ended: {counters}")
+    ids = read_predictions(config.store).column("request_id")
+    if len(ids) != requests or len(ids.unique()) != requests:
+        raise AssertionError(f"{len(ids)} stored predictions for {requests} requests")
+    return SoakResult(requests, wall, samples, counters)
 
 
 @dataclass(frozen=True)
@@ -401,6 +469,15 @@ def _cmd(args: argparse.Namespace) -> int:
         f"median {statistics.median(rates):,.0f} requests/s (min {min(rates):,.0f}, "
         f"max {max(rates):,.0f}) over {len(rates)} runs"
     )
+    if args.soak:
+        soak = run_soak(root, args.soak, args.accounts)
+        marks = "  ".join(
+            f"{share:.0%}: {soak.rss_at(share) / 2**20:.0f} MiB" for share in (0.1, 0.5, 1.0)
+        )
+        print(
+            f"soak: {soak.requests:,} requests in {soak.wall_s:.1f} s, every one ended and stored "
+            f"once; flow RSS when answered {marks}"
+        )
     if not args.kafka:
         return 0
     from streamml.broker import start_broker
@@ -455,6 +532,7 @@ def register(bench_sub: argparse._SubParsersAction) -> None:  # type: ignore[typ
     p.add_argument("--accounts", type=int, default=100_000, help="warm accounts")
     p.add_argument("--processes", type=int, default=1, help="worker processes")
     p.add_argument("--repeat", type=int, default=3, help="throughput runs (median reported)")
+    p.add_argument("--soak", type=int, default=0, help="also answer N requests, sampling RSS")
     p.add_argument("--kafka", action="store_true", help="also measure latency over Kafka")
     p.add_argument("--rate", type=float, default=1000.0, help="offered requests/s (open loop)")
     p.add_argument("--seconds", type=float, default=30.0, help="length of each latency run")
