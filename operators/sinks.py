@@ -148,12 +148,17 @@ class HistorySink(FixedPartitionedSink[ShardUpdate, tuple[str, int]]):
 
 class _PredictionStorePartition(StatefulSinkPartition[Any, tuple[str, int, int]]):
     def __init__(
-        self, predictions: PredictionWriter, timeouts: TimeoutWriter, flush_interval_s: float
+        self,
+        predictions: PredictionWriter,
+        timeouts: TimeoutWriter,
+        flush_interval_s: float,
+        phase: float,
     ) -> None:
         self.predictions = predictions
         self.timeouts = timeouts
         self.flush_interval_s = flush_interval_s
-        self.flushed = time.monotonic()
+        # Shards flush at evenly spread moments, not all in one pause of the worker.
+        self.flushed = time.monotonic() - phase * flush_interval_s
 
     def write_batch(self, items: list[Any]) -> None:
         for out in items:
@@ -227,7 +232,8 @@ class PredictionStoreSink(FixedPartitionedSink[Any, tuple[str, int, int]]):
         timeouts = TimeoutWriter(self.root, self.pipeline_version, seq=seqs[1], **kw)
         predictions.discard_from(seqs[0])
         timeouts.discard_from(seqs[1])
-        return _PredictionStorePartition(predictions, timeouts, self.flush_interval_s)
+        phase = self.part_fn(for_part) / max(1, self.shards)
+        return _PredictionStorePartition(predictions, timeouts, self.flush_interval_s, phase)
 
 
 class _StatsPartition(StatefulSinkPartition[Mapping[str, int], None]):
