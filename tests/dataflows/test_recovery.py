@@ -87,13 +87,19 @@ def start_flow(config: ErrorCountConfig, args: list[str], processes: int) -> sub
 
 
 LAUNCHER = """
-import subprocess, sys
+import subprocess, sys, time
 addresses, n, args = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
 cmd = [sys.executable, "-m", "bytewax.run", "streamml.dataflows.error_count:flow", *args]
 procs = [subprocess.Popen([*cmd, "-i", str(i), "-a", addresses]) for i in range(n)]
-codes = [p.wait() for p in procs]
-sys.exit(next((c for c in codes if c), 0))
+while any(p.poll() is None for p in procs):
+    if any(p.returncode for p in procs):
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    time.sleep(0.05)
+sys.exit(next((p.returncode for p in procs if p.returncode), 0))
 """
+"""Runs the workers of one flow and ends with the first failing exit code (the others killed)."""
 
 
 def group_members(pgid: int) -> list[int]:
@@ -128,8 +134,11 @@ def run_with_kills(
     kills_wanted: int = KILLS,
     processes: int = 1,
 ) -> int:
-    """Kill the flow `kills_wanted` times, at a random moment of each attempt's window, then
-    let it end. With several processes the whole group is killed at once."""
+    """Kill the flow `kills_wanted` times, then let it end; return the number of kills.
+
+    Each kill comes at a random moment of its attempt's window (seconds after the flow starts
+    reading). With several processes the whole group is killed at once.
+    """
     rng = random.Random(seed)
     rdir = config.recovery_dir
     ensure_recovery_dir(rdir)
