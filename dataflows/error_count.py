@@ -33,6 +33,7 @@ STREAMML_RECOVERY_DIR         the Bytewax recovery dir (``-r``) when run with on
                               again, and output files are cut back on resume
 STREAMML_SETTLE_MS            a last line without a newline is read once its file    10000
                               has not changed for this long (0: files are complete)
+STREAMML_CHUNK_BYTES          bytes the file source reads at a time (whole lines)    16777216
 STREAMML_KAFKA_*              Kafka source and sinks (see `streamml.operators.kafka`):
                               ``BROKERS``, ``TOPIC``, ``START``, ``STOP_AT_END``,
                               ``ALERTS_TOPIC``, ``DEAD_LETTERS_TOPIC`` and the
@@ -84,6 +85,7 @@ class SourceConfig:
     paths: tuple[str, ...] = ()
     fmt: str | None = None
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    chunk_bytes: int | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in ("file", "generate", "kafka"):
@@ -92,6 +94,8 @@ class SourceConfig:
             raise ValueError("the file source needs input paths (--input / STREAMML_INPUT)")
         if self.fmt not in (None, "csv", "jsonl"):
             raise ValueError(f"format must be csv or jsonl, got {self.fmt!r}")
+        if self.chunk_bytes is not None and self.chunk_bytes < 1:
+            raise ValueError(f"chunk_bytes must be >= 1, got {self.chunk_bytes}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,11 +144,13 @@ class ErrorCountConfig:
             accounts=int(get("ACCOUNTS", "100000")),
             seed=int(get("SEED", "7")),
         )
+        chunk = get("CHUNK_BYTES")
         source = SourceConfig(
             kind=kind or "file",
             paths=tuple(inputs.split(os.pathsep)) if inputs else (),
             fmt=get("FORMAT"),
             generator=generator,
+            chunk_bytes=int(chunk) if chunk else None,
         )
         layout = StateLayout(
             shards=int(get("SHARDS", "16")),
@@ -179,6 +185,7 @@ class ErrorCountConfig:
             "SOURCE": self.source.kind,
             "INPUT": os.pathsep.join(self.source.paths),
             "FORMAT": self.source.fmt or "",
+            "CHUNK_BYTES": str(self.source.chunk_bytes or ""),
             "EVENTS": str(g.events),
             "ACCOUNTS": str(g.accounts),
             "SEED": str(g.seed),
@@ -233,7 +240,10 @@ def _source(config: ErrorCountConfig):
         "recovery_dir": config.recovery_dir,
     }
     if source.kind == "file":
-        return FileSource(list(source.paths), fmt=source.fmt, settle_ms=config.settle_ms, **where)
+        chunk = {} if source.chunk_bytes is None else {"chunk_bytes": source.chunk_bytes}
+        return FileSource(
+            list(source.paths), fmt=source.fmt, settle_ms=config.settle_ms, **chunk, **where
+        )
     if source.kind == "generate":
         return GeneratorSource(source.generator)
     from streamml.operators.kafka import KafkaSource, KafkaSourceConfig

@@ -306,6 +306,7 @@ class _RollingLogic(StatefulBatchLogic[EventBatch, ShardUpdate, dict[str, int]])
         self._store: RollingStateStore | None = None
         self._shard = -1
         self.applied: dict[str, int] = {}
+        self.emitted: dict[str, int] = {}
         self.resume = dict(resume or {})
         self.floors: dict[str, int] = {}
         self.last_prune = 0.0
@@ -327,9 +328,10 @@ class _RollingLogic(StatefulBatchLogic[EventBatch, ShardUpdate, dict[str, int]])
         """Return the position up to which this shard's outputs survived the restart.
 
         Rows of positions after it were emitted and then cut from the outputs (or never reached
-        them), so a replay emits them again. It is the applied position at the resumed snapshot,
-        or, for a partition the snapshot does not know, the applied position when this shard
-        first saw the partition with this recovery dir (recorded before anything is applied).
+        them), so a replay emits them again. It is the position the shard's outputs were
+        complete through at the resumed snapshot (see `_mark_emitted`), or, for a partition the
+        snapshot does not know, the applied position when this shard first saw the partition
+        with this recovery dir (recorded before anything is applied).
         """
         floor = self.floors.get(partition)
         if floor is None:
@@ -416,6 +418,7 @@ class _RollingLogic(StatefulBatchLogic[EventBatch, ShardUpdate, dict[str, int]])
         elif through > done:
             store.commit([], empty_records(0, layout.window_buckets), {partition: through})
         self.applied[partition] = through
+        self._mark_emitted(partition, batch)
         n_replayed = 0 if replayed is None else replayed.num_rows
         if not parts:
             rows = _EMPTY_ROWS
@@ -424,6 +427,21 @@ class _RollingLogic(StatefulBatchLogic[EventBatch, ShardUpdate, dict[str, int]])
         else:
             rows = pa.Table.from_batches(parts).combine_chunks().to_batches()[0]
         return ShardUpdate(partition, rows, skipped, n_replayed)
+
+    def _mark_emitted(self, partition: str, batch: EventBatch) -> None:
+        """Record that this shard's outputs of `partition` are complete through `batch`.
+
+        Every position of the batch was emitted now, emitted again from the outbox, or is at or
+        below the floor (its rows survived in the outputs). The position applied in RocksDB can
+        be further ahead, when an earlier run applied more before it was killed: those rows are
+        not in the outputs of this run, so a snapshot must not claim them, or a restart from it
+        would skip them without emitting them again.
+        """
+        start = self.emitted.get(partition)
+        if start is None:
+            start = self.resume.get(partition, self.floors.get(partition, -1))
+        last = int(batch.positions[-1]) if len(batch.positions) else -1
+        self.emitted[partition] = max(start, batch.through, last)
 
     def _outbox_rows(self, rows: pa.RecordBatch, kind: np.ndarray) -> pa.RecordBatch:
         """Return the rows a replay has to emit again."""
@@ -440,7 +458,7 @@ class _RollingLogic(StatefulBatchLogic[EventBatch, ShardUpdate, dict[str, int]])
         return [self._apply(b) for b in values], StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> dict[str, int]:
-        state = {**self.resume, **self.applied}
+        state = {**self.resume, **self.emitted}
         if self.config.recovery and self._store is not None:
             self.snapshots.append(state)
             if len(self.snapshots) > 2:

@@ -20,9 +20,11 @@ def write_jsonl(path: Path, events) -> None:
     path.write_bytes(b"".join(orjson.dumps({"account": a, "ts": t}) + b"\n" for a, t in events))
 
 
-def run(tmp: Path, inputs, *, window=4, threshold=3, shards=3, name="state"):
+def run(tmp: Path, inputs, *, window=4, threshold=3, shards=3, name="state", chunk_bytes=None):
     config = ErrorCountConfig(
-        source=SourceConfig(kind="file", paths=tuple(str(p) for p in inputs)),
+        source=SourceConfig(
+            kind="file", paths=tuple(str(p) for p in inputs), chunk_bytes=chunk_bytes
+        ),
         state_dir=tmp / name,
         layout=StateLayout(shards=shards, bucket_ms=10, window_buckets=window),
         threshold=threshold,
@@ -124,3 +126,21 @@ def test_rerun_and_append_count_each_record_once(tmp_path):
     _, _, s3 = run(tmp_path, [path], window=100, threshold=1000)
     assert s3["accepted"] == 10 and s3["read"] == 10 and s3.get("skipped", 0) == 0
     assert OnlineStore(config.state_dir).get("a", as_of=290).value == 30
+
+
+def test_small_chunks_count_like_one_chunk(tmp_path):
+    import random
+
+    rng = random.Random(8)
+    events = [(rng.choice(ACCOUNTS), rng.randint(0, 300) + i) for i in range(300)]
+    path = tmp_path / "events.jsonl"
+    write_jsonl(path, events)
+    one, alerts_one, stats_one = run(tmp_path, [path], name="one")
+    small, alerts_small, stats_small = run(tmp_path, [path], name="small", chunk_bytes=64)
+    assert ErrorCountConfig.from_env(small.to_env()) == small
+    key = lambda x: x["id"]  # noqa: E731
+    assert sorted(alerts_small, key=key) == sorted(alerts_one, key=key)
+    assert stats_small["read"] == stats_one["read"] == len(events)
+    s1, s2 = OnlineStore(one.state_dir), OnlineStore(small.state_dir)
+    for a in ACCOUNTS:
+        assert s1.get(a, 1000) == s2.get(a, 1000)

@@ -2,6 +2,7 @@
 
 import os
 import random
+import signal
 import subprocess
 import sys
 import time
@@ -16,6 +17,7 @@ from streamml.state.rolling_store import RollingStateStore
 
 from streamml.generate_cli import write_events
 from streamml.recovery import ensure_recovery_dir, recovery_args
+from streamml.runner import free_ports
 
 ROOT = Path(__file__).resolve().parents[2]
 KILLS = 5
@@ -25,6 +27,15 @@ KILLS = 5
 # source reads 16 MiB chunks, which delays its first commit; Kafka batches are small.
 FILE_KILL_WINDOWS = [(0.0, 0.3), (1.0, 1.5)]
 KAFKA_KILL_WINDOWS = [(0.0, 0.2), (0.9, 1.3)]
+# Two processes, ten kills. With the file source (read in 1 MiB chunks here) two processes
+# commit their first snapshot about 1.7 s after reading starts, then about every second, and
+# read 3M events in about 4 s: one kill comes after a snapshot or two, the others soon after
+# reading starts, before the run commits anything, so the later ones interrupt runs that are
+# emitting again what earlier runs applied. With Kafka the first commit comes within about
+# 0.3 s: a fourth of the kills come after a few snapshots.
+TWO_PROCESS_KILLS = 10
+TWO_PROCESS_FILE_WINDOWS = [(0.0, 0.3)] * 4 + [(1.7, 2.2)] + [(0.0, 0.3)] * 5
+TWO_PROCESS_KAFKA_WINDOWS = [(0.0, 0.2), (0.0, 0.2), (0.0, 0.2), (0.6, 1.0)]
 
 
 def flow_cmd(extra: list[str]) -> list[str]:
@@ -61,29 +72,94 @@ def started(stats: Path) -> bool:
         return False
 
 
-def run_with_kills(config: ErrorCountConfig, seed: int, windows: list[tuple[float, float]]) -> int:
-    """Kill the flow KILLS times, at a random moment of each attempt's window, then let it end."""
+def start_flow(config: ErrorCountConfig, args: list[str], processes: int) -> subprocess.Popen:
+    """Start the flow as `processes` cooperating workers in a new process group.
+
+    One worker runs as the group leader itself; several run under a launcher that leads the
+    group, so killing the group kills every worker at the same moment.
+    """
+    if processes == 1:
+        cmd = flow_cmd(args)
+    else:
+        addresses = ";".join(f"127.0.0.1:{p}" for p in free_ports(processes))
+        cmd = [sys.executable, "-c", LAUNCHER, addresses, str(processes), *args]
+    return subprocess.Popen(cmd, env=env_for(config), start_new_session=True)
+
+
+LAUNCHER = """
+import subprocess, sys, time
+addresses, n, args = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+cmd = [sys.executable, "-m", "bytewax.run", "streamml.dataflows.error_count:flow", *args]
+procs = [subprocess.Popen([*cmd, "-i", str(i), "-a", addresses]) for i in range(n)]
+while any(p.poll() is None for p in procs):
+    if any(p.returncode for p in procs):
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    time.sleep(0.05)
+sys.exit(next((p.returncode for p in procs if p.returncode), 0))
+"""
+"""Runs the workers of one flow and ends with the first failing exit code (the others killed)."""
+
+
+def group_members(pgid: int) -> list[int]:
+    """Return the live (not zombie) processes of process group `pgid`."""
+    live = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        fields = text[text.rindex(")") + 2 :].split()
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            live.append(int(stat.parent.name))
+    return live
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL every process of the flow's group, then wait until none of them is left."""
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.time() + 30
+    while group_members(proc.pid):
+        assert time.time() < deadline, f"orphans left: {group_members(proc.pid)}"
+        time.sleep(0.05)
+
+
+def run_with_kills(
+    config: ErrorCountConfig,
+    seed: int,
+    windows: list[tuple[float, float]],
+    *,
+    kills_wanted: int = KILLS,
+    processes: int = 1,
+) -> int:
+    """Kill the flow `kills_wanted` times, then let it end; return the number of kills.
+
+    Each kill comes at a random moment of its attempt's window (seconds after the flow starts
+    reading). With several processes the whole group is killed at once.
+    """
     rng = random.Random(seed)
     rdir = config.recovery_dir
     ensure_recovery_dir(rdir)
     args = recovery_args(rdir, 1)
     kills = 0
-    for _attempt in range(40):
+    for _attempt in range(kills_wanted + 40):
         stats = config.stats_path
         if stats.exists():
             stats.unlink()
-        proc = subprocess.Popen(flow_cmd(args), env=env_for(config))
-        if kills < KILLS:
+        proc = start_flow(config, args, processes)
+        if kills < kills_wanted:
             deadline = time.time() + 120
             while not started(stats) and proc.poll() is None and time.time() < deadline:
                 time.sleep(0.01)
             time.sleep(rng.uniform(*windows[kills % len(windows)]))
             if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+                kill_group(proc)
                 kills += 1
                 continue
         assert proc.wait(timeout=600) == 0
+        assert not group_members(proc.pid)
         return kills
     raise AssertionError("the flow did not finish")
 
@@ -110,15 +186,10 @@ def alerts(config: ErrorCountConfig) -> list[str]:
 
 
 def history(config: ErrorCountConfig):
-    t = read_history(config.history_dir)
-    return sorted(
-        zip(
-            t.column("account").to_pylist(),
-            t.column("event_time").to_pylist(),
-            t.column("value").to_pylist(),
-            strict=True,
-        )
-    )
+    """The history rows (account, event time, value), sorted, as one Arrow table."""
+    columns = ["account", "event_time", "value"]
+    t = read_history(config.history_dir).select(columns)
+    return t.sort_by([(c, "ascending") for c in columns]).combine_chunks()
 
 
 def assert_same(clean: ErrorCountConfig, crashed: ErrorCountConfig) -> None:
@@ -128,7 +199,9 @@ def assert_same(clean: ErrorCountConfig, crashed: ErrorCountConfig) -> None:
     s_clean, s_crashed = final_state(clean), final_state(crashed)
     assert len(s_clean) > 100
     assert s_crashed == s_clean
-    assert history(crashed) == history(clean)
+    h_clean, h_crashed = history(clean), history(crashed)
+    assert h_crashed.num_rows == h_clean.num_rows
+    assert h_crashed.equals(h_clean)
 
 
 def test_file_source_survives_kill_9(tmp_path):
@@ -151,41 +224,104 @@ def test_file_source_survives_kill_9(tmp_path):
     assert last.get("read", 0) < total
 
 
-def test_kafka_source_survives_kill_9(tmp_path, kafka_broker, make_topic):
+def fill_topic(bootstrap: str, topic: str, gen: GeneratorConfig) -> int:
+    """Produce the generated events to `topic` keyed by account; return how many."""
     from kafka import KafkaProducer
     from streamml.operators.sources import generate_events
 
-    from tests.dataflows.test_error_count_kafka import read_topic
-
-    topic = make_topic(3)
-    gen = GeneratorConfig(events=360_000, accounts=1_500, seed=9, partitions=1)
     events = generate_events(gen, 0)
     producer = KafkaProducer(
-        bootstrap_servers=kafka_broker, acks="all", linger_ms=20, batch_size=1 << 20
+        bootstrap_servers=bootstrap, acks="all", linger_ms=20, batch_size=1 << 20
     )
     for account, ts in zip(events.accounts.to_pylist(), events.ts.tolist(), strict=True):
         producer.send(topic, key=account, value=b'{"account": "%s", "ts": %d}' % (account, ts))
     producer.flush()
     producer.close()
+    return len(events.ts)
+
+
+def kafka_configs(tmp_path: Path, bootstrap: str, topic: str, make_topic):
+    """Configs of a clean run and of a run with recovery, each with its own alerts topic."""
 
     def kafka_env(alerts_topic: str):
         return (
             ("STREAMML_KAFKA_ALERTS_TOPIC", alerts_topic),
-            ("STREAMML_KAFKA_BROKERS", kafka_broker),
+            ("STREAMML_KAFKA_BROKERS", bootstrap),
             ("STREAMML_KAFKA_STOP_AT_END", "1"),
             ("STREAMML_KAFKA_TOPIC", topic),
         )
 
     source = SourceConfig(kind="kafka")
-    clean_topic, crashed_topic = make_topic(1), make_topic(1)
-    clean = config_for(tmp_path, "clean", source, False, kafka_env(clean_topic))
+    clean = config_for(tmp_path, "clean", source, False, kafka_env(make_topic(1)))
+    crashed = config_for(tmp_path, "crashed", source, True, kafka_env(make_topic(1)))
+    return clean, crashed
+
+
+def assert_kafka_alerts(bootstrap: str, clean: ErrorCountConfig, crashed: ErrorCountConfig):
+    """The alerts topic is written at least once: readers drop repeats by id."""
+    from tests.dataflows.test_error_count_kafka import read_topic
+
+    topic = dict(crashed.kafka_env)["STREAMML_KAFKA_ALERTS_TOPIC"]
+    ids = {orjson.loads(r.value)["id"] for r in read_topic(bootstrap, topic)}
+    assert ids == set(alerts(clean))
+
+
+def test_kafka_source_survives_kill_9(tmp_path, kafka_broker, make_topic):
+    topic = make_topic(3)
+    gen = GeneratorConfig(events=360_000, accounts=1_500, seed=9, partitions=1)
+    produced = fill_topic(kafka_broker, topic, gen)
+    clean, crashed = kafka_configs(tmp_path, kafka_broker, topic, make_topic)
     run_clean(clean)
-    crashed = config_for(tmp_path, "crashed", source, True, kafka_env(crashed_topic))
     kills = run_with_kills(crashed, seed=7, windows=KAFKA_KILL_WINDOWS)
     assert kills >= KILLS
     assert_same(clean, crashed)
-    # The topic is written at least once: readers drop repeats by id.
-    ids = {orjson.loads(r.value)["id"] for r in read_topic(kafka_broker, crashed_topic)}
-    assert ids == set(alerts(clean))
+    assert_kafka_alerts(kafka_broker, clean, crashed)
     last = orjson.loads(crashed.stats_path.read_bytes())["counters"]
-    assert last.get("read", 0) < len(events.ts)
+    assert last.get("read", 0) < produced
+
+
+def test_kafka_source_two_processes_survive_kill_9(tmp_path, kafka_broker, make_topic):
+    topic = make_topic(3)
+    gen = GeneratorConfig(events=500_000, accounts=1_500, seed=11, partitions=1)
+    produced = fill_topic(kafka_broker, topic, gen)
+    clean, crashed = kafka_configs(tmp_path, kafka_broker, topic, make_topic)
+    run_clean(clean)
+    kills = run_with_kills(
+        crashed,
+        seed=17,
+        windows=TWO_PROCESS_KAFKA_WINDOWS,
+        kills_wanted=TWO_PROCESS_KILLS,
+        processes=2,
+    )
+    assert kills >= TWO_PROCESS_KILLS
+    assert_same(clean, crashed)
+    assert_kafka_alerts(kafka_broker, clean, crashed)
+    last = orjson.loads(crashed.stats_path.read_bytes())["counters"]
+    assert last.get("read", 0) < produced
+
+
+def test_file_source_two_processes_survive_kill_9(tmp_path):
+    paths = write_events(
+        tmp_path / "errors.csv",
+        GeneratorConfig(events=3_000_000, accounts=2_000, seed=5),
+        fmt="csv",
+        files=2,
+        junk_rate=0.0001,
+    )
+    assert len(paths) == 2
+    source = SourceConfig(kind="file", paths=tuple(str(p) for p in paths), chunk_bytes=1 << 20)
+    clean = config_for(tmp_path, "clean", source, recovery=False)
+    run_clean(clean)
+    crashed = config_for(tmp_path, "crashed", source, recovery=True)
+    kills = run_with_kills(
+        crashed,
+        seed=43,
+        windows=TWO_PROCESS_FILE_WINDOWS,
+        kills_wanted=TWO_PROCESS_KILLS,
+        processes=2,
+    )
+    assert kills >= TWO_PROCESS_KILLS
+    assert_same(clean, crashed)
+    last = orjson.loads(crashed.stats_path.read_bytes())["counters"]
+    total = orjson.loads(clean.stats_path.read_bytes())["counters"]["read"]
+    assert last.get("read", 0) < total
