@@ -9,12 +9,12 @@ Per request, with the newest metadata the shard has seen (`streamml.operators.as
 the versions, read the online features and the stored on-demand answers in one multi-get per
 shard, and score at once when nothing needs fetching; otherwise submit the fetches (one
 `AsyncFetcher` per service and process, shared by its shards: bounded, retried, one call per
-account in flight shared by its requests) and hold the request until its answers come or its deadline passes
-(`request_ttl_ms` after it arrived; `notify_at` wakes the shard then). At the deadline the
-request is scored with what it has (stale answers, then each feature's missing policy) or ends
-with a timeout record naming the missing `reject` features. Fetched answers are written to the
-on-demand store with their fetch time and the values the routed contracts extract from them, so
-later requests within the TTL use them without fetching or parsing again.
+account in flight shared by its requests) and hold the request until its answers come or its
+deadline passes (`request_ttl_ms` after it arrived; `notify_at` wakes the shard then). At the
+deadline the request is scored with what it has (stale answers, then each feature's missing
+policy) or ends with a timeout record naming the missing `reject` features. Fetched answers are
+written to the on-demand store with their fetch time and the values the routed contracts extract
+from them, so later requests within the TTL use them without fetching or parsing again.
 
 Every request ends once: a `request_id` already pending, or among the last `dedupe_ids` ids the
 shard ended within `dedupe_ms`, is a dead letter `duplicate_request_id` (both bound the memory the
