@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Generic, TypeVar
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
@@ -23,6 +24,8 @@ import pyarrow.parquet as pq
 __all__ = ["DAY_MS", "DayPartitionedWriter", "read_partitioned"]
 
 DAY_MS = 86_400_000
+_CONVERT_ROWS = 512
+"""Buffered records turned into Arrow columns at a time."""
 R = TypeVar("R")
 _PARTITIONING = ds.partitioning(pa.schema([("date", pa.string())]), flavor="hive")
 
@@ -54,6 +57,9 @@ class DayPartitionedWriter(ABC, Generic[R]):
         self.seq = seq
         self.rows_written = 0
         self._buffer: list[R] = []
+        self._tables: list[pa.Table] = []
+        self._days: list[np.ndarray] = []
+        self._converted = 0
 
     @abstractmethod
     def _day_ms(self, record: R) -> int:
@@ -68,40 +74,59 @@ class DayPartitionedWriter(ABC, Generic[R]):
 
     def append(self, record: R) -> None:
         """Buffer one record; flush when `rows_per_flush` are buffered."""
-        self._check(record)
-        self._buffer.append(record)
-        if len(self._buffer) >= self.rows_per_flush:
-            self.flush()
+        self.extend((record,))
 
     def extend(self, records: Iterable[R]) -> None:
-        """Buffer several records."""
+        """Buffer several records; flush when `rows_per_flush` are buffered.
+
+        Records are kept as Arrow columns (a few hundred bytes a row, not Python objects)
+        once `_CONVERT_ROWS` of them have come.
+        """
         for record in records:
-            self.append(record)
+            self._check(record)
+            self._buffer.append(record)
+        if len(self._buffer) >= _CONVERT_ROWS:
+            self._convert()
+        if self.buffered >= self.rows_per_flush:
+            self.flush()
+
+    def _convert(self) -> None:
+        if not self._buffer:
+            return
+        records, self._buffer = self._buffer, []
+        days = np.fromiter((self._day_ms(r) // DAY_MS for r in records), np.int64, len(records))
+        self._tables.append(self._table(records))
+        self._days.append(days)
+        self._converted += len(records)
 
     @property
     def buffered(self) -> int:
         """Records buffered and not yet written."""
-        return len(self._buffer)
+        return self._converted + len(self._buffer)
 
     def flush(self) -> None:
         """Write the buffered records, one file per day, in day order."""
-        if not self._buffer:
+        self._convert()
+        if not self._tables:
             return
-        by_day: dict[int, list[R]] = {}
-        for record in self._buffer:
-            by_day.setdefault(self._day_ms(record) // DAY_MS, []).append(record)
-        self._buffer = []
-        for day_index in sorted(by_day):
-            records = by_day[day_index]
+        table = pa.concat_tables(self._tables) if len(self._tables) > 1 else self._tables[0]
+        days = np.concatenate(self._days)
+        self._tables, self._days, self._converted = [], [], 0
+        for day_index in np.unique(days).tolist():
+            rows = (
+                table
+                if len(days) and (days == day_index).all()
+                else table.filter(pa.array(days == day_index))
+            )
             day = datetime.fromtimestamp(day_index * 86_400, tz=UTC).date().isoformat()
             target = self.dir / f"date={day}"
             target.mkdir(parents=True, exist_ok=True)
             name = f"part-{self.writer_id}-{self.seq:06d}.parquet"
             tmp = target / f".{name}.tmp"
-            pq.write_table(self._table(records), tmp, compression="zstd")
+            pq.write_table(rows, tmp, compression="zstd")
             os.replace(tmp, target / name)
             self.seq += 1
-            self.rows_written += len(records)
+            self.rows_written += rows.num_rows
 
     def close(self) -> None:
         """Flush what is buffered."""
@@ -109,7 +134,7 @@ class DayPartitionedWriter(ABC, Generic[R]):
 
     def discard_from(self, seq: int) -> None:
         """Delete this writer's files numbered `seq` and later, and drop what is buffered."""
-        self._buffer = []
+        self._buffer, self._tables, self._days, self._converted = [], [], [], 0
         prefix = f"part-{self.writer_id}-"
         for path in self.dir.glob(f"date=*/{prefix}*.parquet"):
             tail = path.stem[len(prefix) :]
