@@ -326,7 +326,8 @@ def build_flow(config: PredictFlowConfig) -> Dataflow:
     if predictions_kafka is not None:
         from streamml.operators.kafka import KafkaPredictionSink
 
-        op.output("predictions-kafka", answers, KafkaPredictionSink(predictions_kafka))
+        keyed_answers = op.key_on("predictions-kafka-key", answers, lambda _x: "all")
+        op.output("predictions-kafka", keyed_answers, KafkaPredictionSink(predictions_kafka))
     dead_kafka = _kafka_sink(config, "DEAD_LETTERS_TOPIC")
     if dead_kafka is not None:
         from streamml.operators.kafka import KafkaDeadLetterSink

@@ -43,7 +43,12 @@ from typing import Any, Literal, TypeVar
 
 import orjson
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
-from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from bytewax.outputs import (
+    DynamicSink,
+    FixedPartitionedSink,
+    StatefulSinkPartition,
+    StatelessSinkPartition,
+)
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.errors import TopicAlreadyExistsError
@@ -664,26 +669,86 @@ def _encode_prediction(record: PredictionRecord) -> _Encoded:
     )
 
 
-class KafkaPredictionSink(DynamicSink[PredictionRecord]):
+class _SnapshotFlushPartition(StatefulSinkPartition[X, None]):
+    """Send without waiting; wait for every acknowledgement at each snapshot and at close.
+
+    Records leave within the producer's `linger_ms`; the dataflow thread never waits for the
+    broker except at a snapshot, which is taken before Bytewax commits the epoch, so a record is
+    acknowledged before any resume point past it exists (at least once, like `_ProducerPartition`).
+    """
+
+    def __init__(self, config: KafkaSinkConfig, encode: Callable[[X], _Encoded]):
+        self._topic = config.topic
+        self._flush_timeout_s = config.flush_timeout_s
+        self._encode = encode
+        self._producer = KafkaProducer(**config.producer_kwargs())
+        self._futures: list[Any] = []
+
+    def write_batch(self, items: list[X]) -> None:
+        """Hand every item to the producer; fail on a record the broker already refused."""
+        send, topic, encode = self._producer.send, self._topic, self._encode
+        for item in items:
+            key, value, headers = encode(item)
+            self._futures.append(send(topic, key=key, value=value, headers=headers))
+        if len(self._futures) > 10_000:
+            self._check(done_only=True)
+
+    def _check(self, *, done_only: bool) -> None:
+        pending = []
+        for f in self._futures:
+            if not f.is_done:
+                pending.append(f)
+            elif f.failed():
+                raise RuntimeError(
+                    f"Kafka sink for topic {self._topic!r}: a record was not acknowledged "
+                    f"({f.exception!r}); the flow stops so a restart replays from the last "
+                    "snapshot"
+                )
+        if not done_only and pending:
+            raise RuntimeError(
+                f"Kafka sink for topic {self._topic!r}: {len(pending)} records not acknowledged "
+                f"within {self._flush_timeout_s} s"
+            )
+        self._futures = pending
+
+    def snapshot(self) -> None:
+        """Wait until the broker acknowledged everything sent so far."""
+        self._producer.flush(timeout=self._flush_timeout_s)
+        self._check(done_only=False)
+
+    def close(self) -> None:
+        """Flush, check and close the producer."""
+        self.snapshot()
+        self._producer.close(timeout=self._flush_timeout_s)
+
+
+class KafkaPredictionSink(FixedPartitionedSink[PredictionRecord, None]):
     """Write answering predictions to a topic: key = account, value = JSON, header `request_id`.
 
-    After a restart the flow may send again what it sent since its last snapshot (the same
-    request with the same answer variant); readers keep the first record of each `request_id`.
+    One partition (one producer, on the worker that owns it): items keyed alike reach it. The
+    dataflow does not wait for the broker per batch; every record is acknowledged before the
+    snapshot that follows it. After a restart the flow may send again what it sent since its
+    last snapshot (the same request with the same answer); readers keep the first record of
+    each `request_id`.
     """
 
     def __init__(self, config: KafkaSinkConfig):
-        """Write with `config` (one idempotent producer per worker)."""
+        """Write with `config` (an idempotent producer)."""
         if not isinstance(config, KafkaSinkConfig):
             raise TypeError(
                 f"KafkaPredictionSink: expected a KafkaSinkConfig, got {type(config).__name__}"
             )
         self.config = config
 
-    def build(
-        self, step_id: str, worker_index: int, worker_count: int
-    ) -> StatelessSinkPartition[PredictionRecord]:
-        """Build this worker's producer."""
-        return _ProducerPartition(self.config, _encode_prediction)
+    def list_parts(self) -> list[str]:
+        """Return the single partition."""
+        return ["predictions"]
+
+    def build_part(
+        self, step_id: str, for_part: str, resume_state: None
+    ) -> StatefulSinkPartition[PredictionRecord, None]:
+        """Build the producer."""
+        return _SnapshotFlushPartition(self.config, _encode_prediction)
 
 
 class KafkaAlertSink(DynamicSink[Alert]):

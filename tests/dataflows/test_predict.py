@@ -190,3 +190,50 @@ def test_explain_reproduces_every_stored_prediction(tmp_path: Path, registry, te
     assert all(e.reproduced for e in explained), [e.detail for e in explained if not e.reproduced]
     first = request_ids(requests)[0]
     assert [e.role for e in explain_request(config.store, first, registry)] == ["answer", "shadow"]
+
+
+def test_requests_from_kafka_and_answers_to_a_topic(
+    tmp_path: Path, registry, telemetry, kafka_broker, make_topic
+) -> None:
+    from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+    requests_topic, answers_topic = make_topic(3), make_topic(1)
+    g = RequestGeneratorConfig(requests=600, accounts=300, seed=4, now_ms=NOW)
+    lines = [orjson.dumps(r) for r in generate_requests(g, 0, 0, g.requests).requests]
+    lines.append(b"{broken")
+    producer = KafkaProducer(bootstrap_servers=kafka_broker, acks="all")
+    for line in lines:
+        producer.send(requests_topic, line)
+    producer.flush()
+    producer.close()
+    registry.route(MODEL, live="1", shadow=["3"])
+    config = run_predict_flow(
+        tmp_path,
+        registry,
+        RequestsConfig(kind="kafka"),
+        telemetry_url=telemetry.url,
+        kafka_env=(
+            ("STREAMML_KAFKA_BROKERS", kafka_broker),
+            ("STREAMML_KAFKA_TOPIC", requests_topic),
+            ("STREAMML_KAFKA_START", "earliest"),
+            ("STREAMML_KAFKA_STOP_AT_END", "1"),
+            ("STREAMML_KAFKA_PREDICTIONS_TOPIC", answers_topic),
+        ),
+    )
+    consumer = KafkaConsumer(bootstrap_servers=kafka_broker, enable_auto_commit=False)
+    consumer.assign([TopicPartition(answers_topic, 0)])
+    consumer.seek_to_beginning()
+    records = []
+    deadline = time.time() + 30
+    while len(records) < g.requests and time.time() < deadline:
+        for batch in consumer.poll(timeout_ms=200).values():
+            records += batch
+    consumer.close()
+    ids = sorted(dict(r.headers)["request_id"].decode() for r in records)
+    assert ids == sorted(orjson.loads(line)["request_id"] for line in lines[:-1])
+    bodies = [orjson.loads(r.value) for r in records]
+    assert {b["role"] for b in bodies} == {"answer"} and {b["version"] for b in bodies} == {"1"}
+    assert all(r.key == orjson.loads(r.value)["account"].encode() for r in records)
+    assert [d["reason"] for d in read_lines(config.dead_letters_out)] == ["not_json"]
+    stored = read_predictions(config.store)
+    assert Counter(stored["role"].to_pylist()) == {"answer": 600, "shadow": 600}
