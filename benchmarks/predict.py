@@ -261,6 +261,9 @@ class LatencyResult:
     fetched_ms: list[float]
     telemetry_ms: list[float]
     rss_bytes: list[int]
+    operator_happy_ms: list[float] = field(default_factory=list)
+    operator_fetched_ms: list[float] = field(default_factory=list)
+    """In-operator time (arrival at the shard to scored), from the prediction store."""
 
     @staticmethod
     def quantiles(values: list[float]) -> dict[str, float]:
@@ -389,13 +392,11 @@ def run_latency(
         )
     happy = [(received[r] - t) / 1e6 for r, t in scheduled.items() if r not in cold]
     fetched = [(received[r] - t) / 1e6 for r, t in scheduled.items() if r in cold]
-    table = read_predictions(config.store)
-    telemetry = [
-        row["latency"]["fetch_ms"]
-        for row in table.select(["request_id", "latency"]).to_pylist()
-        if row["request_id"] in cold
-    ]
-    return LatencyResult(rate, n, happy, fetched, telemetry, rss)
+    rows = read_predictions(config.store).select(["request_id", "latency"]).to_pylist()
+    telemetry = [r["latency"]["fetch_ms"] for r in rows if r["request_id"] in cold]
+    op_happy = [r["latency"]["total_ms"] for r in rows if r["request_id"] not in cold]
+    op_fetched = [r["latency"]["total_ms"] for r in rows if r["request_id"] in cold]
+    return LatencyResult(rate, n, happy, fetched, telemetry, rss, op_happy, op_fetched)
 
 
 def broker_hop_ms(bootstrap: str, rate: float, n: int) -> list[float]:
@@ -512,6 +513,9 @@ def _cmd(args: argparse.Namespace) -> int:
         (f"{args.fetch_share:.0%} fetched: fetched path", _fmt(q(mixed.fetched_ms))),
         ("telemetry calls seen by the flow", _fmt(q(mixed.telemetry_ms))),
         ("broker alone: one hop, same rate", _fmt(q(hop))),
+        ("in the operator, no fetches", _fmt(q(base.operator_happy_ms))),
+        ("in the operator, happy path", _fmt(q(mixed.operator_happy_ms))),
+        ("in the operator, fetched path", _fmt(q(mixed.operator_fetched_ms))),
     ]
     print(f"end-to-end latency over Kafka, open loop at {args.rate:,.0f} requests/s (ms):")
     print(format_table(rows, headers=["path", "latency ms"]))
