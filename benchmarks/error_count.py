@@ -33,7 +33,8 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
-from streamml.dataflows.error_count import KAFKA_PREFIX, ErrorCountConfig, SourceConfig
+from streamml.dataflows.environment import KAFKA_PREFIX
+from streamml.dataflows.error_count import ErrorCountConfig, SourceConfig
 from streamml.operators.sources import GeneratorConfig
 from streamml.state.layout import StateLayout
 from streamml.state.online import OnlineStore

@@ -51,6 +51,7 @@ from pathlib import Path
 
 from bytewax import operators as op
 from bytewax.dataflow import Dataflow
+from streamml.dataflows.environment import Env, kafka_sink
 from streamml.operators.decode import Decoded, decode_events
 from streamml.operators.recovery_state import (
     bind_recovery_dir,
@@ -74,7 +75,6 @@ from streamml.state.sources import SourceRegistry
 __all__ = ["ErrorCountConfig", "SourceConfig", "build_flow", "prepare_state"]
 
 PIPELINE_VERSION = "error_count/1"
-KAFKA_PREFIX = "STREAMML_KAFKA_"
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,13 +126,8 @@ class ErrorCountConfig:
         """Build the config from ``STREAMML_*`` variables (see the module docstring)."""
         env = os.environ if env is None else env
 
-        def get(name: str, default: str | None = None) -> str | None:
-            value = env.get(f"STREAMML_{name}")
-            return value if value not in (None, "") else default
-
-        def path(name: str) -> Path | None:
-            value = get(name)
-            return Path(value) if value else None
+        e = Env(env)
+        get, path = e.get, e.path
 
         state_dir = path("STATE_DIR")
         if state_dir is None:
@@ -173,7 +168,7 @@ class ErrorCountConfig:
             else state_dir / "history",
             stats_path=path("STATS_PATH"),
             pipeline_version=get("PIPELINE_VERSION", PIPELINE_VERSION) or PIPELINE_VERSION,
-            kafka_env=tuple(sorted((k, v) for k, v in env.items() if k.startswith(KAFKA_PREFIX))),
+            kafka_env=e.kafka(),
             recovery_dir=path("RECOVERY_DIR"),
             settle_ms=int(get("SETTLE_MS", str(DEFAULT_SETTLE_MS))),
         )
@@ -303,16 +298,6 @@ def _json_lines_out(config: ErrorCountConfig, field: str, stream) -> None:
     op.output(step, _one_key(f"{step}-key", stream), sink)
 
 
-def _kafka_sink(config: ErrorCountConfig, topic_var: str):
-    """Return the Kafka sink config for `topic_var` if that topic is configured, else None."""
-    env = dict(config.kafka_env)
-    if not env.get(KAFKA_PREFIX + topic_var):
-        return None
-    from streamml.operators.kafka import KafkaSinkConfig
-
-    return KafkaSinkConfig.from_env(topic_var=topic_var, env=env)
-
-
 def _one_key(step_id: str, stream):
     """Key every item alike: single-partition sinks then get every item on one worker."""
     return op.key_on(step_id, stream, lambda _item: "all")
@@ -342,12 +327,12 @@ def build_flow(config: ErrorCountConfig) -> Dataflow:
     alerts = op.flat_map("alerts", updates, lambda u: u.alerts)
     if config.alerts_out is not None:
         _json_lines_out(config, "alerts_out", alerts)
-    alerts_kafka = _kafka_sink(config, "ALERTS_TOPIC")
+    alerts_kafka = kafka_sink(config.kafka_env, "ALERTS_TOPIC")
     if alerts_kafka is not None:
         from streamml.operators.kafka import KafkaAlertSink
 
         op.output("alerts-kafka", alerts, KafkaAlertSink(alerts_kafka))
-    dead_kafka = _kafka_sink(config, "DEAD_LETTERS_TOPIC")
+    dead_kafka = kafka_sink(config.kafka_env, "DEAD_LETTERS_TOPIC")
     if dead_kafka is not None:
         from streamml.operators.kafka import KafkaDeadLetterSink
 

@@ -53,6 +53,7 @@ from pathlib import Path
 
 from bytewax import operators as op
 from bytewax.dataflow import Dataflow
+from streamml.dataflows.environment import Env, kafka_sink
 from streamml.onnx_models import ModelRegistry
 from streamml.onnx_models.speedtests import RequestGeneratorConfig
 from streamml.operators.fetch import FetchConfig
@@ -77,7 +78,6 @@ from streamml.state.sharding import shard_of
 __all__ = ["PIPELINE_VERSION", "PredictFlowConfig", "RequestsConfig", "build_flow", "prepare"]
 
 PIPELINE_VERSION = "predict/1"
-KAFKA_PREFIX = "STREAMML_KAFKA_"
 TELEMETRY_SERVICE = "telemetry"
 
 
@@ -141,13 +141,8 @@ class PredictFlowConfig:
         """Build the config from ``STREAMML_*`` variables (see the module docstring)."""
         env = os.environ if env is None else env
 
-        def get(name: str, default: str | None = None) -> str | None:
-            value = env.get(f"STREAMML_{name}")
-            return value if value not in (None, "") else default
-
-        def path(name: str) -> Path | None:
-            value = get(name)
-            return Path(value) if value else None
+        e = Env(env)
+        get, path = e.get, e.path
 
         state_dir, registry = path("STATE_DIR"), path("REGISTRY")
         if state_dir is None or registry is None:
@@ -184,7 +179,7 @@ class PredictFlowConfig:
             stats_path=path("STATS_PATH"),
             pipeline_version=get("PIPELINE_VERSION", PIPELINE_VERSION) or PIPELINE_VERSION,
             recovery_dir=path("RECOVERY_DIR"),
-            kafka_env=tuple(sorted((k, v) for k, v in env.items() if k.startswith(KAFKA_PREFIX))),
+            kafka_env=e.kafka(),
         )
 
     def to_env(self) -> dict[str, str]:
@@ -259,15 +254,6 @@ def _decode(item):
     return decode_request_batch(item)
 
 
-def _kafka_sink(config: PredictFlowConfig, topic_var: str):
-    env = dict(config.kafka_env)
-    if not env.get(KAFKA_PREFIX + topic_var):
-        return None
-    from streamml.operators.kafka import KafkaSinkConfig
-
-    return KafkaSinkConfig.from_env(topic_var=topic_var, env=env)
-
-
 def _output_stats(item: tuple[str, PredictOutput]) -> dict[str, int]:
     return item[1].counts
 
@@ -322,13 +308,13 @@ def build_flow(config: PredictFlowConfig) -> Dataflow:
             step = _FILE_OUTPUTS[name]
             keyed = op.key_on(f"{step}-key", stream, lambda _x: "all")
             op.output(step, keyed, JsonLinesSink(path, recovery_dir=config.recovery_dir))
-    predictions_kafka = _kafka_sink(config, "PREDICTIONS_TOPIC")
+    predictions_kafka = kafka_sink(config.kafka_env, "PREDICTIONS_TOPIC")
     if predictions_kafka is not None:
         from streamml.operators.kafka import KafkaPredictionSink
 
         keyed_answers = op.key_on("predictions-kafka-key", answers, lambda _x: "all")
         op.output("predictions-kafka", keyed_answers, KafkaPredictionSink(predictions_kafka))
-    dead_kafka = _kafka_sink(config, "DEAD_LETTERS_TOPIC")
+    dead_kafka = kafka_sink(config.kafka_env, "DEAD_LETTERS_TOPIC")
     if dead_kafka is not None:
         from streamml.operators.kafka import KafkaDeadLetterSink
 

@@ -73,13 +73,7 @@ def number_at(compiled: jmespath.parser.ParsedResult, doc: Any) -> float | None:
         value = compiled.search(doc)
     except jmespath.exceptions.JMESPathError:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    try:
-        number = float(value)
-    except OverflowError:
-        return None
-    return number if math.isfinite(number) else None
+    return _finite(value)
 
 
 def _field_path(node: Any) -> tuple[str, ...] | None:

@@ -177,25 +177,26 @@ def load_metadata(registry: ModelRegistry | str | os.PathLike[str]) -> ModelMeta
         return ModelMetadata(revision, tuple(_entry(registry, n) for n in registry.names()))
 
 
-class _MetadataPartition(StatelessSourcePartition[ModelMetadata]):
-    def __init__(
-        self, registry: ModelRegistry, interval_s: float, until: Callable[[], bool] | None
-    ) -> None:
-        self._registry = registry
-        self._interval = timedelta(seconds=interval_s)
-        self._until = until
+class _RegistryPoller:
+    """Read the registry's revision at most every `interval_s`; a new snapshot when it moved."""
+
+    def __init__(self, registry: ModelRegistry, interval_s: float) -> None:
+        self.registry = registry
+        self.interval = timedelta(seconds=interval_s)
+        self.due = datetime.now(UTC)
         self._last: int | None = None
-        self._awake = datetime.now(UTC)
         self._error: str | None = None
 
-    def next_batch(self) -> list[ModelMetadata]:
-        if self._until is not None and self._until():
-            raise StopIteration
-        self._awake = datetime.now(UTC) + self._interval
+    def poll(self) -> list[ModelMetadata]:
+        """Return ``[snapshot]`` when due and changed (or first), else ``[]``; never raises."""
+        now = datetime.now(UTC)
+        if now < self.due:
+            return []
+        self.due = now + self.interval
         try:
-            if self._last is not None and self._registry.revision() == self._last:
+            if self._last is not None and self.registry.revision() == self._last:
                 return []
-            snapshot = load_metadata(self._registry)
+            snapshot = load_metadata(self.registry)
         except (RegistryError, OSError) as exc:
             if str(exc) != self._error:
                 _log.warning("model metadata not refreshed, retrying: %s", exc)
@@ -205,8 +206,21 @@ class _MetadataPartition(StatelessSourcePartition[ModelMetadata]):
         self._last = snapshot.revision
         return [snapshot]
 
+
+class _MetadataPartition(StatelessSourcePartition[ModelMetadata]):
+    def __init__(
+        self, registry: ModelRegistry, interval_s: float, until: Callable[[], bool] | None
+    ) -> None:
+        self._poller = _RegistryPoller(registry, interval_s)
+        self._until = until
+
+    def next_batch(self) -> list[ModelMetadata]:
+        if self._until is not None and self._until():
+            raise StopIteration
+        return self._poller.poll()
+
     def next_awake(self) -> datetime | None:
-        return self._awake
+        return self._poller.due
 
 
 class MetadataSource(DynamicSource[ModelMetadata]):
@@ -242,32 +256,10 @@ class MetadataSource(DynamicSource[ModelMetadata]):
 class _WithMetadataPartition(StatefulSourcePartition[Any, Any]):
     def __init__(self, inner: StatefulSourcePartition, registry: ModelRegistry, interval_s: float):
         self._inner = inner
-        self._registry = registry
-        self._interval = timedelta(seconds=interval_s)
-        self._due = datetime.now(UTC)
-        self._last: int | None = None
-        self._error: str | None = None
-
-    def _poll(self) -> list[ModelMetadata]:
-        now = datetime.now(UTC)
-        if now < self._due:
-            return []
-        self._due = now + self._interval
-        try:
-            if self._last is not None and self._registry.revision() == self._last:
-                return []
-            snapshot = load_metadata(self._registry)
-        except (RegistryError, OSError) as exc:
-            if str(exc) != self._error:
-                _log.warning("model metadata not refreshed, retrying: %s", exc)
-                self._error = str(exc)
-            return []
-        self._error = None
-        self._last = snapshot.revision
-        return [snapshot]
+        self._poller = _RegistryPoller(registry, interval_s)
 
     def next_batch(self) -> list[Any]:
-        meta = self._poll()
+        meta = self._poller.poll()
         batch = self._inner.next_batch()
         return [*meta, *batch] if meta else batch
 
@@ -275,7 +267,7 @@ class _WithMetadataPartition(StatefulSourcePartition[Any, Any]):
         inner = self._inner.next_awake()
         if inner is None:
             return None
-        return min(inner, self._due)
+        return min(inner, self._poller.due)
 
     def snapshot(self) -> Any:
         return self._inner.snapshot()

@@ -10,18 +10,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from streamml.console import Progress, format_table, human
+from streamml.console import Progress, human
+from streamml.dataflows.environment import KAFKA_PREFIX
 from streamml.dataflows.predict import (
-    KAFKA_PREFIX,
     PredictFlowConfig,
     RequestsConfig,
     prepare,
 )
 from streamml.onnx_models.speedtests import RequestGeneratorConfig
 from streamml.recovery import ensure_recovery_dir, recovery_args
-from streamml.runner import RunResult, run_flow_processes
+from streamml.runner import RunResult, report_run, run_flow_processes
 from streamml.state.errors import RefusedError
-from streamml.worker import REFUSED_EXIT
 
 __all__ = ["add_parser", "config_from_args", "run_predict", "summary_rows"]
 
@@ -230,22 +229,4 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         except (ValueError, RefusedError, OSError) as exc:
             print(f"streamml run predict: {exc}", file=sys.stderr)
             return 2
-    if result.returncode == REFUSED_EXIT:
-        print("streamml run predict: the run was refused (see above)", file=sys.stderr)
-        return 2
-    if result.returncode != 0:
-        print(f"streamml run predict: the flow failed (exit {result.returncode})", file=sys.stderr)
-        return 1
-    if args.json:
-        import orjson
-
-        body = {
-            "counters": result.counters,
-            "wall_s": result.wall_s,
-            "cpu_s": result.cpu_s,
-            "peak_rss_bytes": result.peak_rss_bytes,
-        }
-        print(orjson.dumps(body).decode())
-    else:
-        print(format_table(summary_rows(result), headers=["predict", "value"]))
-    return 0
+    return report_run("predict", result, summary_rows(result), as_json=args.json)

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from streamml import predict_cli
-from streamml.console import Progress, format_table, human
+from streamml.console import Progress, human
+from streamml.dataflows.environment import KAFKA_PREFIX
 from streamml.dataflows.error_count import (
-    KAFKA_PREFIX,
     ErrorCountConfig,
     SourceConfig,
     prepare_state,
@@ -24,10 +24,9 @@ from streamml.operators.sources import (
     read_csv_header,
 )
 from streamml.recovery import ensure_recovery_dir, recovery_args
-from streamml.runner import RunResult, run_flow_processes
+from streamml.runner import RunResult, report_run, run_flow_processes
 from streamml.state.errors import RefusedError
 from streamml.state.layout import StateLayout
-from streamml.worker import REFUSED_EXIT
 
 __all__ = ["config_from_args", "register", "run_error_count", "summary_rows"]
 
@@ -308,24 +307,4 @@ def _cmd_error_count(args: argparse.Namespace) -> int:
         except (ValueError, RefusedError) as exc:
             print(f"streamml run error-count: {exc}", file=sys.stderr)
             return 2
-    if result.returncode == REFUSED_EXIT:
-        print("streamml run error-count: the run was refused (see above)", file=sys.stderr)
-        return 2
-    if result.returncode != 0:
-        print(
-            f"streamml run error-count: the flow failed (exit {result.returncode})", file=sys.stderr
-        )
-        return 1
-    if args.json:
-        import orjson
-
-        body = {
-            "counters": result.counters,
-            "wall_s": result.wall_s,
-            "cpu_s": result.cpu_s,
-            "peak_rss_bytes": result.peak_rss_bytes,
-        }
-        print(orjson.dumps(body).decode())
-    else:
-        print(format_table(summary_rows(result), headers=["error-count", "value"]))
-    return 0
+    return report_run("error-count", result, summary_rows(result), as_json=args.json)

@@ -14,9 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from streamml.console import format_table
 from streamml.operators.sinks import read_stats
+from streamml.worker import REFUSED_EXIT
 
-__all__ = ["RunResult", "free_ports", "run_flow_processes"]
+__all__ = ["RunResult", "free_ports", "report_run", "run_flow_processes"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,3 +121,26 @@ def run_flow_processes(
         else:
             sys.stderr.write(text[-8000:])
     return RunResult(rc, (stats or {}).get("counters", {}), wall, cpu, peak)
+
+
+def report_run(flow: str, result: RunResult, rows: list[tuple[str, str]], *, as_json: bool) -> int:
+    """Print how a `streamml run FLOW` ended (summary table or JSON); return the exit code."""
+    if result.returncode == REFUSED_EXIT:
+        print(f"streamml run {flow}: the run was refused (see above)", file=sys.stderr)
+        return 2
+    if result.returncode != 0:
+        print(f"streamml run {flow}: the flow failed (exit {result.returncode})", file=sys.stderr)
+        return 1
+    if as_json:
+        import orjson
+
+        body = {
+            "counters": result.counters,
+            "wall_s": result.wall_s,
+            "cpu_s": result.cpu_s,
+            "peak_rss_bytes": result.peak_rss_bytes,
+        }
+        print(orjson.dumps(body).decode())
+    else:
+        print(format_table(rows, headers=[flow, "value"]))
+    return 0

@@ -1,0 +1,41 @@
+"""Reading a flow's ``STREAMML_*`` environment variables (shared by the flows' configs)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+__all__ = ["KAFKA_PREFIX", "Env", "kafka_sink"]
+
+KAFKA_PREFIX = "STREAMML_KAFKA_"
+
+
+class Env:
+    """``STREAMML_*`` variables of `env`: an empty value counts as unset."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        """Return ``STREAMML_{name}``, or `default` when unset or empty."""
+        value = self.env.get(f"STREAMML_{name}")
+        return value if value not in (None, "") else default
+
+    def path(self, name: str) -> Path | None:
+        """Return ``STREAMML_{name}`` as a path, or None."""
+        value = self.get(name)
+        return Path(value) if value else None
+
+    def kafka(self) -> tuple[tuple[str, str], ...]:
+        """Return the ``STREAMML_KAFKA_*`` variables, sorted."""
+        return tuple(sorted((k, v) for k, v in self.env.items() if k.startswith(KAFKA_PREFIX)))
+
+
+def kafka_sink(kafka_env: tuple[tuple[str, str], ...], topic_var: str):
+    """Return the Kafka sink config for `topic_var` if that topic is configured, else None."""
+    env = dict(kafka_env)
+    if not env.get(KAFKA_PREFIX + topic_var):
+        return None
+    from streamml.operators.kafka import KafkaSinkConfig
+
+    return KafkaSinkConfig.from_env(topic_var=topic_var, env=env)
