@@ -19,7 +19,7 @@ from streamml.dataflows.predict import (
 )
 from streamml.onnx_models.speedtests import RequestGeneratorConfig
 from streamml.recovery import ensure_recovery_dir, recovery_args
-from streamml.runner import RunResult, report_run, run_flow_processes
+from streamml.runner import RunResult, cost_rows, report_run, run_flow_processes
 from streamml.state.errors import RefusedError
 
 __all__ = ["add_parser", "config_from_args", "run_predict", "summary_rows"]
@@ -211,10 +211,7 @@ def summary_rows(result: RunResult) -> list[tuple[str, str]]:
         rows.append((key.replace(".", " "), human(c[key])))
     rows += [
         ("deadline reached", human(c.get("deadline_reached", 0))),
-        ("wall seconds", f"{result.wall_s:.2f}"),
-        ("requests/s", human(c.get("requests", 0) / max(result.wall_s, 1e-9))),
-        ("CPU seconds", f"{result.cpu_s:.2f}"),
-        ("peak RSS MiB", f"{result.peak_rss_bytes / 2**20:.0f}"),
+        *cost_rows(result, "requests/s", c.get("requests", 0)),
     ]
     return rows
 

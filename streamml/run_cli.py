@@ -24,7 +24,7 @@ from streamml.operators.sources import (
     read_csv_header,
 )
 from streamml.recovery import ensure_recovery_dir, recovery_args
-from streamml.runner import RunResult, report_run, run_flow_processes
+from streamml.runner import RunResult, cost_rows, report_run, run_flow_processes
 from streamml.state.errors import RefusedError
 from streamml.state.layout import StateLayout
 
@@ -282,10 +282,7 @@ def summary_rows(result: RunResult) -> list[tuple[str, str]]:
         rows.append((f"  {key.removeprefix('dead.')}", human(c[key])))
     rows += [
         ("alerts", human(c.get("alerts", 0))),
-        ("wall seconds", f"{result.wall_s:.2f}"),
-        ("events/s", human(c.get("read", 0) / max(result.wall_s, 1e-9))),
-        ("CPU seconds", f"{result.cpu_s:.2f}"),
-        ("peak RSS MiB", f"{result.peak_rss_bytes / 2**20:.0f}"),
+        *cost_rows(result, "events/s", c.get("read", 0)),
     ]
     return rows
 

@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from streamml.console import format_table
+from streamml.console import format_table, human
 from streamml.operators.sinks import read_stats
 from streamml.worker import REFUSED_EXIT
 
-__all__ = ["RunResult", "free_ports", "report_run", "run_flow_processes"]
+__all__ = ["RunResult", "cost_rows", "free_ports", "report_run", "run_flow_processes"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,3 +144,13 @@ def report_run(flow: str, result: RunResult, rows: list[tuple[str, str]], *, as_
     else:
         print(format_table(rows, headers=[flow, "value"]))
     return 0
+
+
+def cost_rows(result: RunResult, rate_name: str, count: int) -> list[tuple[str, str]]:
+    """Return the summary rows of what a run cost: wall time, `count` per second, CPU, RSS."""
+    return [
+        ("wall seconds", f"{result.wall_s:.2f}"),
+        (rate_name, human(count / max(result.wall_s, 1e-9))),
+        ("CPU seconds", f"{result.cpu_s:.2f}"),
+        ("peak RSS MiB", f"{result.peak_rss_bytes / 2**20:.0f}"),
+    ]
