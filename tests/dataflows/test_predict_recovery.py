@@ -106,3 +106,17 @@ def test_a_promotion_mid_stream_switches_versions_without_loss(tmp_path: Path, r
     versions = Counter((a["metadata_revision"], a["version"]) for a in answers)
     assert set(versions) == {(before, "1"), (after, "2")}, versions
     assert versions[(after, "2")] > 0 and versions[(before, "1")] >= 2000
+
+
+def test_two_processes_answer_every_request_once(tmp_path: Path, registry, telemetry) -> None:
+    from streamml.runner import run_flow_processes
+
+    registry.route(MODEL, split={"1": 0.5, "2": 0.5}, experiment="two", shadow=["3"])
+    config = config_for(tmp_path, registry, 4000, telemetry_url=telemetry.url)
+    result = run_flow_processes(FLOW, config.to_env(), processes=2)
+    assert result.returncode == 0
+    ids = all_ids(config)
+    assert sorted(a["request_id"] for a in read_lines(config.predictions_out)) == ids
+    stored = read_predictions(config.store).to_pylist()
+    assert Counter(r["role"] for r in stored) == {"answer": len(ids), "shadow": len(ids)}
+    assert {r["variant"] for r in stored} == {"ab:1", "ab:2", "shadow:3"}
