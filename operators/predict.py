@@ -212,6 +212,11 @@ class _PredictLogic(StatefulBatchLogic[Any, PredictOutput, Any]):
     def _fresh_out(self) -> dict[str, Any]:
         return {"predictions": [], "timeouts": [], "dead": [], "counts": Counter()}
 
+    def _current(self, deadline: int, rid: str) -> bool:
+        """Whether a deadline entry belongs to a request still pending (not an earlier one)."""
+        p = self.pending.get(rid)
+        return p is not None and p.deadline_ns == deadline
+
     def _hold(self, p: _Pending) -> None:
         self.pending[p.request.request_id] = p
         heapq.heappush(self.deadlines, (p.deadline_ns, p.request.request_id))
@@ -394,9 +399,9 @@ class _PredictLogic(StatefulBatchLogic[Any, PredictOutput, Any]):
         """End the requests whose deadline has passed, with what they have."""
         due = []
         while self.deadlines and self.deadlines[0][0] <= now:
-            _, rid = heapq.heappop(self.deadlines)
+            deadline, rid = heapq.heappop(self.deadlines)
             p = self.pending.get(rid)
-            if p is not None:
+            if p is not None and p.deadline_ns == deadline:
                 due.append(p)
                 self.waiting.discard(rid)
         if not due:
@@ -506,7 +511,7 @@ class _PredictLogic(StatefulBatchLogic[Any, PredictOutput, Any]):
         moments = []
         if self.waiting:
             moments.append(time.time() + self.config.poll_interval_ms / 1000.0)
-        while self.deadlines and self.deadlines[0][1] not in self.pending:
+        while self.deadlines and not self._current(*self.deadlines[0]):
             heapq.heappop(self.deadlines)
         if self.deadlines:
             moments.append(self.deadlines[0][0] / 1e9)

@@ -14,6 +14,7 @@ from streamml.operators.predict import PredictConfig, _PredictLogic
 from streamml.operators.records import PredictionRequest
 from streamml.operators.requests import parse_request
 from streamml.state.layout import StateLayout
+from streamml.state.ondemand import OnDemandStore
 
 from streamml.telemetry import TelemetryConfig
 from streamml.telemetry_process import start_telemetry_process
@@ -105,4 +106,27 @@ def test_without_metadata_requests_time_out(tmp_path, slow_service) -> None:
         ("r0", "no_metadata")
     ]
     assert logic.pending == {}
+    logic.close()
+
+
+def test_a_reused_request_id_keeps_its_own_deadline(tmp_path, slow_service) -> None:
+    config = make_config(tmp_path, slow_service.url)
+    config = PredictConfig(**{**config.__dict__, "dedupe_ids": 0})
+    store = OnDemandStore(config.state_dir)
+    answer = orjson.dumps({"devices": [{"rssi_dbm": -60, "noise_dbm": -90}]})
+    store.put_many(0, "telemetry", [(b"acct-warm", NOW, answer)])
+    store.close()
+    meta = load_metadata(config.registry_dir)
+    logic = _PredictLogic(config, None)
+    out, _ = logic.on_batch([meta, request("r0", "acct-warm")])
+    assert ended(out) == ["r0"]
+    time.sleep(0.1)
+    logic.on_batch([request("r0", "acct-cold")])
+    assert "r0" in logic.pending
+    time.sleep(TTL_MS / 1000 - 0.05)
+    out, _ = logic.on_notify()
+    assert ended(out) == [] and "r0" in logic.pending
+    time.sleep(0.15)
+    out, _ = logic.on_notify()
+    assert ended(out) == ["r0"] and logic.pending == {}
     logic.close()
