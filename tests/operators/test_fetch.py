@@ -1,4 +1,4 @@
-"""AsyncFetcher against a real aiohttp server on loopback, and FetchingLogic in real dataflows."""
+"""AsyncFetcher against a real aiohttp server on loopback."""
 
 from __future__ import annotations
 
@@ -10,18 +10,11 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import timedelta
-from typing import ClassVar
 
 import orjson
 import pytest
 from aiohttp import web
-from bytewax import operators as op
-from bytewax.dataflow import Dataflow
-from bytewax.recovery import RecoveryConfig, init_db_dir
-from bytewax.testing import TestingSink, TestingSource, run_main
 from streamml.operators.fetch import LOOP_THREAD_NAME, AsyncFetcher, FetchConfig, FetchResult
-from streamml.operators.fetch_logic import FetchingLogic, FetchSnapshot
 
 
 @dataclass
@@ -315,105 +308,3 @@ def test_a_dropped_fetcher_releases_the_loop_thread(server):
     gc.collect()
     thread.join(5)
     assert not thread.is_alive()
-
-
-class _Enrich(FetchingLogic[tuple[str, str], tuple, int]):
-    """Emits ``(request_id, account, ok, document, how)``; counts requests in its own state."""
-
-    built: ClassVar[list[_Enrich]] = []
-
-    def __init__(self, config: FetchConfig, resume: FetchSnapshot[int] | None) -> None:
-        super().__init__(AsyncFetcher(config), resume)
-        self.resume = resume
-        self.seen = self.resumed_state or 0
-        self.how = "notify"
-        _Enrich.built.append(self)
-
-    def on_batch(self, values):
-        for account, request_id in values:
-            self.fetcher.submit(account, request_id)
-            self.seen += 1
-        return self.collect(), FetchingLogic.RETAIN
-
-    def on_eof(self):
-        self.how = "eof"
-        return super().on_eof()
-
-    def on_results(self, results):
-        return [(t, r.key, r.ok, r.document, self.how) for r in results for t in r.tokens]
-
-    def state_snapshot(self) -> int:
-        return self.seen
-
-
-@pytest.fixture
-def logics():
-    _Enrich.built = []
-    yield _Enrich.built
-    for logic in _Enrich.built:
-        logic.close()
-    _Enrich.built = []
-
-
-def enrich_flow(config: FetchConfig, items: list, out: list) -> Dataflow:
-    flow = Dataflow("enrich")
-    inp = op.input("in", flow, TestingSource(items))
-    enriched = op.stateful_batch("fetch", inp, lambda resume: _Enrich(config, resume))
-    op.output("out", enriched, TestingSink(out))
-    return flow
-
-
-def test_logic_emits_results_on_notify_while_input_is_idle(server, logics):
-    server.plan("b", Step(delay_s=0.05))
-    items = [
-        ("shard-000", ("a", "r1")),
-        ("shard-000", ("b", "r2")),
-        ("shard-001", ("a", "r3")),
-        TestingSource.PAUSE(timedelta(milliseconds=500)),
-        ("shard-000", ("b", "r4")),
-    ]
-    out: list = []
-    run_main(enrich_flow(FetchConfig(server.url), items, out))
-    rows = {v[0]: (k, *v[1:]) for k, v in out}
-    assert set(rows) == {"r1", "r2", "r3", "r4"}
-    assert rows["r1"][:3] == ("shard-000", "a", True)
-    assert rows["r1"][3]["account"] == "a"
-    assert rows["r3"][0] == "shard-001"
-    assert all(rows[r][4] == "notify" for r in ("r1", "r2", "r3"))
-    assert rows["r4"][4] == "eof" and rows["r4"][3]["call"] == 2
-    assert server.calls["b"] == 2
-    assert len(logics) == 2
-
-
-def test_logic_resumed_from_a_snapshot_fetches_in_flight_keys_again(server, logics, tmp_path):
-    server.plan("slow", Step(delay_s=30), Step())
-    config = FetchConfig(server.url, timeout_ms=60_000)
-    items = [
-        ("shard-000", ("slow", "r1")),
-        ("shard-000", ("slow", "r2")),
-        ("shard-000", ("fast", "r3")),
-        TestingSource.PAUSE(timedelta(milliseconds=300)),
-        TestingSource.ABORT(),
-    ]
-    init_db_dir(tmp_path, 1)
-    recovery = RecoveryConfig(str(tmp_path))
-    epoch = timedelta(milliseconds=20)
-
-    out: list = []
-    run_main(enrich_flow(config, items, out), epoch_interval=epoch, recovery_config=recovery)
-    assert [v[0] for _k, v in out] == ["r3"]
-    assert server.calls["slow"] == 1
-    (first,) = logics
-    assert first.resume is None
-    assert first.snapshot() == FetchSnapshot((("slow", ("r1", "r2")),), 3)
-    first.close()
-
-    out2: list = []
-    run_main(enrich_flow(config, items, out2), epoch_interval=epoch, recovery_config=recovery)
-    second = logics[1]
-    assert second.resume is not None and second.resume.in_flight == (("slow", ("r1", "r2")),)
-    assert second.resumed_state == 3
-    answered = {v[0]: v for _k, v in out2}
-    assert set(answered) == {"r1", "r2"}
-    assert answered["r1"][1:4] == ("slow", True, {"account": "slow", "call": 2})
-    assert server.calls["slow"] == 2 and server.calls["fast"] == 1
