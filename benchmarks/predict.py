@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import signal
 import statistics
 import subprocess
 import sys
@@ -42,6 +41,7 @@ from streamml.state.predictions import read_predictions
 from streamml.state.rolling_store import RollingStateStore, empty_records
 from streamml.state.sharding import shard_of
 
+from streamml.processes import interrupt
 from streamml.runner import run_flow_processes
 
 __all__ = [
@@ -378,11 +378,7 @@ def run_latency(
     finally:
         done.set()
         producer.close()
-        flow.send_signal(signal.SIGINT)
-        try:
-            flow.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            flow.kill()
+        interrupt(flow, 30)
     missing = [rid for rid in scheduled if rid not in received]
     if missing:
         log.seek(0)

@@ -4,8 +4,9 @@ The Kafka connector (`streamml.operators.kafka`), the scoring operator
 (`streamml.operators.scoring`), the asynchronous fetcher (`streamml.operators.fetch`), the
 prediction operator (`streamml.operators.predict`), the model metadata stream
 (`streamml.operators.metadata`), prediction explanations (`streamml.operators.explain`) and the
-request generator (`streamml.operators.request_source`) are imported from their modules, so flows that use none of
-them do not load kafka-python, the model registry, ONNX Runtime or aiohttp.
+request generator (`streamml.operators.request_source`) are imported from their modules, so
+flows that use none of them do not load kafka-python, the model registry, ONNX Runtime or
+aiohttp.
 """
 
 from streamml.operators.decode import (

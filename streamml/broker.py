@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import signal
 import socket
 import struct
 import subprocess
@@ -21,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
+
+from streamml.processes import die_with_parent, interrupt
 
 __all__ = [
     "BrokerError",
@@ -128,17 +129,6 @@ def _recv_exact(conn: socket.socket, n: int) -> bytes:
     return bytes(buf)
 
 
-def _die_with_parent() -> None:
-    """Ask Linux to SIGTERM the broker when the process that started it dies."""
-    if sys.platform != "linux":
-        return
-    with contextlib.suppress(Exception):
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
 class BrokerProcess:
     """A running tansu broker; a context manager that stops it on exit."""
 
@@ -176,13 +166,7 @@ class BrokerProcess:
         tansu exits at once on SIGINT; on SIGTERM it waits about 5 s for open client
         connections to drain.
         """
-        if self._proc.poll() is None:
-            self._proc.send_signal(signal.SIGINT)
-            try:
-                self._proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait(timeout=timeout)
+        interrupt(self._proc, timeout)
         with contextlib.suppress(OSError):
             self.log_path.unlink()
 
@@ -220,7 +204,7 @@ def _launch(binary: Path, host: str, port: int, storage: str) -> BrokerProcess:
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            preexec_fn=die_with_parent if sys.platform == "linux" else None,
         )
     return BrokerProcess(proc, host, port, Path(log_name))
 

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import collections
 import re
-import signal
 import subprocess
 import sys
 import threading
 from types import TracebackType
 
-from streamml.broker import _die_with_parent
+from streamml.processes import die_with_parent, interrupt
 from streamml.telemetry import TelemetryConfig
 
 __all__ = ["TelemetryProcess", "start_telemetry_process"]
@@ -41,14 +40,7 @@ class TelemetryProcess:
 
     def stop(self, timeout: float = 10.0) -> int:
         """Stop the process (SIGINT, then SIGKILL after `timeout`); return its exit code."""
-        if self._proc.poll() is None:
-            self._proc.send_signal(signal.SIGINT)
-            try:
-                self._proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait(timeout=timeout)
-        return int(self._proc.returncode)
+        return interrupt(self._proc, timeout)
 
     def __enter__(self) -> TelemetryProcess:
         return self
@@ -81,7 +73,7 @@ def start_telemetry_process(
         stderr=subprocess.STDOUT,
         text=True,
         stdin=subprocess.DEVNULL,
-        preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+        preexec_fn=die_with_parent if sys.platform == "linux" else None,
     )
     lines: collections.deque[str] = collections.deque(maxlen=200)
     found: list[str] = []
