@@ -1,7 +1,8 @@
 """Buffered writers of records to Parquet files partitioned by day, and reading them back.
 
-Layout: ``ROOT/date=YYYY-MM-DD/part-WRITER-SEQ.parquet`` (UTC days). Like the history store:
-each writer (one per worker) owns its files, writes one file per day touched at each flush
+Layout: ``ROOT/date=YYYY-MM-DD/part-WRITER-SEQ.parquet`` (UTC days). As in the history store,
+which writes and discards its files with the same `write_part` and `discard_parts`: each writer
+(one per worker) owns its files, writes one file per day touched at each flush
 through a hidden temporary file renamed into place, numbers its files with a sequence, and can
 delete its files from a sequence number on (recovery drops what a replay will write again).
 """
@@ -21,13 +22,43 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-__all__ = ["DAY_MS", "DayPartitionedWriter", "read_partitioned"]
+__all__ = [
+    "DAY_MS",
+    "DayPartitionedWriter",
+    "discard_parts",
+    "read_partitioned",
+    "utc_day",
+    "write_part",
+]
 
 DAY_MS = 86_400_000
 _CONVERT_ROWS = 512
 """Buffered records turned into Arrow columns at a time."""
 R = TypeVar("R")
 _PARTITIONING = ds.partitioning(pa.schema([("date", pa.string())]), flavor="hive")
+
+
+def utc_day(day_index: int) -> str:
+    """Return the ISO date of UTC day `day_index` (epoch ms // `DAY_MS`)."""
+    return datetime.fromtimestamp(day_index * 86_400, tz=UTC).date().isoformat()
+
+
+def write_part(folder: Path, writer_id: str, seq: int, table: pa.Table) -> None:
+    """Write `table` as ``FOLDER/part-WRITER-SEQ.parquet`` via a hidden file renamed in place."""
+    folder.mkdir(parents=True, exist_ok=True)
+    name = f"part-{writer_id}-{seq:06d}.parquet"
+    tmp = folder / f".{name}.tmp"
+    pq.write_table(table, tmp, compression="zstd")
+    os.replace(tmp, folder / name)
+
+
+def discard_parts(root: Path, folders: str, writer_id: str, seq: int) -> None:
+    """Delete the files of `writer_id` numbered `seq` and later in the `folders` glob of `root`."""
+    prefix = f"part-{writer_id}-"
+    for path in root.glob(f"{folders}/{prefix}*.parquet"):
+        tail = path.stem[len(prefix) :]
+        if tail.isdigit() and int(tail) >= seq:
+            path.unlink()
 
 
 class DayPartitionedWriter(ABC, Generic[R]):
@@ -118,13 +149,7 @@ class DayPartitionedWriter(ABC, Generic[R]):
                 if len(days) and (days == day_index).all()
                 else table.filter(pa.array(days == day_index))
             )
-            day = datetime.fromtimestamp(day_index * 86_400, tz=UTC).date().isoformat()
-            target = self.dir / f"date={day}"
-            target.mkdir(parents=True, exist_ok=True)
-            name = f"part-{self.writer_id}-{self.seq:06d}.parquet"
-            tmp = target / f".{name}.tmp"
-            pq.write_table(rows, tmp, compression="zstd")
-            os.replace(tmp, target / name)
+            write_part(self.dir / f"date={utc_day(day_index)}", self.writer_id, self.seq, rows)
             self.seq += 1
             self.rows_written += rows.num_rows
 
@@ -135,11 +160,7 @@ class DayPartitionedWriter(ABC, Generic[R]):
     def discard_from(self, seq: int) -> None:
         """Delete this writer's files numbered `seq` and later, and drop what is buffered."""
         self._buffer, self._tables, self._days, self._converted = [], [], [], 0
-        prefix = f"part-{self.writer_id}-"
-        for path in self.dir.glob(f"date=*/{prefix}*.parquet"):
-            tail = path.stem[len(prefix) :]
-            if tail.isdigit() and int(tail) >= seq:
-                path.unlink()
+        discard_parts(self.dir, "date=*", self.writer_id, seq)
 
 
 def read_partitioned(

@@ -9,17 +9,15 @@ from __future__ import annotations
 
 import os
 import uuid
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as ds
-import pyarrow.parquet as pq
+from streamml.state._parquet import DAY_MS, discard_parts, utc_day, write_part
 
 __all__ = ["HISTORY_SCHEMA", "HistoryWriter", "read_history"]
 
-DAY_MS = 86_400_000
 HISTORY_SCHEMA = pa.schema(
     [
         ("account", pa.string()),
@@ -80,7 +78,6 @@ class HistoryWriter:
         days_sorted = days[order]
         cuts = np.flatnonzero(np.diff(days_sorted)) + 1
         for idx in np.split(order, cuts):
-            day = datetime.fromtimestamp(int(days[idx[0]]) * 86_400, tz=UTC).date().isoformat()
             table = pa.table(
                 [
                     accounts.take(pa.array(idx)),
@@ -90,12 +87,8 @@ class HistoryWriter:
                 ],
                 schema=HISTORY_SCHEMA,
             )
-            target = self.dir / f"day={day}"
-            target.mkdir(parents=True, exist_ok=True)
-            name = f"part-{self.writer_id}-{self.seq:06d}.parquet"
-            tmp = target / f".{name}.tmp"
-            pq.write_table(table, tmp, compression="zstd")
-            os.replace(tmp, target / name)
+            day = utc_day(int(days[idx[0]]))
+            write_part(self.dir / f"day={day}", self.writer_id, self.seq, table)
             self.seq += 1
             self.rows_written += len(idx)
 
@@ -106,10 +99,7 @@ class HistoryWriter:
     def discard_from(self, seq: int) -> None:
         """Delete this writer's files numbered `seq` and later, and drop what is buffered."""
         self._accounts, self._ts, self._values, self._buffered = [], [], [], 0
-        prefix = f"part-{self.writer_id}-"
-        for path in self.dir.glob(f"day=*/{prefix}*.parquet"):
-            if int(path.stem[len(prefix) :]) >= seq:
-                path.unlink()
+        discard_parts(self.dir, "day=*", self.writer_id, seq)
 
 
 def read_history(root: str | os.PathLike[str], feature: str = "signal_errors_24h") -> pa.Table:
