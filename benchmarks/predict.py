@@ -25,6 +25,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -146,19 +147,36 @@ class ThroughputResult:
         return self.requests / self.wall_s
 
 
-def _flow_env(config: PredictFlowConfig) -> dict[str, str]:
-    return config.to_env()
+def _warm(root: Path, name: str, accounts: int, seed: int) -> tuple[int, Path, Path]:
+    """Return now (epoch ms), the bundled model's registry and a state dir `name` made warm."""
+    now_ms = time.time_ns() // 1_000_000
+    registry = root / "models"
+    ensure_demo_registry(registry)
+    state = root / name
+    prepare_state(state, accounts, now_ms, seed)
+    return now_ms, registry, state
+
+
+def _open_loop(n: int, rate: float) -> Iterator[tuple[int, int]]:
+    """Yield ``(i, scheduled_ns)`` for `n` sends at `rate`/s, each once its time has come.
+
+    The schedule is fixed in advance (open loop): a late send keeps its scheduled time.
+    """
+    start = time.time_ns() + 50_000_000
+    step = int(1e9 / rate)
+    for i in range(n):
+        at = start + i * step
+        wait = (at - time.time_ns()) / 1e9
+        if wait > 0:
+            time.sleep(wait)
+        yield i, at
 
 
 def run_throughput(
     root: Path, requests: int, accounts: int, *, processes: int = 1, seed: int = 7
 ) -> ThroughputResult:
     """Answer `requests` happy-path requests from a file; check every one is answered once."""
-    now_ms = time.time_ns() // 1_000_000
-    registry = root / "models"
-    ensure_demo_registry(registry)
-    state = root / f"state-{time.time_ns()}"
-    prepare_state(state, accounts, now_ms, seed)
+    now_ms, registry, state = _warm(root, f"state-{time.time_ns()}", accounts, seed)
     lines, _ = request_lines(requests, accounts, now_ms, seed)
     path = root / "requests.jsonl"
     path.write_bytes(b"\n".join(lines) + b"\n")
@@ -170,7 +188,7 @@ def run_throughput(
         stats_path=root / "stats.json",
     )
     result = run_flow_processes(
-        FLOW, _flow_env(config), processes=processes, stats_path=config.stats_path
+        FLOW, config.to_env(), processes=processes, stats_path=config.stats_path
     )
     if result.returncode != 0:
         raise RuntimeError(f"the prediction flow failed (exit {result.returncode})")
@@ -209,11 +227,7 @@ def run_soak(root: Path, requests: int, accounts: int, seed: int = 7) -> SoakRes
     Every request must end (answers + timeouts + dead letters = requests read) and be stored
     once.
     """
-    now_ms = time.time_ns() // 1_000_000
-    registry = root / "models"
-    ensure_demo_registry(registry)
-    state = root / f"state-soak-{time.time_ns()}"
-    prepare_state(state, accounts, now_ms, seed)
+    now_ms, registry, state = _warm(root, f"state-soak-{time.time_ns()}", accounts, seed)
     path = root / "soak.jsonl"
     with path.open("wb") as f:
         for start in range(0, requests, 100_000):
@@ -300,11 +314,7 @@ def run_latency(
     from kafka import KafkaConsumer, KafkaProducer, TopicPartition
     from streamml.operators.kafka import ensure_topic
 
-    now_ms = time.time_ns() // 1_000_000
-    registry = root / "models"
-    ensure_demo_registry(registry)
-    state = root / f"state-{tag}"
-    prepare_state(state, accounts, now_ms, seed)
+    now_ms, registry, state = _warm(root, f"state-{tag}", accounts, seed)
     n = int(rate * seconds)
     lines, cold = request_lines(n, accounts, now_ms, seed, fetch_share, prefix=tag)
     topic_in, topic_out = f"requests-{tag}", f"predictions-{tag}"
@@ -357,13 +367,8 @@ def run_latency(
         time.sleep(2.0)
         scheduled: dict[str, int] = {}
         rss: list[int] = []
-        start = time.time_ns() + 50_000_000
-        step = int(1e9 / rate)
-        for i, line in enumerate(lines):
-            at = start + i * step
-            wait = (at - time.time_ns()) / 1e9
-            if wait > 0:
-                time.sleep(wait)
+        for i, at in _open_loop(len(lines), rate):
+            line = lines[i]
             rid = orjson.loads(line)["request_id"]
             scheduled[rid] = at
             producer.send(topic_in, value=line, key=rid.encode())
@@ -424,13 +429,7 @@ def broker_hop_ms(bootstrap: str, rate: float, n: int) -> list[float]:
     reader = threading.Thread(target=receive, daemon=True)
     reader.start()
     producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=0, acks=1)
-    start = time.time_ns() + 50_000_000
-    step = int(1e9 / rate)
-    for i in range(n):
-        at = start + i * step
-        wait = (at - time.time_ns()) / 1e9
-        if wait > 0:
-            time.sleep(wait)
+    for i, at in _open_loop(n, rate):
         key = str(i).encode()
         sent[key] = at
         producer.send(topic, value=key)
