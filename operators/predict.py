@@ -288,11 +288,10 @@ class _PredictLogic(StatefulBatchLogic[Any, PredictOutput, Any]):
         for service in services:
             users = [p for p in planned if service in p.plan.service_ttl_ms]  # type: ignore[union-attr]
             accounts = list(dict.fromkeys(p.request.account.encode() for p in users))
-            entries = self.ondemand.get_many(self.shard, service, accounts)
-            values = self.ondemand.get_many(self.shard, values_service(service), accounts)
+            stored = self.ondemand.get_with_values(self.shard, service, accounts)
             docs = {
                 a: self._stored_doc(service, a, e, v)
-                for a, e, v in zip(accounts, entries, values, strict=True)
+                for a, (e, v) in zip(accounts, stored, strict=True)
             }
             for p in users:
                 p.gathered.docs[service] = docs[p.request.account.encode()]

@@ -91,6 +91,19 @@ class _Shards:
         prefix = keys.ondemand_prefix(service)
         return [_decode(raw) for raw in db.get([prefix + a for a in accounts])]
 
+    def get_with_values(
+        self, shard: int, service: str, accounts: Sequence[bytes]
+    ) -> list[tuple[Entry | None, Entry | None]]:
+        """Return each account's answer and its stored values (`values_service`), one multi-get."""
+        db = self._db(shard)
+        if db is None or not accounts:
+            return [(None, None)] * len(accounts)
+        answers = keys.ondemand_prefix(service)
+        values = keys.ondemand_prefix(values_service(service))
+        raw = db.get([answers + a for a in accounts] + [values + a for a in accounts])
+        n = len(accounts)
+        return [(_decode(raw[i]), _decode(raw[n + i])) for i in range(n)]
+
     def lookup(self, service: str, accounts: Sequence[bytes]) -> list[Entry | None]:
         """Return `get_many` for accounts of any shard, in order (one multi-get per shard)."""
         by_shard: dict[int, list[int]] = {}

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from streamml.state import keys
 from streamml.state.layout import StateLayout
-from streamml.state.ondemand import OnDemandReader, OnDemandStore, is_fresh
+from streamml.state.ondemand import OnDemandReader, OnDemandStore, is_fresh, values_service
 
 accounts = st.binary(max_size=64)
 services = st.text(max_size=30)
@@ -77,6 +77,27 @@ def test_put_get_round_trip_per_service_and_shard(store, tmp_path):
     store.put_many(shard, "telemetry", [(b"acct-1", 1_700_000_000_999, b"{}")])
     assert store.get_many(shard, "telemetry", [b"acct-1"]) == [(1_700_000_000_999, b"{}")]
     assert StateLayout.ondemand_dir(tmp_path, shard).is_dir()
+
+
+def test_answers_and_their_values_come_from_one_read(store):
+    shard = store.shard_of(b"acct-1")
+    store.put_many(shard, "telemetry", [(b"acct-1", 10, b'{"a": 1}'), (b"acct-2", 11, b"{}")])
+    store.put_many(shard, values_service("telemetry"), [(b"acct-1", 10, b'{"a": 1.0}')])
+    got = store.get_with_values(shard, "telemetry", [b"acct-1", b"acct-2", b"nobody"])
+    assert got == [
+        ((10, b'{"a": 1}'), (10, b'{"a": 1.0}')),
+        ((11, b"{}"), None),
+        (None, None),
+    ]
+    assert got == [
+        (a, v)
+        for a, v in zip(
+            store.get_many(shard, "telemetry", [b"acct-1", b"acct-2", b"nobody"]),
+            store.get_many(shard, values_service("telemetry"), [b"acct-1", b"acct-2", b"nobody"]),
+            strict=True,
+        )
+    ]
+    assert store.get_with_values(shard, "telemetry", []) == []
 
 
 def test_lookup_routes_accounts_to_their_shards(store):
