@@ -77,7 +77,7 @@ class PredictConfig:
     `state_dir` holds the online store (read) and the on-demand answers (written);
     `services` maps an on-demand service name to where it is fetched (services of a contract
     that are not here are never fetched: stored answers or the missing policy serve them).
-    `online_refresh_ms` is how often a shard reopens the online store to see newer writes.
+    `online_refresh_ms` is how often a shard catches up with the online store's newer writes.
     """
 
     state_dir: Path
@@ -185,7 +185,7 @@ class _PredictLogic(StatefulBatchLogic[Any, PredictOutput, Any]):
         self.clock_ns = clock_ns
         self.scorer = _scorer(config)
         self.online = OnlineStore(config.state_dir, follow=True)
-        self.online_opened_ns = clock_ns()
+        self.online_refreshed_ns = clock_ns()
         self.ondemand = OnDemandStore(config.state_dir)
         self.fetchers = {
             name: _acquire_fetcher(name, fc, config.layout.shards) for name, fc in config.services
@@ -347,9 +347,9 @@ class _PredictLogic(StatefulBatchLogic[Any, PredictOutput, Any]):
 
     def _refresh_online(self) -> None:
         now = self.clock_ns()
-        if now - self.online_opened_ns >= self.config.online_refresh_ms * _MS:
+        if now - self.online_refreshed_ns >= self.config.online_refresh_ms * _MS:
             self.online.refresh()
-            self.online_opened_ns = now
+            self.online_refreshed_ns = now
 
     # -- completion -------------------------------------------------------------------------
 
