@@ -21,6 +21,7 @@ vectorised over the batch: no Python runs per event.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -49,9 +50,9 @@ class RecordLayout:
     Fields: ``m{g}`` (i64) the largest bucket M of bucket-length group g, ``updated_at`` (i64,
     the event time of the latest accepted event, -1 for none), ``flags`` (u32, bit i set while
     feature i is in alert), then per feature i of window W: ``c{i}`` (u32[W], events per bucket,
-    all but `last`), ``s{i}`` (i64[W], fixed-point sums, `sum` and `mean`), ``v{i}`` (f64[W],
-    per-bucket min, max or last value) and ``t{i}`` (i64[W], event time of the last value, -1
-    when empty, `last`). Index k of an array is bucket ``M - k``.
+    `count`, `sum` and `mean`), ``s{i}`` (i64[W], fixed-point sums, `sum` and `mean`), ``v{i}``
+    (f64[W], per-bucket min, max or last value; +inf, -inf or NaN when empty) and ``t{i}`` (i64[W],
+    event time of the last value, -1 when empty, `last`). Index k of an array is bucket ``M - k``.
     """
 
     features: tuple[FeatureDef, ...]
@@ -81,7 +82,7 @@ class RecordLayout:
         fields += [("updated_at", "<i8"), ("flags", "<u4")]
         for i, f in enumerate(self.features):
             w = f.window_buckets
-            if f.aggregation != "last":
+            if f.aggregation in ("count", "sum", "mean"):
                 fields.append((f"c{i}", "<u4", (w,)))
             if f.aggregation in ("sum", "mean"):
                 fields.append((f"s{i}", "<i8", (w,)))
@@ -93,7 +94,11 @@ class RecordLayout:
 
     def empty(self, n: int) -> np.ndarray:
         """Return `n` records of entities never seen."""
-        rec = np.zeros(n, dtype=self.dtype)
+        return np.repeat(self._empty, n)
+
+    @functools.cached_property
+    def _empty(self) -> np.ndarray:
+        rec = np.zeros(1, dtype=self.dtype)
         for g in range(len(self.buckets)):
             rec[f"m{g}"] = -1
         rec["updated_at"] = -1
@@ -106,7 +111,6 @@ class RecordLayout:
                 rec[f"t{i}"] = -1
                 rec[f"v{i}"] = np.nan
         return rec
-
 
 @dataclass(frozen=True, slots=True)
 class FeaturesAdvance:
@@ -360,17 +364,13 @@ def _feature_values(
     v0 = records[f"v{i}"]
     if agg in ("min", "max"):
         sign = 1.0 if agg == "max" else -1.0
-        c0 = records[f"c{i}"]
-        signed0 = np.where(c0 > 0, sign * v0, -np.inf)
+        signed0 = sign * v0
         stored = np.where(inside, np.maximum.accumulate(signed0, axis=1)[g, kmax], -np.inf)
         batch = _interval_max(j, exits, sign * x[j], n, -np.inf)
         value = sign * np.maximum(stored, batch)
-        new_c = _shifted(c0.astype(np.int64), shift, 0)
-        new_c.ravel()[:] += np.bincount(flat_new, minlength=ng * w).astype(np.int64)
-        out[f"c{i}"] = new_c
         new_v = _shifted(signed0, shift, -np.inf)
         np.maximum.at(new_v.ravel(), flat_new, sign * x[jn])
-        out[f"v{i}"] = np.where(new_c > 0, sign * new_v, sign * -np.inf)
+        out[f"v{i}"] = sign * new_v
         return value
 
     # last: the latest event time wins, the later arrival on ties; a batch event arrives after
@@ -440,8 +440,8 @@ def read_features(
                 with np.errstate(invalid="ignore", divide="ignore"):
                     out[f.name] = np.where(c > 0, s / np.maximum(c, 1), np.nan)
         elif agg in ("min", "max"):
-            ok = mask & (records[f"c{i}"] > 0)
             v = records[f"v{i}"]
+            ok = mask & np.isfinite(v)
             if agg == "max":
                 r = np.where(ok, v, -np.inf).max(axis=1)
             else:
