@@ -41,6 +41,7 @@ import re
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,7 @@ __all__ = [
     "load_definitions",
     "parse_definitions",
     "parse_duration",
+    "parse_instant",
 ]
 
 AGGREGATIONS = ("count", "sum", "mean", "min", "max", "last")
@@ -94,9 +96,28 @@ def parse_duration(text: object, where: str = "duration") -> int:
     return int(m.group(1)) * _UNIT_MS[m.group(2)]
 
 
+def parse_instant(text: str) -> int:
+    """Return epoch milliseconds from digits (epoch ms) or ISO-8601 with a UTC offset or ``Z``."""
+    s = text.strip()
+    if s.isdigit():
+        return int(s)
+    try:
+        moment = datetime.fromisoformat(s)
+    except ValueError:
+        raise ValueError(
+            f"expected epoch milliseconds or ISO-8601 such as 2026-11-29T12:00:00Z, got {text!r}"
+        ) from None
+    if moment.tzinfo is None:
+        raise ValueError(f"{text!r} has no UTC offset; add Z (UTC) or an offset such as +01:00")
+    ms = round(moment.timestamp() * 1000)
+    if ms < 0:
+        raise ValueError(f"{text!r} is before 1970 (epoch ms must be >= 0)")
+    return ms
+
+
 def format_duration(ms: int) -> str:
     """Return the shortest exact duration text for `ms` milliseconds (``3600000`` -> ``"1h"``)."""
-    for unit in ("w", "d", "h", "m", "s"):
+    for unit in ("d", "h", "m", "s"):
         if ms and ms % _UNIT_MS[unit] == 0:
             return f"{ms // _UNIT_MS[unit]}{unit}"
     return f"{ms}ms"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pyarrow.compute as pc
 
 from streamml.console import Progress, human
 from streamml.operators.sources import GeneratorConfig, generate_events, partition_sizes
+from streamml.state.definitions import parse_instant
 
 __all__ = ["JUNK_LINES", "register", "write_events"]
 
@@ -113,8 +115,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="write a seeded signal-error stream to files",
         description=(
             "Write generated signal-error events (heavy-tailed accounts, bursts above the alert "
-            "threshold, out-of-order and late events) as CSV or JSON lines. The same seed gives "
-            "the same file."
+            "threshold, out-of-order and late events) as CSV or JSON lines. Event times span "
+            "--span-hours ending by --end (default: now, so `features get` reads live values); "
+            "the same seed and --end give the same file."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -127,6 +130,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--files", type=int, default=1, help="split into this many files, each with its accounts"
     )
     p.add_argument("--junk-rate", type=float, default=0.0, help="fraction of malformed lines")
+    p.add_argument(
+        "--end",
+        help="end of the event times: epoch ms or ISO-8601 with an offset (default: now)",
+    )
+    p.add_argument("--span-hours", type=float, default=72.0, help="hours the event times span")
     p.set_defaults(func=_cmd_generate)
 
 
@@ -137,8 +145,28 @@ def _cmd_generate(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    if args.span_hours <= 0:
+        print("streamml generate: --span-hours must be above 0", file=sys.stderr)
+        return 2
+    try:
+        end = int(time.time() * 1000) if args.end is None else parse_instant(args.end)
+    except ValueError as exc:
+        print(f"streamml generate: --end: {exc}", file=sys.stderr)
+        return 2
+    span = round(args.span_hours * 3_600_000)
+    if end < span:
+        print("streamml generate: --end is less than --span-hours after 1970", file=sys.stderr)
+        return 2
     fmt = args.format or ("csv" if args.out.suffix.lower() == ".csv" else "jsonl")
-    config = GeneratorConfig(events=args.events, accounts=args.accounts, seed=args.seed)
+    # Out-of-order events land up to `disorder_ms` after their place: none is after --end.
+    disorder = GeneratorConfig().disorder_ms
+    config = GeneratorConfig(
+        events=args.events,
+        accounts=args.accounts,
+        seed=args.seed,
+        start_ms=end - span - disorder,
+        span_ms=span,
+    )
     paths = write_events(
         args.out, config, fmt=fmt, files=args.files, junk_rate=args.junk_rate, progress=Progress()
     )
