@@ -17,9 +17,10 @@ from collections.abc import Sequence
 
 import numpy as np
 import orjson
-from streamml.operators.aggregations import RecordLayout, advance_features
+from streamml.operators.aggregations import advance_features
 from streamml.operators.rolling import advance
 from streamml.state.definitions import default_definitions
+from streamml.state.feature_records import RecordLayout
 from streamml.state.rolling_store import empty_records
 
 __all__ = ["register", "run_aggregations"]

@@ -310,19 +310,16 @@ def build_flow(config: ErrorCountConfig) -> Dataflow:
     raw = op.input("source", flow, _source(config))
     decoded = decode_events("decode", raw)
     keyed = shard_events("shard", decoded.events, config.layout.shards)
-    by_shard = rolling_count(
-        "rolling",
-        keyed,
-        RollingConfig(
-            config.state_dir,
-            config.layout,
-            config.threshold,
-            recovery_dir=config.recovery_dir,
-            source_step="error_count.source",
-            replay_accepted=config.history_dir is not None,
-            replay_late=config.late_out is not None,
-        ),
+    rolling = RollingConfig(
+        config.state_dir,
+        config.layout,
+        config.threshold,
+        recovery_dir=config.recovery_dir,
+        source_step="error_count.source",
+        replay_accepted=config.history_dir is not None,
+        replay_late=config.late_out is not None,
     )
+    by_shard = rolling_count("rolling", keyed, rolling)
     updates = op.key_rm("unkey", by_shard)
     alerts = op.flat_map("alerts", updates, lambda u: u.alerts)
     if config.alerts_out is not None:
@@ -347,7 +344,7 @@ def build_flow(config: ErrorCountConfig) -> Dataflow:
             by_shard,
             HistorySink(
                 config.history_dir,
-                config.layout.feature,
+                rolling.definitions,
                 config.pipeline_version,
                 shards=config.layout.shards,
                 recovery_dir=config.recovery_dir,

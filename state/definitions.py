@@ -36,11 +36,12 @@ changing a TTL, an alert or the stores, keeps it; anything that changes the valu
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import tomllib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from importlib import resources
 from pathlib import Path
@@ -487,6 +488,28 @@ def _feature(ctx: _Ctx, name: str, raw: Any, sources: Mapping[str, SourceDef]) -
     )
 
 
+def count_feature(
+    name: str, bucket_ms: int, window_buckets: int, alert_above: float | None = None
+) -> FeatureDef:
+    """Return the signal-error count `name` over `window_buckets` buckets of `bucket_ms`.
+
+    The bundled definition of that name with this bucket, window and alert (its TTL and
+    description kept), or, for a name the bundled file does not hold, a count over the bundled
+    signal-error source with a 5-minute TTL.
+    """
+    bundled = default_definitions()
+    base = bundled.features.get(name) or bundled.features["signal_errors_24h"]
+    if base.aggregation != "count":
+        raise ValueError(f"{name!r} is a {base.aggregation}, not a count")
+    return replace(
+        base,
+        name=name,
+        bucket_ms=bucket_ms,
+        window_ms=bucket_ms * window_buckets,
+        alert_above=alert_above,
+    )
+
+
 def parse_definitions(text: str, path: str = "<definitions>") -> Definitions:
     """Parse and validate the text of a definition file; raise `DefinitionError` if invalid."""
     try:
@@ -525,6 +548,7 @@ def default_definitions_path() -> Path:
     return Path(str(resources.files("streamml.state") / "bundled" / "features.toml"))
 
 
+@functools.cache
 def default_definitions() -> Definitions:
     """Return the bundled definitions: the signal-error count and the speed-test features."""
     return load_definitions(default_definitions_path())

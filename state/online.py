@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from streamml.state.definitions import FeatureDef, SourceDef, default_definitions
+from streamml.state.definitions import FeatureDef, count_feature
 from streamml.state.layout import StateLayout
 from streamml.state.rolling_store import RollingStateStore
 from streamml.state.sharding import shard_of
@@ -67,31 +67,6 @@ def freshness(updated_at: int | None, as_of: int, ttl_ms: int) -> Status:
     return "fresh" if as_of - updated_at <= ttl_ms else "stale"
 
 
-def _layout_feature(layout: StateLayout) -> FeatureDef:
-    """Return the definition of the feature a state dir's layout was created for.
-
-    The bundled definition of the same name when its bucket and window agree with the layout,
-    else a count over the layout's window (with the bundled TTL, or 5 minutes).
-    """
-    bundled = default_definitions().features.get(layout.feature)
-    if (
-        bundled is not None
-        and bundled.aggregation == "count"
-        and bundled.bucket_ms == layout.bucket_ms
-        and bundled.window_buckets == layout.window_buckets
-    ):
-        return bundled
-    source = SourceDef(layout.feature, "file", "jsonl", "account", "account", "ts")
-    return FeatureDef(
-        name=layout.feature,
-        source=source,
-        aggregation="count",
-        bucket_ms=layout.bucket_ms,
-        window_ms=layout.window_ms,
-        ttl_ms=bundled.ttl_ms if bundled is not None else 300_000,
-    )
-
-
 def window_value(counts, max_bucket: int, as_of_bucket: int, window: int) -> int:
     """Sum the buckets of `counts` (``counts[k]`` is bucket ``max_bucket - k``) inside the window.
 
@@ -135,7 +110,7 @@ class OnlineStore:
         self.layout = layout
         self._clock = clock
         self._shards: dict[int, RollingStateStore | None] = {}
-        self.definition = _layout_feature(layout)
+        self.definition = count_feature(layout.feature, layout.bucket_ms, layout.window_buckets)
 
     @property
     def feature(self) -> str:

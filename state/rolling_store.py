@@ -87,7 +87,12 @@ def _options(tuning: StoreTuning, *, create: bool) -> Options:
 
 
 class RollingStateStore:
-    """The rolling-count state of one shard: batched reads, atomic batched writes."""
+    """The rolling-count state of one shard: batched reads, atomic batched writes.
+
+    Records are `record_dtype(window)` rows, or, with `template` (one record of an entity never
+    seen), rows of the template's dtype: the record of several features of one source (see
+    `streamml.state.feature_records.RecordLayout`).
+    """
 
     def __init__(
         self,
@@ -98,11 +103,13 @@ class RollingStateStore:
         read_only: bool = False,
         tuning: StoreTuning | None = None,
         secondary_dir: str | os.PathLike[str] | None = None,
+        template: np.ndarray | None = None,
     ) -> None:
         self.path = Path(path)
         self.feature = feature
         self.window = window
-        self.dtype = record_dtype(window)
+        self._template = template
+        self.dtype = record_dtype(window) if template is None else template.dtype
         self._prefix = keys.account_prefix(feature)
         tuning = tuning or StoreTuning()
         if secondary_dir is not None:
@@ -133,7 +140,10 @@ class RollingStateStore:
     def load(self, accounts: list[bytes]) -> np.ndarray:
         """Return the records of `accounts` (one multi-get); unknown accounts get empty records."""
         raw = self._db.get([self._prefix + a for a in accounts])
-        out = empty_records(len(accounts), self.window)
+        if self._template is None:
+            out = empty_records(len(accounts), self.window)
+        else:
+            out = np.repeat(self._template, len(accounts))
         found = [i for i, v in enumerate(raw) if v is not None]
         if found:
             joined = b"".join([raw[i] for i in found])

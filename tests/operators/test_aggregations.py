@@ -6,13 +6,9 @@ import itertools
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from streamml.operators.aggregations import (
-    SUM_SCALE,
-    RecordLayout,
-    advance_features,
-    read_features,
-)
+from streamml.operators.aggregations import advance_features
 from streamml.state.definitions import parse_definitions
+from streamml.state.feature_records import SUM_SCALE, RecordLayout, read_features
 
 DEFS = """
 [entities.account]
