@@ -17,6 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
         features_cli,
         generate_cli,
         models_cli,
+        postgres_cli,
         predictions_cli,
         recovery,
         run_cli,
@@ -39,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     models_cli.register(sub)
     predictions_cli.register(sub)
     broker.register(sub)
+    postgres_cli.register(sub)
     telemetry.register(sub)
     recovery.register(sub)
     bench_cli.register(sub)
