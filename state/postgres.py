@@ -60,7 +60,10 @@ def _ints(values: Sequence[int] | np.ndarray) -> list[int]:
 
 
 class PostgresStore:
-    """The state records of one namespace in PostgreSQL: batched reads, atomic batched upserts."""
+    """The state records of one namespace in PostgreSQL: batched reads, atomic batched upserts.
+
+    A store holds one connection; use one store per thread (or per process).
+    """
 
     def __init__(self, dsn: str, namespace: str, *, schema: str = SCHEMA) -> None:
         self.namespace = validate_identifier(namespace)
@@ -73,27 +76,45 @@ class PostgresStore:
         except BaseException:
             self._conn.close()
             raise
-        self._load = sql.SQL("SELECT entity, record FROM {} WHERE entity = ANY(%b)").format(table)
-        self._upsert = sql.SQL(
-            "INSERT INTO {} (entity, record, updated_at, version) "
-            "SELECT e, r, u, %b FROM unnest(%b::bytea[], %b::bytea[], %b::bigint[]) AS b(e, r, u) "
-            "ON CONFLICT (entity) DO UPDATE SET record = EXCLUDED.record, "
-            "updated_at = EXCLUDED.updated_at, version = EXCLUDED.version"
-        ).format(table)
-        self._put_positions = sql.SQL(
-            "INSERT INTO {} (namespace, partition, position) "
-            "SELECT %b, p, v FROM unnest(%b::text[], %b::bigint[]) AS b(p, v) "
-            "ON CONFLICT (namespace, partition) DO UPDATE SET position = EXCLUDED.position"
-        ).format(positions)
-        self._position = sql.SQL(
-            "SELECT position FROM {} WHERE namespace = %b AND partition = %b"
-        ).format(positions)
-        self._positions = sql.SQL("SELECT partition, position FROM {} WHERE namespace = %b").format(
-            positions
+        # Statements are rendered to strings once: psycopg caches the parsing of a string query
+        # (not of a sql.Composed), which is most of the client time of a one-entity load.
+        text = self._render
+        self._load = text(
+            sql.SQL("SELECT entity, record FROM {} WHERE entity = ANY(%b::bytea[])"), table
         )
-        self._rows = sql.SQL(
-            "SELECT entity, record, updated_at, version FROM {} ORDER BY entity"
-        ).format(table)
+        self._upsert = text(
+            sql.SQL(
+                "INSERT INTO {} (entity, record, updated_at, version) "
+                "SELECT e, r, u, %b "
+                "FROM unnest(%b::bytea[], %b::bytea[], %b::bigint[]) AS b(e, r, u) "
+                "ON CONFLICT (entity) DO UPDATE SET record = EXCLUDED.record, "
+                "updated_at = EXCLUDED.updated_at, version = EXCLUDED.version"
+            ),
+            table,
+        )
+        self._put_positions = text(
+            sql.SQL(
+                "INSERT INTO {} (namespace, partition, position) "
+                "SELECT %b, p, v FROM unnest(%b::text[], %b::bigint[]) AS b(p, v) "
+                "ON CONFLICT (namespace, partition) DO UPDATE SET position = EXCLUDED.position"
+            ),
+            positions,
+        )
+        self._position = text(
+            sql.SQL("SELECT position FROM {} WHERE namespace = %b AND partition = %b"), positions
+        )
+        self._positions = text(
+            sql.SQL("SELECT partition, position FROM {} WHERE namespace = %b"), positions
+        )
+        self._table = table
+        self._reader = self._conn.cursor(binary=True)  # kept: a cursor per load costs ~30 µs
+        self._drop_positions = text(sql.SQL("DELETE FROM {} WHERE namespace = %b"), positions)
+        self._rows = text(
+            sql.SQL("SELECT entity, record, updated_at, version FROM {} ORDER BY entity"), table
+        )
+
+    def _render(self, statement: sql.SQL, name: sql.Identifier) -> str:
+        return statement.format(name).as_string(self._conn)
 
     def _create(self, table: sql.Identifier, positions: sql.Identifier) -> None:
         with self._conn.transaction():
@@ -137,9 +158,8 @@ class PostgresStore:
         """
         if not entities:
             return []
-        with self._conn.cursor(binary=True) as cur:
-            cur.execute(self._load, (list(entities),))
-            found = dict(cur.fetchall())
+        self._reader.execute(self._load, (list(entities),))
+        found = dict(self._reader.fetchall())
         return [found.get(e) for e in entities]
 
     def commit(
@@ -188,6 +208,12 @@ class PostgresStore:
         """Return every partition's last applied position in this namespace."""
         rows = self._conn.execute(self._positions, (self.namespace,)).fetchall()
         return {p: int(v) for p, v in rows}
+
+    def drop(self) -> None:
+        """Delete this namespace: its table and its applied positions, in one transaction."""
+        with self._conn.transaction():
+            self._conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(self._table))
+            self._conn.execute(self._drop_positions, (self.namespace,))
 
     def iter_rows(self) -> Iterator[tuple[bytes, bytes, int, str]]:
         """Yield `(entity, record, updated_at, version)` of every row, in entity byte order."""
