@@ -12,8 +12,9 @@ too, through `bin_dir`.
 
 PostgreSQL refuses to run as root. When this process is root the server runs as an unprivileged
 account (`nobody` unless told otherwise), which owns the data directory and must be able to reach
-it. Authentication is `trust` on the loopback interface: this is a server for development, tests
-and benchmarks on one machine, not for production.
+it; when it cannot reach pgserver's binaries (a venv under /root), they are copied once under the
+temporary directory. Authentication is `trust` on the loopback interface: this is a server for
+development, tests and benchmarks on one machine, not for production.
 """
 
 from __future__ import annotations
@@ -218,6 +219,44 @@ def _run(args: list[str], account: tuple[int, int] | None, log: Path) -> None:
         raise PostgresServerError(f"{Path(args[0]).name} exited with {done.returncode}:\n{tail}")
 
 
+def _bin_for(bin_dir: Path, account: tuple[int, int] | None) -> Path:
+    """Return a bin directory the server's account can reach: `bin_dir`, or a copy of pgserver's.
+
+    Under root the server runs as an unprivileged account, which cannot reach binaries installed
+    under a private directory (a venv under /root, say). pgserver's tree (``pgserver/pginstall``
+    and the ``pgserver.libs`` its binaries load through ``$ORIGIN/../../../pgserver.libs``) is then
+    copied once, root-owned and read-only to others, under the temporary directory.
+    """
+    if account is None or _reachable(bin_dir, *account) is None:
+        return bin_dir
+    install = bin_dir.parent
+    libs = install.parent.parent / "pgserver.libs"
+    if install.name != "pginstall" or install.parent.name != "pgserver" or not libs.is_dir():
+        return bin_dir  # not pgserver's layout: _prepare reports what cannot be reached
+    st = install.stat()
+    cache = Path(tempfile.gettempdir()) / f"streamml-pgserver-{st.st_ino}-{int(st.st_mtime)}"
+    copied = cache / "pgserver" / "pginstall" / "bin"
+    if cache.is_dir():
+        info = cache.lstat()
+        if info.st_uid == 0 and not info.st_mode & 0o022 and (copied / "postgres").is_file():
+            return copied
+        cache = Path(tempfile.mkdtemp(prefix="streamml-pgserver-"))  # not ours: ignore it
+    staging = Path(tempfile.mkdtemp(prefix="streamml-pgserver-staging-"))
+    try:
+        shutil.copytree(install, staging / "pgserver" / "pginstall", symlinks=True)
+        shutil.copytree(libs, staging / "pgserver.libs", symlinks=True)
+        for path in (staging, staging / "pgserver"):
+            path.chmod(0o755)
+        if cache.exists():
+            cache.rmdir()  # the empty directory made above
+        staging.rename(cache)
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)
+        if not (copied / "postgres").is_file():  # another process may have won the rename
+            raise
+    return copied
+
+
 def _prepare(
     data_dir: Path, bin_dir: Path, account: tuple[int, int] | None, log: Path, durable: bool
 ) -> None:
@@ -318,6 +357,7 @@ def start_postgres(
             f"PostgreSQL installation (leave bin_dir unset to use pgserver's: `{_INSTALL_HINT}`)"
         )
     account = _account(run_as)
+    bins = _bin_for(bins, account)
     temporary: Path | None = None
     if data_dir is None:
         temporary = Path(tempfile.mkdtemp(prefix="streamml-pg-"))

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from psycopg import sql
 from streamml.state.postgres import POSITIONS_TABLE, SCHEMA, PostgresStore, validate_identifier
-from streamml.state.postgres_server import PostgresServerError, start_postgres
+from streamml.state.postgres_server import PostgresServerError, find_postgres_bin, start_postgres
 
 _names = itertools.count()
 
@@ -235,3 +235,25 @@ def test_a_missing_binary_or_unusable_data_dir_is_reported(open_dir):
     (open_dir / "junk" / "file").write_text("x")
     with pytest.raises(PostgresServerError, match="neither empty nor a PostgreSQL data dir"):
         start_postgres(open_dir / "junk", durable=False)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root hands the server to another account")
+def test_under_root_binaries_in_a_private_directory_are_copied_where_the_server_can_reach_them(
+    open_dir,
+):
+    source = find_postgres_bin().parents[1]  # .../site-packages/pgserver
+    private = open_dir / "private"
+    private.mkdir(mode=0o700)
+    shutil.copytree(source / "pginstall", private / "pgserver" / "pginstall", symlinks=True)
+    shutil.copytree(source.parent / "pgserver.libs", private / "pgserver.libs", symlinks=True)
+    install = private / "pgserver" / "pginstall"
+    st = install.stat()
+    cache = Path(tempfile.gettempdir()) / f"streamml-pgserver-{st.st_ino}-{int(st.st_mtime)}"
+    try:
+        with start_postgres(bin_dir=install / "bin", durable=False) as server:
+            assert Path(server._proc.args[0]).is_relative_to(cache)
+            with PostgresStore(server.dsn, "copied") as store:
+                store.commit([b"a"], [b"r"], [1], "v1", {})
+                assert store.load([b"a"]) == [b"r"]
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
