@@ -348,6 +348,9 @@ def start_postgres(
     may lose the data). `settings` are more server settings (`-c name=value`). When this process
     is root the server runs as `run_as` (default `nobody`). Raises `PostgresServerError` with the
     server's log when it exits early or does not answer within `timeout` seconds.
+
+    On Linux the server is stopped when the thread that started it exits (PR_SET_PDEATHSIG is
+    per thread): start it from the main thread or another that outlives its use.
     """
     bins = Path(bin_dir) if bin_dir is not None else find_postgres_bin()
     missing = [name for name in ("initdb", "postgres") if not (bins / name).is_file()]
