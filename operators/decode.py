@@ -52,13 +52,17 @@ _INTEGER = re.compile(r"[+-]?[0-9]+")
 
 @dataclass(frozen=True, slots=True)
 class Decoded:
-    """The result of decoding one raw batch: the valid events and the dead letters."""
+    """The result of decoding one raw batch: the valid events and the dead letters.
+
+    `filtered` counts valid records a source's filters dropped.
+    """
 
     events: EventBatch
     dead: list[DeadLetter]
     read: int
     bytes_read: int = 0
     held_back: int = 0
+    filtered: int = 0
 
     def reasons(self) -> Counter[str]:
         """Count the dead letters by reason."""
