@@ -444,13 +444,17 @@ def _decode_records_one_by_one(records: RecordList) -> Decoded:
     return Decoded(builder.batch(), builder.dead, len(records.values), size)
 
 
-def _decode_any(item: LinesChunk | RecordList | EventBatch) -> Decoded:
+def _decode_any(item: LinesChunk | RecordList | EventBatch, decode=None) -> Decoded:
+    """Decode one raw batch, with `decode(item)` when given, and set how far it reached."""
     if isinstance(item, LinesChunk):
-        d = decode_chunk(item) if item.data else Decoded(_no_events(item.partition), [], 0)
+        if not item.data:
+            d = Decoded(_no_events(item.partition), [], 0)
+        else:
+            d = decode_chunk(item) if decode is None else decode(item)
         through = item.base + len(item.data) - 1
         held_back = item.held_back
     elif isinstance(item, RecordList):
-        d = decode_records(item)
+        d = decode_records(item) if decode is None else decode(item)
         through = item.positions[-1] if item.positions else -1
         held_back = 0
     elif isinstance(item, EventBatch):
@@ -477,13 +481,16 @@ class DecodeOutputs:
 
 
 @operator
-def decode_events(step_id: str, up: Stream[LinesChunk | RecordList | EventBatch]) -> DecodeOutputs:
+def decode_events(
+    step_id: str, up: Stream[LinesChunk | RecordList | EventBatch], decode=None
+) -> DecodeOutputs:
     """Decode raw batches into event batches and dead letters; never raises on bad input.
 
     Every raw batch yields one event batch, possibly empty, whose `through` says how far the
-    source has been read, so that the state can record it.
+    source has been read, so that the state can record it. `decode` (a function of a
+    `LinesChunk` or `RecordList` to `Decoded`) replaces the signal-error decoder.
     """
-    decoded = op.map("decode", up, _decode_any)
+    decoded = op.map("decode", up, lambda item: _decode_any(item, decode))
     events = op.filter_map(
         "events", decoded, lambda d: d.events if len(d.events) or d.events.through >= 0 else None
     )

@@ -18,6 +18,7 @@ decoded on its own by the line decoder, which defines the semantics.
 from __future__ import annotations
 
 import csv
+import functools
 import math
 from dataclasses import dataclass
 from datetime import datetime
@@ -27,7 +28,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pajson
-from streamml.operators.decode import MAX_ACCOUNT_BYTES, Decoded
+from streamml.operators.decode import MAX_ACCOUNT_BYTES, Decoded, DecodeOutputs, decode_events
 from streamml.operators.records import (
     DEAD_LETTER_RAW_LIMIT,
     DeadLetter,
@@ -38,7 +39,7 @@ from streamml.operators.records import (
 from streamml.state.definitions import FeatureDef, SourceDef
 from streamml.state.feature_records import MAX_ABS_VALUE
 
-__all__ = ["SourceSchema", "decode_source"]
+__all__ = ["SourceSchema", "decode_source", "decode_source_events"]
 
 _MAX_TS = (1 << 63) - 1
 
@@ -344,3 +345,8 @@ def decode_source(schema: SourceSchema, item: LinesChunk | RecordList) -> Decode
     for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
         builder.add(data[s:e], item.base + s, parse)
     return Decoded(builder.batch(), builder.dead, len(starts), len(data), 0, builder.filtered)
+
+
+def decode_source_events(step_id: str, up, schema: SourceSchema) -> DecodeOutputs:
+    """Decode a source's raw batches against its schema (see `decode_events`)."""
+    return decode_events(step_id, up, functools.partial(decode_source, schema))

@@ -59,7 +59,10 @@ class RollingConfig:
     `features` are the features of one source kept in one record per account; without them, the
     count of the layout's feature over its bucket and window, alerting above `threshold`.
     `source_id` numbers the source's records in the shard databases (default: the layout's
-    feature id).
+    feature id). When a feature is kept in PostgreSQL (``online`` holds ``postgres``), each
+    batch's records are upserted there (namespace: the source's name) before the RocksDB write,
+    with the applied position in the same transaction: PostgreSQL is never behind RocksDB, and a
+    replay writes the same records again.
     """
 
     state_dir: Path
@@ -72,6 +75,7 @@ class RollingConfig:
     replay_late: bool = True
     features: tuple[FeatureDef, ...] = ()
     source_id: int | None = None
+    postgres_dsn: str | None = None
 
     @property
     def recovery(self) -> bool:
@@ -379,6 +383,14 @@ class _RollingLogic(StatefulBatchLogic[EventBatch, ShardUpdate, dict[str, int]])
         self.counts = tuple(f.name for f in self.features if f.aggregation == "count")
         self.fields = tuple(dict.fromkeys(f.field for f in self.features if f.field))
         self._store: RollingStateStore | None = None
+        self._postgres = None
+        self.in_postgres = any("postgres" in f.online for f in self.features)
+        if self.in_postgres and not config.postgres_dsn:
+            names = [f.name for f in self.features if "postgres" in f.online]
+            raise ValueError(
+                f"features {', '.join(names)} are kept in PostgreSQL: give the flow a DSN "
+                "(--postgres-dsn or STREAMML_POSTGRES_DSN)"
+            )
         self._shard = -1
         self.applied: dict[str, int] = {}
         self.emitted: dict[str, int] = {}
@@ -485,6 +497,8 @@ class _RollingLogic(StatefulBatchLogic[EventBatch, ShardUpdate, dict[str, int]])
             if self.config.recovery:
                 kept = self._outbox_rows(rows, kind)
                 outbox = (partition, first, int(positions[-1]), kept.serialize().to_pybytes())
+            if self.in_postgres:
+                self._commit_postgres(uniq, result.records, partition, through)
             store.commit(uniq, result.records, {partition: through}, outbox)
             parts.append(rows)
         elif through > done:
@@ -499,6 +513,25 @@ class _RollingLogic(StatefulBatchLogic[EventBatch, ShardUpdate, dict[str, int]])
         else:
             rows = pa.Table.from_batches(parts).combine_chunks().to_batches()[0]
         return ShardUpdate(partition, rows, skipped, n_replayed, self.counts)
+
+    def _commit_postgres(
+        self, accounts: list[bytes], records: np.ndarray, partition: str, through: int
+    ) -> None:
+        """Upsert the batch's records into PostgreSQL (one statement, one transaction)."""
+        if self._postgres is None:
+            from streamml.state.postgres import PostgresStore
+
+            assert self.config.postgres_dsn is not None
+            self._postgres = PostgresStore(self.config.postgres_dsn, self.features[0].source.name)
+        raw = records.tobytes()
+        size = records.dtype.itemsize
+        self._postgres.commit(
+            accounts,
+            [raw[i * size : (i + 1) * size] for i in range(len(accounts))],
+            records["updated_at"],
+            ",".join(f"{f.name}@{f.version}" for f in self.features),
+            {f"{partition}#shard-{self._shard:03d}": through},
+        )
 
     def _mark_emitted(self, partition: str, batch: EventBatch) -> None:
         """Record that this shard's outputs of `partition` are complete through `batch`.

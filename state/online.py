@@ -17,9 +17,12 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
+import numpy as np
 from streamml.state.definitions import FeatureDef, count_feature
+from streamml.state.feature_manifest import StoredSource, read_sources
+from streamml.state.feature_records import RecordLayout, read_features
 from streamml.state.layout import StateLayout
 from streamml.state.rolling_store import RollingStateStore
 from streamml.state.sharding import shard_of
@@ -95,7 +98,12 @@ class OnlineStore:
     """
 
     def __init__(
-        self, state_dir: str | os.PathLike[str], *, clock=time.time, follow: bool = False
+        self,
+        state_dir: str | os.PathLike[str],
+        *,
+        clock=time.time,
+        follow: bool = False,
+        postgres_dsn: str | None = None,
     ) -> None:
         self.state_dir = Path(state_dir)
         self.follow = follow
@@ -110,21 +118,29 @@ class OnlineStore:
         self.layout = layout
         self._clock = clock
         self._shards: dict[int, RollingStateStore | None] = {}
+        self.sources = read_sources(self.state_dir)
+        self._records = {n: RecordLayout(s.features) for n, s in self.sources.items()}
+        self._templates = {n: r.empty(1) for n, r in self._records.items()}
+        self._of_feature = {
+            f.name: (s, i) for s in self.sources.values() for i, f in enumerate(s.features)
+        }
+        self.postgres_dsn = postgres_dsn or os.environ.get("STREAMML_POSTGRES_DSN") or None
+        self._postgres: dict[str, Any] = {}
         self.definition = count_feature(layout.feature, layout.bucket_ms, layout.window_buckets)
 
     @property
     def feature(self) -> str:
-        """Name of the feature this store serves."""
+        """Name of the error-count feature of the layout (what `get` reads)."""
         return self.layout.feature
 
     @property
     def feature_names(self) -> tuple[str, ...]:
-        """Names of every feature this store serves."""
-        return (self.layout.feature,)
+        """Names of every feature this store serves, source by source."""
+        return tuple(self._of_feature)
 
     def definitions(self) -> dict[str, FeatureDef]:
         """Return the definition of every feature this store serves, by name."""
-        return {self.definition.name: self.definition}
+        return {name: s.features[i] for name, (s, i) in self._of_feature.items()}
 
     def _shard(self, shard: int) -> RollingStateStore | None:
         if shard not in self._shards:
@@ -205,30 +221,85 @@ class OnlineStore:
         """Read `features` (default: all) of each entity as of `as_of`, with their freshness.
 
         `as_of` is epoch ms, one for all entities or one per entity (default: now). Returns one
-        dict per entity, in order, mapping each feature name to its `FeatureRead`. One multi-get
-        per shard reads every entity. Raises KeyError for a feature the store does not serve.
+        dict per entity, in order, mapping each feature name to its `FeatureRead`. Each source's
+        records are read with one multi-get per shard (or one query to PostgreSQL for features
+        kept only there). Raises KeyError for a feature the store does not serve.
         """
         names = self.feature_names if features is None else tuple(features)
-        served = self.definitions()
         for name in names:
-            if name not in served:
+            if name not in self._of_feature:
                 known = ", ".join(self.feature_names)
                 raise KeyError(f"{self.state_dir} serves no feature {name!r} (it serves: {known})")
+        n = len(entities)
         if as_of is None or isinstance(as_of, int):
-            times = [int(self._clock() * 1000) if as_of is None else as_of] * len(entities)
+            times = np.full(n, int(self._clock() * 1000) if as_of is None else as_of, np.int64)
         else:
-            times = [int(t) for t in as_of]
-            if len(times) != len(entities):
-                raise ValueError(f"{len(entities)} entities but {len(times)} as_of times")
-        values = self.get_batch(entities, times)
-        definition = self.definition
-        out: list[dict[str, FeatureRead]] = []
-        for fv, t in zip(values, times, strict=True):
-            status = freshness(fv.updated_at, t, definition.ttl_ms)
-            value = None if status == "missing" else fv.value
-            read = FeatureRead(value, fv.updated_at, definition.version, status)
-            out.append({name: read for name in names})
-        return out
+            times = np.asarray([int(t) for t in as_of], dtype=np.int64)
+            if len(times) != n:
+                raise ValueError(f"{n} entities but {len(times)} as_of times")
+        keys = [e.encode("utf-8") if isinstance(e, str) else e for e in entities]
+        by_source: dict[str, list[str]] = {}
+        for name in names:
+            by_source.setdefault(self._of_feature[name][0].name, []).append(name)
+        out: list[dict[str, FeatureRead]] = [{} for _ in range(n)]
+        for source, wanted in by_source.items():
+            stored = self.sources[source]
+            records = self._source_records(stored, wanted, keys)
+            values = read_features(self._records[source], records, times, wanted)
+            updated = records["updated_at"]
+            for name in wanted:
+                f = stored.features[self._of_feature[name][1]]
+                column = values[name]
+                for r in range(n):
+                    u = int(updated[r])
+                    v = float(column[r])
+                    if u < 0:
+                        out[r][name] = FeatureRead(None, None, f.version, "missing")
+                    elif v != v:
+                        out[r][name] = FeatureRead(None, u, f.version, "missing")
+                    else:
+                        value = int(v) if f.aggregation == "count" else v
+                        out[r][name] = FeatureRead(
+                            value, u, f.version, freshness(u, int(times[r]), f.ttl_ms)
+                        )
+        return [{name: row[name] for name in names} for row in out]
+
+    def _source_records(self, stored: StoredSource, wanted: list[str], keys: list[bytes]):
+        """Return `stored`'s records of `keys`: from RocksDB, or PostgreSQL if only kept there."""
+        template = self._templates[stored.name]
+        in_rocksdb = any(
+            "rocksdb" in stored.features[self._of_feature[n][1]].online for n in wanted
+        )
+        if not in_rocksdb:
+            return self._postgres_records(stored, template, keys)
+        records = np.repeat(template, len(keys))
+        by_shard: dict[int, list[int]] = {}
+        for i, key in enumerate(keys):
+            by_shard.setdefault(shard_of(key, self.layout.shards), []).append(i)
+        for shard, idx in by_shard.items():
+            store = self._shard(shard)
+            if store is not None:
+                records[idx] = store.load_as(stored.id, template, [keys[i] for i in idx])
+        return records
+
+    def _postgres_records(self, stored: StoredSource, template: np.ndarray, keys: list[bytes]):
+        if self.postgres_dsn is None:
+            names = [f.name for f in stored.features if "rocksdb" not in f.online]
+            raise KeyError(
+                f"features {', '.join(names)} are kept in PostgreSQL only: give the store a DSN "
+                "(postgres_dsn=..., --postgres-dsn or STREAMML_POSTGRES_DSN)"
+            )
+        pg = self._postgres.get(stored.name)
+        if pg is None:
+            from streamml.state.postgres import PostgresStore
+
+            pg = self._postgres[stored.name] = PostgresStore(self.postgres_dsn, stored.name)
+        records = np.repeat(template, len(keys))
+        found = [(i, raw) for i, raw in enumerate(pg.load(keys)) if raw is not None]
+        if found:
+            idx = np.asarray([i for i, _ in found])
+            records[idx] = np.frombuffer(b"".join(raw for _, raw in found), dtype=template.dtype)
+        return records
 
     def refresh(self) -> None:
         """Let later reads see the latest writes (catch up, or reopen the shards)."""
@@ -242,11 +313,14 @@ class OnlineStore:
                 store.catch_up()
 
     def close(self) -> None:
-        """Close every open shard."""
+        """Close every open shard and PostgreSQL connection."""
         for store in self._shards.values():
             if store is not None:
                 store.close()
         self._shards.clear()
+        for pg in self._postgres.values():
+            pg.close()
+        self._postgres.clear()
         if self._secondary_root is not None:
             shutil.rmtree(self._secondary_root, ignore_errors=True)
             self._secondary_root = None

@@ -54,6 +54,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     get.add_argument("--json", action="store_true", help="one JSON object per line")
     get.set_defaults(func=_cmd_get)
 
+    from streamml import features_run_cli
+
+    features_run_cli.add_backfill_parser(fsub)
     for name, helptext, func in (
         ("list", "one line per feature: source, aggregation, window, TTL, stores", _cmd_list),
         ("show", "every field of the definitions, with each feature's version", _cmd_show),

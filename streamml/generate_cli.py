@@ -9,11 +9,17 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from streamml.console import Progress, human
-from streamml.operators.sources import GeneratorConfig, generate_events, partition_sizes
+from streamml.operators.sources import (
+    GeneratorConfig,
+    generate_events,
+    generate_speed_tests,
+    partition_sizes,
+)
 from streamml.state.definitions import parse_instant
 
 __all__ = ["JUNK_LINES", "register", "write_events"]
@@ -108,6 +114,18 @@ def write_events(
     return paths
 
 
+def write_speed_tests(path: Path, config: GeneratorConfig) -> Path:
+    """Write generated speed tests (see `generate_speed_tests`) as JSON lines; return the path."""
+    accounts, ts, fields = generate_speed_tests(config)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table = pa.table({"account": accounts.cast(pa.string()), "ts": ts, **fields})
+    with open(path, "wb") as f:
+        for batch in table.to_batches(max_chunksize=100_000):
+            for row in batch.to_pylist():
+                f.write(orjson.dumps(row) + b"\n")
+    return path
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     """Add `streamml generate`."""
     p = sub.add_parser(
@@ -122,6 +140,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--out", type=Path, required=True, help="output file (.csv or .jsonl)")
+    p.add_argument(
+        "--kind",
+        choices=["signal-errors", "speed-tests"],
+        default="signal-errors",
+        help="signal-error events, or speed tests (JSON lines with download_ratio, upload_ratio, "
+        "latency_ms, packet_loss_pct: the bundled speed_tests source)",
+    )
     p.add_argument("--events", type=int, default=1_000_000)
     p.add_argument("--accounts", type=int, default=100_000)
     p.add_argument("--seed", type=int, default=7)
@@ -167,6 +192,15 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         start_ms=end - span - disorder,
         span_ms=span,
     )
+    if args.kind == "speed-tests":
+        if fmt != "jsonl" or args.files != 1 or args.junk_rate:
+            print(
+                "streamml generate: speed tests are written as one JSON lines file",
+                file=sys.stderr,
+            )
+            return 2
+        print(write_speed_tests(args.out, config))
+        return 0
     paths = write_events(
         args.out, config, fmt=fmt, files=args.files, junk_rate=args.junk_rate, progress=Progress()
     )

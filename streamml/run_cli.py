@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from streamml import predict_cli
+from streamml import features_run_cli, predict_cli
 from streamml.console import Progress, human
 from streamml.dataflows.environment import KAFKA_PREFIX
 from streamml.dataflows.error_count import (
@@ -107,7 +107,9 @@ def add_error_count_options(p: argparse.ArgumentParser) -> None:
 def register(sub: argparse._SubParsersAction) -> None:
     """Add `streamml run` and its flows."""
     run = sub.add_parser(
-        "run", help="run a flow (error-count, predict)", description="Run a dataflow to its end."
+        "run",
+        help="run a flow (error-count, features, predict)",
+        description="Run a dataflow to its end.",
     )
     flows = run.add_subparsers(dest="flow", metavar="FLOW", required=True)
     p = flows.add_parser(
@@ -148,6 +150,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.set_defaults(func=_cmd_error_count)
     predict_cli.add_parser(flows)
+    features_run_cli.add_run_parser(flows)
 
 
 def config_from_args(args: argparse.Namespace, stats_path: Path | None) -> ErrorCountConfig:
@@ -304,4 +307,4 @@ def _cmd_error_count(args: argparse.Namespace) -> int:
         except (ValueError, RefusedError) as exc:
             print(f"streamml run error-count: {exc}", file=sys.stderr)
             return 2
-    return report_run("error-count", result, summary_rows(result), as_json=args.json)
+    return report_run("run error-count", result, summary_rows(result), as_json=args.json)

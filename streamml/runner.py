@@ -123,13 +123,15 @@ def run_flow_processes(
     return RunResult(rc, (stats or {}).get("counters", {}), wall, cpu, peak)
 
 
-def report_run(flow: str, result: RunResult, rows: list[tuple[str, str]], *, as_json: bool) -> int:
-    """Print how a `streamml run FLOW` ended (summary table or JSON); return the exit code."""
+def report_run(
+    command: str, result: RunResult, rows: list[tuple[str, str]], *, as_json: bool
+) -> int:
+    """Print how a flow's command (e.g. ``run error-count``) ended; return the exit code."""
     if result.returncode == REFUSED_EXIT:
-        print(f"streamml run {flow}: the run was refused (see above)", file=sys.stderr)
+        print(f"streamml {command}: the run was refused (see above)", file=sys.stderr)
         return 2
     if result.returncode != 0:
-        print(f"streamml run {flow}: the flow failed (exit {result.returncode})", file=sys.stderr)
+        print(f"streamml {command}: the flow failed (exit {result.returncode})", file=sys.stderr)
         return 1
     if as_json:
         import orjson
@@ -142,7 +144,7 @@ def report_run(flow: str, result: RunResult, rows: list[tuple[str, str]], *, as_
         }
         print(orjson.dumps(body).decode())
     else:
-        print(format_table(rows, headers=[flow, "value"]))
+        print(format_table(rows, headers=[command.split()[-1], "value"]))
     return 0
 
 
