@@ -446,9 +446,10 @@ class _RollingLogic(StatefulBatchLogic[EventBatch, ShardUpdate, dict[str, int]])
             pa.ipc.read_record_batch(pa.py_buffer(blob), self.schema)
             for blob in store.outbox(partition, lo, hi)
         ]
-        if not batches:
+        table = pa.Table.from_batches(batches, schema=self.schema)
+        if not table.num_rows:
             return self.empty_rows
-        rows = pa.Table.from_batches(batches).combine_chunks().to_batches()[0]
+        rows = table.combine_chunks().to_batches()[0]
         pos = rows.column("position").to_numpy()
         return rows.filter(pa.array(np.isin(pos, skipped)))
 
@@ -496,7 +497,9 @@ class _RollingLogic(StatefulBatchLogic[EventBatch, ShardUpdate, dict[str, int]])
             outbox = None
             if self.config.recovery:
                 kept = self._outbox_rows(rows, kind)
-                outbox = (partition, first, int(positions[-1]), kept.serialize().to_pybytes())
+                if kept.num_rows:
+                    payload = kept.serialize().to_pybytes()
+                    outbox = (partition, first, int(positions[-1]), payload)
             if self.in_postgres:
                 self._commit_postgres(uniq, result.records, partition, through)
             store.commit(uniq, result.records, {partition: through}, outbox)
