@@ -80,8 +80,8 @@ def config(tmp: Path, name: str, defs: Path, data: Path, dsn: str, recovery: boo
     )
 
 
-def rocksdb_records(cfg: FeaturesConfig) -> dict[bytes, bytes]:
-    source = read_sources(cfg.state_dir)["speed_tests"]
+def rocksdb_records(cfg: FeaturesConfig, name: str = "speed_tests") -> dict[bytes, bytes]:
+    source = read_sources(cfg.state_dir)[name]
     template = RecordLayout(source.features).empty(1)
     out = {}
     for shard in range(cfg.shards):
