@@ -17,15 +17,16 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
+import pyarrow as pa
 from streamml.state.definitions import FeatureDef, count_feature
 from streamml.state.feature_manifest import StoredSource, read_sources
 from streamml.state.feature_records import RecordLayout, read_features
 from streamml.state.layout import StateLayout
 from streamml.state.rolling_store import RollingStateStore
-from streamml.state.sharding import shard_of
+from streamml.state.sharding import shard_many, shard_of
 
 __all__ = ["FeatureRead", "FeatureValue", "OnlineStore", "freshness", "window_value"]
 
@@ -40,8 +41,12 @@ class FeatureValue:
     updated_at: int | None
 
 
-@dataclass(frozen=True, slots=True)
-class FeatureRead:
+_SCALAR_READS = 8
+"""Reads of up to this many entities compute values in plain Python (numpy's per-call overhead
+dominates them); larger ones are vectorised."""
+
+
+class FeatureRead(NamedTuple):
     """One feature of one entity as read from the online store, with its freshness.
 
     `value` is None when `status` is ``"missing"``; `updated_at` is the event time (epoch ms) of
@@ -68,6 +73,18 @@ def freshness(updated_at: int | None, as_of: int, ttl_ms: int) -> Status:
     if updated_at is None:
         return "missing"
     return "fresh" if as_of - updated_at <= ttl_ms else "stale"
+
+
+def _records(template: np.ndarray, raw: list[bytes | None]) -> np.ndarray:
+    """Return the records of `raw` (None: an entity never seen, given `template`)."""
+    if all(r is not None for r in raw):
+        return np.frombuffer(b"".join(raw), dtype=template.dtype).copy()  # type: ignore[arg-type]
+    out = np.repeat(template, len(raw))
+    found = [i for i, r in enumerate(raw) if r is not None]
+    if found:
+        joined = b"".join([raw[i] for i in found])  # type: ignore[misc]
+        out[np.asarray(found)] = np.frombuffer(joined, dtype=template.dtype)
+    return out
 
 
 def window_value(counts, max_bucket: int, as_of_bucket: int, window: int) -> int:
@@ -123,6 +140,10 @@ class OnlineStore:
         self._templates = {n: r.empty(1) for n, r in self._records.items()}
         self._of_feature = {
             f.name: (s, i) for s in self.sources.values() for i, f in enumerate(s.features)
+        }
+        self._defs = {
+            name: (s.features[i], s.features[i].version)
+            for name, (s, i) in self._of_feature.items()
         }
         self.postgres_dsn = postgres_dsn or os.environ.get("STREAMML_POSTGRES_DSN") or None
         self._postgres: dict[str, Any] = {}
@@ -245,23 +266,34 @@ class OnlineStore:
         for source, wanted in by_source.items():
             stored = self.sources[source]
             records = self._source_records(stored, wanted, keys)
-            values = read_features(self._records[source], records, times, wanted)
+            layout = self._records[source]
+            if n <= _SCALAR_READS:
+                plan = layout.read_plan
+                rows = [
+                    plan.read_one(row, t)
+                    for row, t in zip(records.tolist(), times.tolist(), strict=True)
+                ]
+                values = {name: np.array([r[name] for r in rows]) for name in wanted}
+            else:
+                values = read_features(layout, records, times, wanted)
             updated = records["updated_at"]
+            seen = updated >= 0
+            updated_list = updated.tolist()
             for name in wanted:
-                f = stored.features[self._of_feature[name][1]]
+                f, version = self._defs[name]
                 column = values[name]
-                for r in range(n):
-                    u = int(updated[r])
-                    v = float(column[r])
-                    if u < 0:
-                        out[r][name] = FeatureRead(None, None, f.version, "missing")
-                    elif v != v:
-                        out[r][name] = FeatureRead(None, u, f.version, "missing")
+                present = seen & ~np.isnan(column)
+                fresh = (times - updated <= f.ttl_ms).tolist()
+                cells = (column.astype(np.int64) if f.aggregation == "count" else column).tolist()
+                for r, ok in enumerate(present.tolist()):
+                    if ok:
+                        status = "fresh" if fresh[r] else "stale"
+                        out[r][name] = FeatureRead(cells[r], updated_list[r], version, status)
                     else:
-                        value = int(v) if f.aggregation == "count" else v
-                        out[r][name] = FeatureRead(
-                            value, u, f.version, freshness(u, int(times[r]), f.ttl_ms)
-                        )
+                        u = updated_list[r]
+                        out[r][name] = FeatureRead(None, u if u >= 0 else None, version, "missing")
+        if len(by_source) == 1:
+            return out
         return [{name: row[name] for name in names} for row in out]
 
     def _source_records(self, stored: StoredSource, wanted: list[str], keys: list[bytes]):
@@ -272,15 +304,24 @@ class OnlineStore:
         )
         if not in_rocksdb:
             return self._postgres_records(stored, template, keys)
-        records = np.repeat(template, len(keys))
+        n = len(keys)
+        shards = self.layout.shards
+        if n > _SCALAR_READS:
+            of = shard_many(pa.array(keys, type=pa.binary()), shards).tolist()
+        else:
+            of = [shard_of(key, shards) for key in keys]
         by_shard: dict[int, list[int]] = {}
-        for i, key in enumerate(keys):
-            by_shard.setdefault(shard_of(key, self.layout.shards), []).append(i)
+        for i, shard in enumerate(of):
+            by_shard.setdefault(shard, []).append(i)
+        raw: list[bytes | None] = [None] * n
         for shard, idx in by_shard.items():
             store = self._shard(shard)
             if store is not None:
-                records[idx] = store.load_as(stored.id, template, [keys[i] for i in idx])
-        return records
+                for i, value in zip(
+                    idx, store.get_raw(stored.id, [keys[i] for i in idx]), strict=True
+                ):
+                    raw[i] = value
+        return _records(template, raw)
 
     def _postgres_records(self, stored: StoredSource, template: np.ndarray, keys: list[bytes]):
         if self.postgres_dsn is None:
@@ -294,12 +335,7 @@ class OnlineStore:
             from streamml.state.postgres import PostgresStore
 
             pg = self._postgres[stored.name] = PostgresStore(self.postgres_dsn, stored.name)
-        records = np.repeat(template, len(keys))
-        found = [(i, raw) for i, raw in enumerate(pg.load(keys)) if raw is not None]
-        if found:
-            idx = np.asarray([i for i, _ in found])
-            records[idx] = np.frombuffer(b"".join(raw for _, raw in found), dtype=template.dtype)
-        return records
+        return _records(template, pg.load(keys))
 
     def refresh(self) -> None:
         """Let later reads see the latest writes (catch up, or reopen the shards)."""

@@ -184,6 +184,11 @@ class RollingStateStore:
             keys.account_prefix(feature), np.repeat(template, len(accounts)), accounts
         )
 
+    def get_raw(self, feature: int, accounts: list[bytes]) -> list[bytes | None]:
+        """Return the record bytes of `accounts` under record id `feature` (one multi-get)."""
+        prefix = keys.account_prefix(feature)
+        return self._db.get([prefix + a for a in accounts])
+
     def _fill(self, prefix: bytes, out: np.ndarray, accounts: list[bytes]) -> np.ndarray:
         raw = self._db.get([prefix + a for a in accounts])
         found = [i for i, v in enumerate(raw) if v is not None]

@@ -142,9 +142,11 @@ def test_batches_match_one_by_one(events, cuts, reads):
     for entity, record in state.items():
         for t in reads:
             values = read_features(LAYOUT, record, np.array([t]))
+            one = LAYOUT.read_plan.read_one(record.tolist()[0], t)
             exp = oracle.read(entity, t)
             for name, v in exp.items():
                 assert _same(float(values[name][0]), v), (entity, t, name, values[name][0], v)
+                assert _same(one[name], v), (entity, t, name, one[name], v)
 
 
 def test_updated_at_is_the_latest_accepted_event_time():
