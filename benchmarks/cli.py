@@ -9,7 +9,14 @@ __all__ = ["register"]
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add `streamml bench` and every benchmark."""
-    from streamml.benchmarks import aggregations, error_count, postgres_store, predict, scoring
+    from streamml.benchmarks import (
+        aggregations,
+        error_count,
+        online_reads,
+        postgres_store,
+        predict,
+        scoring,
+    )
 
     bench = sub.add_parser(
         "bench", help="run a benchmark", description="Run a benchmark and print its figures."
@@ -19,4 +26,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     scoring.register(bsub)
     predict.register(bsub)
     aggregations.register(bsub)
+    online_reads.register(bsub)
     postgres_store.register(bsub)

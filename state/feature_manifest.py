@@ -110,6 +110,16 @@ def read_sources(state_dir: str | os.PathLike[str]) -> dict[str, StoredSource]:
     }
 
 
+def _applied(state_dir: Path) -> bool:
+    """Whether a state dir without a manifest holds applied input (an error count's state)."""
+    from streamml.state.rolling_store import stored_positions
+
+    layout = StateLayout.read(state_dir)
+    if layout is None:
+        return False
+    return any(p >= 0 for p in stored_positions(state_dir, layout.shards).values())
+
+
 def _describe(features: tuple[FeatureDef, ...]) -> str:
     return ", ".join(f"{f.name}@{f.version}" for f in features) or "none"
 
@@ -132,6 +142,8 @@ def register_sources(
     with open(root / ".features.lock", "wb") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         stored = read_sources(root)
+        if not _path(root).exists() and not _applied(root):
+            stored = {}
         out = dict(stored)
         for name, features in sources.items():
             if not features:

@@ -41,6 +41,7 @@ class FeatureValue:
     updated_at: int | None
 
 
+_STATUS = ("missing", "fresh", "stale")
 _SCALAR_READS = 8
 """Reads of up to this many entities compute values in plain Python (numpy's per-call overhead
 dominates them); larger ones are vectorised."""
@@ -262,7 +263,7 @@ class OnlineStore:
         by_source: dict[str, list[str]] = {}
         for name in names:
             by_source.setdefault(self._of_feature[name][0].name, []).append(name)
-        out: list[dict[str, FeatureRead]] = [{} for _ in range(n)]
+        columns: dict[str, list[FeatureRead]] = {}
         for source, wanted in by_source.items():
             stored = self.sources[source]
             records = self._source_records(stored, wanted, keys)
@@ -278,23 +279,20 @@ class OnlineStore:
                 values = read_features(layout, records, times, wanted)
             updated = records["updated_at"]
             seen = updated >= 0
-            updated_list = updated.tolist()
+            age = times - updated
+            seen_at = [u if u >= 0 else None for u in updated.tolist()]
             for name in wanted:
                 f, version = self._defs[name]
                 column = values[name]
                 present = seen & ~np.isnan(column)
-                fresh = (times - updated <= f.ttl_ms).tolist()
+                status = np.where(present, np.where(age <= f.ttl_ms, 1, 2), 0).tolist()
                 cells = (column.astype(np.int64) if f.aggregation == "count" else column).tolist()
-                for r, ok in enumerate(present.tolist()):
-                    if ok:
-                        status = "fresh" if fresh[r] else "stale"
-                        out[r][name] = FeatureRead(cells[r], updated_list[r], version, status)
-                    else:
-                        u = updated_list[r]
-                        out[r][name] = FeatureRead(None, u if u >= 0 else None, version, "missing")
-        if len(by_source) == 1:
-            return out
-        return [{name: row[name] for name in names} for row in out]
+                cells = [c if p else None for c, p in zip(cells, present.tolist(), strict=True)]
+                columns[name] = list(
+                    map(FeatureRead, cells, seen_at, [version] * n, [_STATUS[k] for k in status])
+                )
+        ordered = [columns[name] for name in names]
+        return [dict(zip(names, cells, strict=True)) for cells in zip(*ordered, strict=True)]
 
     def _source_records(self, stored: StoredSource, wanted: list[str], keys: list[bytes]):
         """Return `stored`'s records of `keys`: from RocksDB, or PostgreSQL if only kept there."""
