@@ -188,6 +188,6 @@ def _changed(root: Path, name: str, old: tuple[FeatureDef, ...], new: tuple[Feat
         f"change them ({'; '.join(details)}), which would reinterpret the stored state. Compute "
         "the new definitions into a new state dir: `streamml features backfill --definitions "
         "FILE --input FILES... --state-dir NEW_DIR` (then run the flow on NEW_DIR), or restore "
-        "the definitions this state dir was made with (`streamml features show --state-dir` "
-        f"lists them)"
+        "the definitions this state dir was made with (`streamml features show --state-dir "
+        f"{root}` lists them)"
     )

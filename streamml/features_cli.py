@@ -12,6 +12,7 @@ from streamml.console import format_table
 from streamml.state.definitions import (
     DefinitionError,
     Definitions,
+    EntityDef,
     default_definitions,
     load_definitions,
     parse_instant,
@@ -63,7 +64,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         ("validate", "check a definition file; exit 1 naming the first error", _cmd_validate),
     ):
         p = fsub.add_parser(name, help=helptext, description=helptext[0].upper() + helptext[1:])
-        p.add_argument("--definitions", type=Path, help=_DEFS_HELP)
+        where = p.add_mutually_exclusive_group() if name != "validate" else p
+        where.add_argument("--definitions", type=Path, help=_DEFS_HELP)
+        if name != "validate":
+            where.add_argument(
+                "--state-dir",
+                type=Path,
+                help="the definitions a state dir holds (its sources and feature versions)",
+            )
         if name == "show":
             p.add_argument("names", nargs="*", metavar="FEATURE", help="features (default: all)")
             p.add_argument("--json", action="store_true", help="JSON instead of text")
@@ -71,6 +79,21 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _load(args: argparse.Namespace, command: str) -> Definitions | None:
+    state_dir = getattr(args, "state_dir", None)
+    if state_dir is not None:
+        from streamml.state.feature_manifest import read_sources
+
+        sources = read_sources(state_dir)
+        if not sources:
+            print(
+                f"streamml features {command}: {state_dir} holds no feature state", file=sys.stderr
+            )
+            return None
+        features = {f.name: f for s in sources.values() for f in s.features}
+        entities = {f.entity: EntityDef(f.entity) for f in features.values()}
+        return Definitions(
+            entities, {n: s.source for n, s in sources.items()}, features, str(state_dir)
+        )
     try:
         if args.definitions is None:
             return default_definitions()

@@ -83,3 +83,15 @@ def test_generate_ends_by_end(capsys, tmp_path, end):
     assert ts.max() <= limit
     assert ts.max() >= (before if end is None else limit) - 3_600_000
     assert np.median(ts) < ts.max()
+
+
+def test_list_the_features_a_state_dir_holds(capsys, tmp_path):
+    from streamml.state.feature_manifest import register_sources
+
+    defs = default_definitions()
+    register_sources(tmp_path, {"speed_tests": defs.of_source("speed_tests")})
+    code, out, _ = run(capsys, "features", "list", "--state-dir", str(tmp_path))
+    assert code == 0
+    assert "download_ratio_mean_7d" in out and "signal_errors_24h" not in out
+    code, _, err = run(capsys, "features", "list", "--state-dir", str(tmp_path / "none"))
+    assert code == 1 and "holds no feature state" in err
