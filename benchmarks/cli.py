@@ -12,6 +12,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     from streamml.benchmarks import (
         aggregations,
         error_count,
+        features,
         online_reads,
         postgres_store,
         predict,
@@ -27,4 +28,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     predict.register(bsub)
     aggregations.register(bsub)
     online_reads.register(bsub)
+    features.register(bsub)
     postgres_store.register(bsub)
