@@ -381,9 +381,35 @@ def _decode_jsonl(chunk: LinesChunk) -> Decoded:
     buf = np.frombuffer(data, dtype=np.uint8)
     starts, ends = _line_starts(buf)
     base = chunk.base
+    whole = _decode_jsonl_arrow(chunk, starts)
+    if whole is not None:
+        return whole
     for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
         builder.line(data[s:e], base + s, _json_line)
     return Decoded(builder.batch(), builder.dead, len(starts), len(data))
+
+
+def _decode_jsonl_arrow(chunk: LinesChunk, starts: np.ndarray) -> Decoded | None:
+    """Decode a chunk whose every line is a valid JSON event with Arrow's reader, else None."""
+    data = chunk.data
+    if not len(starts) or b"\r" in data:
+        return None
+    try:
+        table = pajson.read_json(
+            pa.py_buffer(data),
+            read_options=pajson.ReadOptions(use_threads=False, block_size=max(len(data), 1 << 20)),
+            parse_options=pajson.ParseOptions(
+                explicit_schema=_EVENT_SCHEMA, unexpected_field_behavior="ignore"
+            ),
+        )
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        return None
+    columns = _valid_columns(table, len(starts))
+    if columns is None:
+        return None
+    accounts, ts = columns
+    events = EventBatch(chunk.partition, accounts.cast(pa.binary()), ts, chunk.base + starts)
+    return Decoded(events, [], len(starts), len(data))
 
 
 def decode_chunk(chunk: LinesChunk) -> Decoded:
