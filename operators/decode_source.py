@@ -24,11 +24,17 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import numpy as np
-import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.json as pajson
-from streamml.operators.decode import MAX_ACCOUNT_BYTES, Decoded, DecodeOutputs, decode_events
+from streamml.operators.decode import (
+    MAX_ACCOUNT_BYTES,
+    Decoded,
+    DecodeOutputs,
+    InvalidRecord,
+    decode_events,
+    json_object,
+    read_json_lines,
+)
 from streamml.operators.records import (
     DEAD_LETTER_RAW_LIMIT,
     DeadLetter,
@@ -71,67 +77,62 @@ class SourceSchema:
         return pa.schema(fields)
 
 
-class _Invalid(Exception):
-    def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.detail = detail
-
-
 def _key(schema: SourceSchema, value: object) -> bytes:
     name = schema.source.key
     if value is None:
-        raise _Invalid(f"missing_{name}")
+        raise InvalidRecord(f"missing_{name}")
     if not isinstance(value, str):
-        raise _Invalid(f"bad_{name}", f"{name} must be a string, got {type(value).__name__}")
+        raise InvalidRecord(f"bad_{name}", f"{name} must be a string, got {type(value).__name__}")
     if not value:
-        raise _Invalid(f"bad_{name}", f"{name} is empty")
+        raise InvalidRecord(f"bad_{name}", f"{name} is empty")
     try:
         raw = value.encode("utf-8")
     except UnicodeEncodeError as exc:
-        raise _Invalid(f"bad_{name}", f"{name} is not valid unicode") from exc
+        raise InvalidRecord(f"bad_{name}", f"{name} is not valid unicode") from exc
     if len(raw) > MAX_ACCOUNT_BYTES:
-        raise _Invalid(f"{name}_too_long", f"{len(raw)} bytes > {MAX_ACCOUNT_BYTES}")
+        raise InvalidRecord(f"{name}_too_long", f"{len(raw)} bytes > {MAX_ACCOUNT_BYTES}")
     return raw
 
 
 def _time(schema: SourceSchema, value: object) -> int:
     name = schema.source.time
     if value is None:
-        raise _Invalid(f"missing_{name}")
+        raise InvalidRecord(f"missing_{name}")
     if schema.source.time_format == "iso8601":
         if not isinstance(value, str):
-            raise _Invalid(f"bad_{name}", f"{name} must be an ISO-8601 string")
+            raise InvalidRecord(f"bad_{name}", f"{name} must be an ISO-8601 string")
         try:
             moment = datetime.fromisoformat(value)
         except ValueError as exc:
-            raise _Invalid(f"bad_{name}", f"not ISO-8601: {value[:40]!r}") from exc
+            raise InvalidRecord(f"bad_{name}", f"not ISO-8601: {value[:40]!r}") from exc
         if moment.tzinfo is None:
-            raise _Invalid(f"bad_{name}", f"{value[:40]!r} has no UTC offset")
+            raise InvalidRecord(f"bad_{name}", f"{value[:40]!r} has no UTC offset")
         ts = round(moment.timestamp() * 1000)
     else:
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise _Invalid(f"bad_{name}", f"{name} must be an integer, got {type(value).__name__}")
+            raise InvalidRecord(
+                f"bad_{name}", f"{name} must be an integer, got {type(value).__name__}"
+            )
         if isinstance(value, float):
             if not math.isfinite(value) or not value.is_integer():
-                raise _Invalid(f"bad_{name}", f"{name} must be an integer, got {value!r}")
+                raise InvalidRecord(f"bad_{name}", f"{name} must be an integer, got {value!r}")
             value = int(value)
         ts = value
     if ts < 0:
-        raise _Invalid(f"negative_{name}", str(ts))
+        raise InvalidRecord(f"negative_{name}", str(ts))
     if ts > _MAX_TS:
-        raise _Invalid(f"bad_{name}", f"{ts} is out of range")
+        raise InvalidRecord(f"bad_{name}", f"{ts} is out of range")
     return ts
 
 
 def _number(name: str, value: object) -> float:
     if value is None:
-        raise _Invalid(f"missing_{name}")
+        raise InvalidRecord(f"missing_{name}")
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise _Invalid(f"bad_{name}", f"{name} must be a number, got {type(value).__name__}")
+        raise InvalidRecord(f"bad_{name}", f"{name} must be a number, got {type(value).__name__}")
     x = float(value)
     if not math.isfinite(x) or abs(x) > MAX_ABS_VALUE:
-        raise _Invalid(f"bad_{name}", f"{name} must be finite and at most {MAX_ABS_VALUE:g}")
+        raise InvalidRecord(f"bad_{name}", f"{name} must be finite and at most {MAX_ABS_VALUE:g}")
     return x
 
 
@@ -155,18 +156,8 @@ def _decode_object(schema: SourceSchema, obj: dict) -> tuple[bytes, int, list[fl
 
 def _json_object(raw: bytes) -> dict:
     if not raw.strip():
-        raise _Invalid("blank")
-    try:
-        obj = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        try:
-            raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise _Invalid("not_utf8") from exc
-        raise _Invalid("not_json", str(exc)[:200]) from exc
-    if not isinstance(obj, dict):
-        raise _Invalid("not_object", f"got {type(obj).__name__}")
-    return obj
+        raise InvalidRecord("blank")
+    return json_object(raw)
 
 
 class _CsvObject:
@@ -185,18 +176,18 @@ class _CsvObject:
     def __call__(self, raw: bytes) -> dict:
         line = raw[:-1] if raw.endswith(b"\r") else raw
         if not line.strip():
-            raise _Invalid("blank")
+            raise InvalidRecord("blank")
         try:
             text = line.decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise _Invalid("not_utf8") from exc
+            raise InvalidRecord("not_utf8") from exc
         try:
             rows = list(csv.reader([text], strict=True))
         except csv.Error as exc:
-            raise _Invalid("bad_csv", str(exc)) from exc
+            raise InvalidRecord("bad_csv", str(exc)) from exc
         if len(rows) != 1 or len(rows[0]) != len(self.header):
             got = len(rows[0]) if rows else 0
-            raise _Invalid("bad_csv", f"expected {len(self.header)} fields, got {got}")
+            raise InvalidRecord("bad_csv", f"expected {len(self.header)} fields, got {got}")
         obj: dict[str, object] = {}
         for name, cell in zip(self.header, rows[0], strict=True):
             if cell == "":
@@ -225,7 +216,7 @@ class _Builder:
     def add(self, raw: bytes, position: int, parse) -> None:
         try:
             event = _decode_object(self.schema, parse(raw))
-        except _Invalid as exc:
+        except InvalidRecord as exc:
             self.dead.append(
                 DeadLetter(
                     exc.reason, raw[:DEAD_LETTER_RAW_LIMIT], self.partition, position, exc.detail
@@ -258,18 +249,9 @@ def _fast(schema: SourceSchema, data: bytes, n: int, partition: str, positions: 
     """Decode `n` JSON lines with Arrow when every one is a valid event, else return None."""
     if schema.source.time_format != "epoch_ms":
         return None
-    try:
-        table = pajson.read_json(
-            pa.py_buffer(data),
-            read_options=pajson.ReadOptions(use_threads=False, block_size=max(len(data), 1 << 20)),
-            parse_options=pajson.ParseOptions(
-                explicit_schema=schema.arrow_schema, unexpected_field_behavior="ignore"
-            ),
-        )
-    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
-        return None
+    table = read_json_lines(data, schema.arrow_schema)
     s = schema.source
-    if table.num_rows != n:
+    if table is None or table.num_rows != n:
         return None
     keys = table.column(s.key).combine_chunks()
     ts_col = table.column(s.time).combine_chunks()
