@@ -145,7 +145,6 @@ class ErrorCountConfig:
             bucket_ms=int(get("BUCKET_MS", "3600000")),
             window_buckets=int(get("WINDOW_BUCKETS", "24")),
         )
-        history = get("HISTORY_DIR")
         return cls(
             source=source,
             state_dir=state_dir,
@@ -154,11 +153,7 @@ class ErrorCountConfig:
             alerts_out=path("ALERTS_OUT"),
             dead_letters_out=path("DEAD_LETTERS_OUT"),
             late_out=path("LATE_OUT"),
-            history_dir=None
-            if history == "off"
-            else Path(history)
-            if history
-            else state_dir / "history",
+            history_dir=e.history_dir(state_dir),
             stats_path=path("STATS_PATH"),
             pipeline_version=get("PIPELINE_VERSION", PIPELINE_VERSION) or PIPELINE_VERSION,
             kafka_env=e.kafka(),

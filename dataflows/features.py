@@ -160,7 +160,6 @@ class FeaturesConfig:
                     chunk_bytes=int(chunk) if chunk else None,
                 )
             )
-        history = e.get("HISTORY_DIR")
         return cls(
             inputs=tuple(inputs),
             state_dir=state_dir,
@@ -169,11 +168,7 @@ class FeaturesConfig:
             alerts_out=e.path("ALERTS_OUT"),
             dead_letters_out=e.path("DEAD_LETTERS_OUT"),
             late_out=e.path("LATE_OUT"),
-            history_dir=None
-            if history == "off"
-            else Path(history)
-            if history
-            else state_dir / "history",
+            history_dir=e.history_dir(state_dir),
             stats_path=e.path("STATS_PATH"),
             pipeline_version=e.get("PIPELINE_VERSION", PIPELINE_VERSION) or PIPELINE_VERSION,
             kafka_env=e.kafka(),

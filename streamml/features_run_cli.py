@@ -7,14 +7,13 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
 
 from streamml.console import Progress, human
 from streamml.dataflows.environment import KAFKA_PREFIX
 from streamml.dataflows.features import FeaturesConfig, SourceInput, prepare_features_state
 from streamml.operators.sources import DEFAULT_SETTLE_MS, GeneratorConfig
 from streamml.recovery import ensure_recovery_dir, recovery_args
-from streamml.runner import RunResult, report_run, run_flow_processes
+from streamml.runner import RunResult, event_progress, report_run, run_flow_processes
 from streamml.state.definitions import DefinitionError
 from streamml.state.errors import RefusedError
 
@@ -213,21 +212,13 @@ def run_features(
     prepare_features_state(config, reset_sources=reset_sources)
     bar = Progress(enabled=show_progress)
 
-    def progress(counters: dict[str, Any], elapsed: float) -> None:
-        read = counters.get("read", 0)
-        bar.update(
-            f"{elapsed:6.1f}s  read {human(read)}  accepted {human(counters.get('accepted', 0))}"
-            f"  dead {human(counters.get('dead', 0))}  alerts {human(counters.get('alerts', 0))}"
-            f"  {human(read / max(elapsed, 1e-9))} events/s"
-        )
-
     try:
         return run_flow_processes(
             "streamml.dataflows.features:flow",
             config.to_env(),
             processes=processes,
             stats_path=config.stats_path,
-            progress=progress,
+            progress=event_progress(bar),
             extra_args=extra,
         )
     finally:

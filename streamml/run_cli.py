@@ -7,7 +7,6 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
 
 from streamml import features_run_cli, predict_cli
 from streamml.console import Progress, human
@@ -24,7 +23,7 @@ from streamml.operators.sources import (
     read_csv_header,
 )
 from streamml.recovery import ensure_recovery_dir, recovery_args
-from streamml.runner import RunResult, cost_rows, report_run, run_flow_processes
+from streamml.runner import RunResult, cost_rows, event_progress, report_run, run_flow_processes
 from streamml.state.errors import RefusedError
 from streamml.state.layout import StateLayout
 
@@ -246,21 +245,13 @@ def run_error_count(
     prepare_state(config, reset_sources=reset_sources)
     bar = Progress(enabled=show_progress)
 
-    def progress(counters: dict[str, Any], elapsed: float) -> None:
-        read = counters.get("read", 0)
-        bar.update(
-            f"{elapsed:6.1f}s  read {human(read)}  accepted {human(counters.get('accepted', 0))}"
-            f"  dead {human(counters.get('dead', 0))}  alerts {human(counters.get('alerts', 0))}"
-            f"  {human(read / max(elapsed, 1e-9))} events/s"
-        )
-
     try:
         return run_flow_processes(
             "streamml.dataflows.error_count:flow",
             config.to_env(),
             processes=processes,
             stats_path=config.stats_path,
-            progress=progress,
+            progress=event_progress(bar),
             extra_args=extra,
         )
     finally:

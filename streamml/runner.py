@@ -18,7 +18,14 @@ from streamml.console import format_table, human
 from streamml.operators.sinks import read_stats
 from streamml.worker import REFUSED_EXIT
 
-__all__ = ["RunResult", "cost_rows", "free_ports", "report_run", "run_flow_processes"]
+__all__ = [
+    "RunResult",
+    "cost_rows",
+    "event_progress",
+    "free_ports",
+    "report_run",
+    "run_flow_processes",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +128,20 @@ def run_flow_processes(
         else:
             sys.stderr.write(text[-8000:])
     return RunResult(rc, (stats or {}).get("counters", {}), wall, cpu, peak)
+
+
+def event_progress(bar) -> Callable[[dict[str, Any], float], None]:
+    """Return a progress callback that shows a feature flow's counters on `bar`."""
+
+    def progress(counters: dict[str, Any], elapsed: float) -> None:
+        read = counters.get("read", 0)
+        bar.update(
+            f"{elapsed:6.1f}s  read {human(read)}  accepted {human(counters.get('accepted', 0))}"
+            f"  dead {human(counters.get('dead', 0))}  alerts {human(counters.get('alerts', 0))}"
+            f"  {human(read / max(elapsed, 1e-9))} events/s"
+        )
+
+    return progress
 
 
 def report_run(
