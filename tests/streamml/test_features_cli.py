@@ -95,3 +95,50 @@ def test_list_the_features_a_state_dir_holds(capsys, tmp_path):
     assert "download_ratio_mean_7d" in out and "signal_errors_24h" not in out
     code, _, err = run(capsys, "features", "list", "--state-dir", str(tmp_path / "none"))
     assert code == 1 and "holds no feature state" in err
+
+
+def test_run_features_two_processes_equal_one(capsys, tmp_path):
+    from streamml.state.online import OnlineStore
+
+    errors, tests = tmp_path / "errors.csv", tmp_path / "tests.jsonl"
+    end = ["--end", "2026-01-03T00:00:00Z", "--accounts", "300"]
+    assert run(capsys, "generate", "--out", str(errors), "--events", "30000", *end)[0] == 0
+    assert (
+        run(
+            capsys,
+            "generate",
+            "--kind",
+            "speed-tests",
+            "--out",
+            str(tests),
+            "--events",
+            "6000",
+            *end,
+        )[0]
+        == 0
+    )
+    inputs = ["--input", f"signal_errors={errors}", "--input", f"speed_tests={tests}"]
+    for name, procs in (("one", "1"), ("two", "2")):
+        code, _, err = run(
+            capsys,
+            "run",
+            "features",
+            *inputs,
+            "--state-dir",
+            str(tmp_path / name),
+            "--settle-ms",
+            "0",
+            "--processes",
+            procs,
+            "--json",
+        )
+        assert code == 0, err
+    accounts = [f"acct-{i:08d}" for i in range(300)]
+    as_of = 1_767_398_400_000
+    one = OnlineStore(tmp_path / "one").get_features(accounts, as_of=as_of)
+    two = OnlineStore(tmp_path / "two").get_features(accounts, as_of=as_of)
+    assert one == two
+    assert sum(r["speed_tests_24h"].value or 0 for r in one) > 0
+    assert sum(r["signal_errors_24h"].value or 0 for r in one) > 0
+    code, _, err = run(capsys, "run", "features", "--input", "nope=x", "--state-dir", str(tmp_path))
+    assert code == 2 and "file not found" in err
