@@ -253,9 +253,11 @@ def row_schema(features: tuple[FeatureDef, ...]) -> pa.Schema:
     """Return the schema of the rows a batch emits for `features`.
 
     One row per applied event: its source position, account, event time, kind, the features whose
-    alert fired on it (bit i for feature i) and, per feature, its value after the event (NaN where
-    the event was late for that feature).
+    alert fired on it (bit i for feature i), per feature its value after the event (NaN where the
+    event was late for that feature; the column's metadata names the field it aggregates), then
+    the value of every aggregated field (``field:NAME``).
     """
+    fields = dict.fromkeys(f.field for f in features if f.field is not None)
     return pa.schema(
         [
             ("position", pa.int64()),
@@ -263,7 +265,8 @@ def row_schema(features: tuple[FeatureDef, ...]) -> pa.Schema:
             ("ts", pa.int64()),
             ("kind", pa.int8()),
             ("fired", pa.uint32()),
-            *[(f.name, pa.float64()) for f in features],
+            *[pa.field(f.name, pa.float64(), metadata={"field": f.field or ""}) for f in features],
+            *[(f"field:{name}", pa.float64()) for name in fields],
         ]
     )
 
@@ -313,19 +316,30 @@ class ShardUpdate:
     @property
     def features(self) -> tuple[str, ...]:
         """Names of the features in `rows`, in feature order."""
-        return tuple(self.rows.schema.names[5:])
+        return tuple(n for n in self.rows.schema.names[5:] if not n.startswith("field:"))
 
-    def feature_rows(self, feature: str) -> tuple[pa.Array, np.ndarray, np.ndarray]:
-        """Return `(accounts, ts, values)` of the events `feature` accepted, in source order."""
+    def feature_rows(self, feature: str) -> tuple[pa.Array, np.ndarray, np.ndarray, np.ndarray]:
+        """Return `(accounts, ts, values, contributions)` of the events `feature` accepted.
+
+        In source order; an event's contribution is what it adds to the feature's window: 1 for
+        a count, else the value of the field the feature aggregates.
+        """
         values = self.rows.column(feature).to_numpy(zero_copy_only=False)
+        field = (self.rows.schema.field(feature).metadata or {}).get(b"field", b"").decode()
+        if field:
+            contributions = self.rows.column(f"field:{field}").to_numpy(zero_copy_only=False)
+        else:
+            contributions = np.ones(len(values))
         keep = ~np.isnan(values)
         if keep.all():
-            return self.rows.column("account"), self.rows.column("ts").to_numpy(), values
+            ts = self.rows.column("ts").to_numpy()
+            return self.rows.column("account"), ts, values, contributions
         idx = pa.array(np.flatnonzero(keep))
         return (
             self.rows.column("account").take(idx),
             self.rows.column("ts").to_numpy()[keep],
             values[keep],
+            contributions[keep],
         )
 
     @property
@@ -355,7 +369,9 @@ class ShardUpdate:
         return out
 
 
-def _rows(schema: pa.Schema, positions, accounts, ts, kind, fired, values) -> pa.RecordBatch:
+def _rows(
+    schema: pa.Schema, positions, accounts, ts, kind, fired, values, fields
+) -> pa.RecordBatch:
     return pa.record_batch(
         [
             pa.array(positions, type=pa.int64()),
@@ -364,6 +380,7 @@ def _rows(schema: pa.Schema, positions, accounts, ts, kind, fired, values) -> pa
             pa.array(kind, type=pa.int8()),
             pa.array(fired, type=pa.uint32()),
             *[pa.array(v, type=pa.float64()) for v in values],
+            *[pa.array(v, type=pa.float64()) for v in fields],
         ],
         schema=schema,
     )
@@ -492,7 +509,8 @@ class _RollingLogic(StatefulBatchLogic[EventBatch, ShardUpdate, dict[str, int]])
                 fired |= result.fired[f.name].astype(np.uint32) << np.uint32(i)
             kind = np.where(accepted, np.where(fired != 0, KIND_ALERT, KIND_ACCEPTED), KIND_LATE)
             values = [result.values[f.name] for f in self.features]
-            rows = _rows(self.schema, positions, accounts, ts, kind, fired, values)
+            columns = [fields[name] for name in self.fields]
+            rows = _rows(self.schema, positions, accounts, ts, kind, fired, values, columns)
             first = int(positions[0])
             outbox = None
             if self.config.recovery:

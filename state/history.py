@@ -2,7 +2,9 @@
 
 Layout: ``ROOT/FEATURE/day=YYYY-MM-DD/part-WRITER-SEQ.parquet`` with columns `account`,
 `event_time` (UTC, ms), `value` (int64 for counts, float64 otherwise), `pipeline_version` and
-`feature_version` (the feature definition's version). Writers buffer rows and write one file per
+`feature_version` (the feature definition's version) and `contribution` (what the event added to
+the feature's window: 1 for a count, else the value of the field it aggregates), so a feature's
+value as of any time can be recomputed from its rows. Writers buffer rows and write one file per
 day touched at each flush; several writers (one per worker) never share a file.
 """
 
@@ -26,6 +28,7 @@ HISTORY_SCHEMA = pa.schema(
         ("value", pa.int64()),
         ("pipeline_version", pa.string()),
         ("feature_version", pa.string()),
+        ("contribution", pa.float64()),
     ]
 )
 
@@ -55,14 +58,27 @@ class HistoryWriter:
         self._accounts: list[pa.Array] = []
         self._ts: list[np.ndarray] = []
         self._values: list[np.ndarray] = []
+        self._contributions: list[np.ndarray] = []
         self._buffered = 0
         self.seq = seq
         self.rows_written = 0
 
-    def append(self, accounts: pa.Array, ts: np.ndarray, values: np.ndarray) -> None:
-        """Buffer updates: the account, the event time of the update and the value after it."""
+    def append(
+        self,
+        accounts: pa.Array,
+        ts: np.ndarray,
+        values: np.ndarray,
+        contributions: np.ndarray | None = None,
+    ) -> None:
+        """Buffer updates: the account, the event time, the value after it and its contribution.
+
+        Without `contributions` every event contributes 1 (a count).
+        """
         if not len(ts):
             return
+        self._contributions.append(
+            np.ones(len(ts)) if contributions is None else np.asarray(contributions, np.float64)
+        )
         self._accounts.append(accounts)
         self._ts.append(np.asarray(ts, dtype=np.int64))
         self._values.append(np.asarray(values).astype(self.value_type.to_pandas_dtype()))
@@ -79,7 +95,9 @@ class HistoryWriter:
         ).cast(pa.string())
         ts = np.concatenate(self._ts)
         values = np.concatenate(self._values)
+        contributions = np.concatenate(self._contributions)
         self._accounts, self._ts, self._values, self._buffered = [], [], [], 0
+        self._contributions = []
         days = ts // DAY_MS
         order = np.argsort(days, kind="stable")
         days_sorted = days[order]
@@ -92,6 +110,7 @@ class HistoryWriter:
                     pa.array(values[idx], type=self.value_type),
                     pa.array([self.pipeline_version] * len(idx), type=pa.string()),
                     pa.array([self.feature_version] * len(idx), type=pa.string()),
+                    pa.array(contributions[idx], type=pa.float64()),
                 ],
                 schema=self.schema,
             )
@@ -107,6 +126,7 @@ class HistoryWriter:
     def discard_from(self, seq: int) -> None:
         """Delete this writer's files numbered `seq` and later, and drop what is buffered."""
         self._accounts, self._ts, self._values, self._buffered = [], [], [], 0
+        self._contributions = []
         discard_parts(self.dir, "day=*", self.writer_id, seq)
 
 

@@ -164,13 +164,15 @@ def test_flow_matches_oracle(tmp_path_factory, tests, errors, reads):
         out = oracles["tests"].apply(t["acct"], t["at"], t)
         for name, (acc, value, fired) in out.items():
             if acc:
-                history[name].append((t["acct"], t["at"], value))
+                field = defs.feature(name).field
+                contribution = 1.0 if field is None else float(t[field])
+                history[name].append((t["acct"], t["at"], value, contribution))
             if fired:
                 expected_alerts.append((name, t["acct"], t["at"], value))
     for a, t in errors:
         for name, (acc, value, fired) in oracles["errors"].apply(a, t, {}).items():
             if acc:
-                history[name].append((a, t, value))
+                history[name].append((a, t, value, 1.0))
             if fired:
                 expected_alerts.append((name, a, t, value))
 
@@ -185,6 +187,7 @@ def test_flow_matches_oracle(tmp_path_factory, tests, errors, reads):
                 table.column("account").to_pylist(),
                 [int(x.timestamp() * 1000) for x in table.column("event_time").to_pylist()],
                 table.column("value").to_pylist(),
+                table.column("contribution").to_pylist(),
                 strict=True,
             )
         )
