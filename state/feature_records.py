@@ -61,7 +61,7 @@ class RecordLayout:
         """Return the bucket-length group of feature i."""
         return self.buckets.index(self.features[i].bucket_ms)
 
-    @property
+    @functools.cached_property
     def dtype(self) -> np.dtype:
         """The numpy dtype of one record."""
         fields: list[tuple] = [(f"m{g}", "<i8") for g in range(len(self.buckets))]
@@ -187,11 +187,11 @@ class _ReadPlan:
             if m < 0 or hi < lo:
                 out[name] = 0.0 if agg in ("count", "sum") else nan
                 continue
-            first = row[a_i].tolist()[lo : hi + 1]
+            first = row[a_i][lo : hi + 1].tolist()
             if agg == "count":
                 out[name] = float(sum(first))
             elif agg in ("sum", "mean"):
-                total = sum(row[b_i].tolist()[lo : hi + 1]) / SUM_SCALE
+                total = sum(row[b_i][lo : hi + 1].tolist()) / SUM_SCALE
                 if agg == "sum":
                     out[name] = total
                 else:
@@ -204,7 +204,7 @@ class _ReadPlan:
                 best = min(first)
                 out[name] = best if best != math.inf else nan
             else:
-                values = row[b_i].tolist()[lo : hi + 1]
+                values = row[b_i][lo : hi + 1].tolist()
                 out[name] = next((v for t, v in zip(first, values, strict=True) if t >= 0), nan)
         return out
 

@@ -77,9 +77,9 @@ def freshness(updated_at: int | None, as_of: int, ttl_ms: int) -> Status:
 
 
 def _records(template: np.ndarray, raw: list[bytes | None]) -> np.ndarray:
-    """Return the records of `raw` (None: an entity never seen, given `template`)."""
+    """Return the records of `raw` (None: an entity never seen, given `template`); read-only."""
     if all(r is not None for r in raw):
-        return np.frombuffer(b"".join(raw), dtype=template.dtype).copy()  # type: ignore[arg-type]
+        return np.frombuffer(b"".join(raw), dtype=template.dtype)  # type: ignore[arg-type]
     out = np.repeat(template, len(raw))
     found = [i for i, r in enumerate(raw) if r is not None]
     if found:
@@ -254,11 +254,12 @@ class OnlineStore:
                 raise KeyError(f"{self.state_dir} serves no feature {name!r} (it serves: {known})")
         n = len(entities)
         if as_of is None or isinstance(as_of, int):
-            times = np.full(n, int(self._clock() * 1000) if as_of is None else as_of, np.int64)
+            at = int(self._clock() * 1000) if as_of is None else as_of
+            time_list = [at] * n
         else:
-            times = np.asarray([int(t) for t in as_of], dtype=np.int64)
-            if len(times) != n:
-                raise ValueError(f"{n} entities but {len(times)} as_of times")
+            time_list = [int(t) for t in as_of]
+            if len(time_list) != n:
+                raise ValueError(f"{n} entities but {len(time_list)} as_of times")
         keys = [e.encode("utf-8") if isinstance(e, str) else e for e in entities]
         by_source: dict[str, list[str]] = {}
         for name in names:
@@ -269,14 +270,10 @@ class OnlineStore:
             records = self._source_records(stored, wanted, keys)
             layout = self._records[source]
             if n <= _SCALAR_READS:
-                plan = layout.read_plan
-                rows = [
-                    plan.read_one(row, t)
-                    for row, t in zip(records.tolist(), times.tolist(), strict=True)
-                ]
-                values = {name: np.array([r[name] for r in rows]) for name in wanted}
-            else:
-                values = read_features(layout, records, times, wanted)
+                self._read_few(layout, records, time_list, wanted, columns)
+                continue
+            times = np.asarray(time_list, dtype=np.int64)
+            values = read_features(layout, records, times, wanted)
             updated = records["updated_at"]
             seen = updated >= 0
             age = times - updated
@@ -293,6 +290,36 @@ class OnlineStore:
                 )
         ordered = [columns[name] for name in names]
         return [dict(zip(names, cells, strict=True)) for cells in zip(*ordered, strict=True)]
+
+    def _read_few(
+        self,
+        layout: RecordLayout,
+        records: np.ndarray,
+        times: list[int],
+        wanted: list[str],
+        columns: dict[str, list[FeatureRead]],
+    ) -> None:
+        """Read a few entities' features in plain Python (see `_SCALAR_READS`)."""
+        plan = layout.read_plan
+        at = layout.dtype.names.index("updated_at")
+        for name in wanted:
+            columns[name] = []
+        for row, t in zip(records.tolist(), times, strict=True):
+            values = plan.read_one(row, t)
+            u = row[at]
+            for name in wanted:
+                f, version = self._defs[name]
+                v = values[name]
+                if u < 0:
+                    read = FeatureRead(None, None, version, "missing")
+                elif v != v:
+                    read = FeatureRead(None, u, version, "missing")
+                else:
+                    status = "fresh" if t - u <= f.ttl_ms else "stale"
+                    read = FeatureRead(
+                        int(v) if f.aggregation == "count" else v, u, version, status
+                    )
+                columns[name].append(read)
 
     def _source_records(self, stored: StoredSource, wanted: list[str], keys: list[bytes]):
         """Return `stored`'s records of `keys`: from RocksDB, or PostgreSQL if only kept there."""
