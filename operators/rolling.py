@@ -318,8 +318,10 @@ class ShardUpdate:
         """Names of the features in `rows`, in feature order."""
         return tuple(n for n in self.rows.schema.names[5:] if not n.startswith("field:"))
 
-    def feature_rows(self, feature: str) -> tuple[pa.Array, np.ndarray, np.ndarray, np.ndarray]:
-        """Return `(accounts, ts, values, contributions)` of the events `feature` accepted.
+    def feature_rows(
+        self, feature: str
+    ) -> tuple[pa.Array, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Return `(accounts, ts, values, contributions, positions)` of events `feature` accepted.
 
         In source order; an event's contribution is what it adds to the feature's window: 1 for
         a count, else the value of the field the feature aggregates.
@@ -331,15 +333,17 @@ class ShardUpdate:
         else:
             contributions = np.ones(len(values))
         keep = ~np.isnan(values)
+        ts = self.rows.column("ts").to_numpy()
+        positions = self.rows.column("position").to_numpy()
         if keep.all():
-            ts = self.rows.column("ts").to_numpy()
-            return self.rows.column("account"), ts, values, contributions
+            return self.rows.column("account"), ts, values, contributions, positions
         idx = pa.array(np.flatnonzero(keep))
         return (
             self.rows.column("account").take(idx),
-            self.rows.column("ts").to_numpy()[keep],
+            ts[keep],
             values[keep],
             contributions[keep],
+            positions[keep],
         )
 
     @property

@@ -3,8 +3,9 @@
 Layout: ``ROOT/FEATURE/day=YYYY-MM-DD/part-WRITER-SEQ.parquet`` with columns `account`,
 `event_time` (UTC, ms), `value` (int64 for counts, float64 otherwise), `pipeline_version` and
 `feature_version` (the feature definition's version) and `contribution` (what the event added to
-the feature's window: 1 for a count, else the value of the field it aggregates), so a feature's
-value as of any time can be recomputed from its rows. Writers buffer rows and write one file per
+the feature's window: 1 for a count, else the value of the field it aggregates) and `position`
+(the event's source position, -1 when unknown), so a feature's value as of any time can be
+recomputed from its rows. Writers buffer rows and write one file per
 day touched at each flush; several writers (one per worker) never share a file.
 """
 
@@ -29,6 +30,7 @@ HISTORY_SCHEMA = pa.schema(
         ("pipeline_version", pa.string()),
         ("feature_version", pa.string()),
         ("contribution", pa.float64()),
+        ("position", pa.int64()),
     ]
 )
 
@@ -59,6 +61,7 @@ class HistoryWriter:
         self._ts: list[np.ndarray] = []
         self._values: list[np.ndarray] = []
         self._contributions: list[np.ndarray] = []
+        self._positions: list[np.ndarray] = []
         self._buffered = 0
         self.seq = seq
         self.rows_written = 0
@@ -69,13 +72,18 @@ class HistoryWriter:
         ts: np.ndarray,
         values: np.ndarray,
         contributions: np.ndarray | None = None,
+        positions: np.ndarray | None = None,
     ) -> None:
-        """Buffer updates: the account, the event time, the value after it and its contribution.
+        """Buffer updates: account, event time, value after, contribution, source position.
 
-        Without `contributions` every event contributes 1 (a count).
+        Without `contributions` every event contributes 1 (a count); without `positions` they
+        are -1.
         """
         if not len(ts):
             return
+        self._positions.append(
+            np.full(len(ts), -1, np.int64) if positions is None else np.asarray(positions, np.int64)
+        )
         self._contributions.append(
             np.ones(len(ts)) if contributions is None else np.asarray(contributions, np.float64)
         )
@@ -96,8 +104,9 @@ class HistoryWriter:
         ts = np.concatenate(self._ts)
         values = np.concatenate(self._values)
         contributions = np.concatenate(self._contributions)
+        positions = np.concatenate(self._positions)
         self._accounts, self._ts, self._values, self._buffered = [], [], [], 0
-        self._contributions = []
+        self._contributions, self._positions = [], []
         days = ts // DAY_MS
         order = np.argsort(days, kind="stable")
         days_sorted = days[order]
@@ -111,6 +120,7 @@ class HistoryWriter:
                     pa.array([self.pipeline_version] * len(idx), type=pa.string()),
                     pa.array([self.feature_version] * len(idx), type=pa.string()),
                     pa.array(contributions[idx], type=pa.float64()),
+                    pa.array(positions[idx], type=pa.int64()),
                 ],
                 schema=self.schema,
             )
@@ -126,7 +136,7 @@ class HistoryWriter:
     def discard_from(self, seq: int) -> None:
         """Delete this writer's files numbered `seq` and later, and drop what is buffered."""
         self._accounts, self._ts, self._values, self._buffered = [], [], [], 0
-        self._contributions = []
+        self._contributions, self._positions = [], []
         discard_parts(self.dir, "day=*", self.writer_id, seq)
 
 
