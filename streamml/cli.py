@@ -13,6 +13,7 @@ def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser with every subcommand registered."""
     from streamml import (
         broker,
+        dataset_cli,
         demo,
         features_cli,
         generate_cli,
@@ -36,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.register(sub)
     run_cli.register(sub)
     features_cli.register(sub)
+    dataset_cli.register(sub)
     generate_cli.register(sub)
     models_cli.register(sub)
     predictions_cli.register(sub)
