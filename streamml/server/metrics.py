@@ -1,0 +1,84 @@
+"""Prometheus metrics of the REST service (prometheus-client).
+
+Requests by route, method and status, request latency by route, feature reads by freshness
+status, on-demand fetch outcomes by service, predictions by model, variant and role. With
+several workers, `PROMETHEUS_MULTIPROC_DIR` is set by the runner and `/metrics` aggregates the
+workers' files (prometheus-client's multiprocess mode); with one, the process's registry.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.multiprocess import MultiProcessCollector
+
+__all__ = ["CONTENT_TYPE", "ServiceMetrics"]
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+"""Content type of the Prometheus text format."""
+
+_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class ServiceMetrics:
+    """The service's counters and histograms, in their own registry."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        reg = self.registry
+        self.requests = Counter(
+            "streamml_http_requests", "HTTP requests", ["route", "method", "status"], registry=reg
+        )
+        self.latency = Histogram(
+            "streamml_http_request_seconds",
+            "HTTP request latency",
+            ["route"],
+            buckets=_BUCKETS,
+            registry=reg,
+        )
+        self.features = Counter(
+            "streamml_feature_reads", "Feature values read, by freshness", ["status"], registry=reg
+        )
+        self.fetches = Counter(
+            "streamml_ondemand_fetches",
+            "On-demand fetches, by outcome (ok, failed, deadline)",
+            ["service", "outcome"],
+            registry=reg,
+        )
+        self.predictions = Counter(
+            "streamml_predictions",
+            "Predictions recorded",
+            ["model", "version", "variant", "role"],
+            registry=reg,
+        )
+        self.timeouts = Counter(
+            "streamml_prediction_timeouts", "Timeout records", ["reason"], registry=reg
+        )
+        self._children: dict[tuple[str, str, int], tuple[object, object]] = {}
+
+    def observe(self, route: str, method: str, status: int, seconds: float) -> None:
+        """Count one request and its latency."""
+        key = (route, method, status)
+        pair = self._children.get(key)
+        if pair is None:
+            pair = self._children[key] = (
+                self.requests.labels(route, method, str(status)),
+                self.latency.labels(route),
+            )
+        pair[0].inc()  # type: ignore[attr-defined]
+        pair[1].observe(seconds)  # type: ignore[attr-defined]
+
+    def render(self) -> bytes:
+        """Return the Prometheus text of this process, or of every worker in multiprocess mode."""
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry)
+            return generate_latest(registry)
+        return generate_latest(self.registry)
