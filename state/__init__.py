@@ -3,7 +3,7 @@
 from streamml.state.history import HISTORY_SCHEMA, HistoryWriter, read_history
 from streamml.state.layout import IncompatibleStateError, StateLayout
 from streamml.state.ondemand import OnDemandReader, OnDemandStore, is_fresh
-from streamml.state.online import FeatureValue, OnlineStore, window_value
+from streamml.state.online import FeatureRead, FeatureValue, OnlineStore, freshness, window_value
 from streamml.state.predictions import (
     PREDICTION_SCHEMA,
     TIMEOUT_SCHEMA,
@@ -23,6 +23,7 @@ __all__ = [
     "HISTORY_SCHEMA",
     "PREDICTION_SCHEMA",
     "TIMEOUT_SCHEMA",
+    "FeatureRead",
     "FeatureRecord",
     "FeatureValue",
     "HistoryWriter",
@@ -39,6 +40,7 @@ __all__ = [
     "TimeoutRecord",
     "TimeoutWriter",
     "empty_records",
+    "freshness",
     "hash_account",
     "hash_many",
     "is_fresh",

@@ -2,6 +2,10 @@
 
 Values are computed at read time from the stored hour buckets, so they decay with no new events:
 a read as of T sums the buckets in ``[T // bucket_ms - window + 1, T // bucket_ms]``.
+
+`OnlineStore.get_features` reads values with their freshness: a value is *fresh* when
+``as_of - updated_at <= ttl`` (the feature's TTL from its definition), *stale* otherwise, and
+*missing* for an entity the store has never seen. A stale value is never reported as fresh.
 """
 
 from __future__ import annotations
@@ -13,12 +17,16 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
+from streamml.state.definitions import FeatureDef, SourceDef, default_definitions
 from streamml.state.layout import StateLayout
 from streamml.state.rolling_store import RollingStateStore
 from streamml.state.sharding import shard_of
 
-__all__ = ["FeatureValue", "OnlineStore", "window_value"]
+__all__ = ["FeatureRead", "FeatureValue", "OnlineStore", "freshness", "window_value"]
+
+Status = Literal["fresh", "stale", "missing"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +35,61 @@ class FeatureValue:
 
     value: int
     updated_at: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureRead:
+    """One feature of one entity as read from the online store, with its freshness.
+
+    `value` is None when `status` is ``"missing"``; `updated_at` is the event time (epoch ms) of
+    the last accepted update; `version` is the feature's definition version.
+    """
+
+    value: int | float | None
+    updated_at: int | None
+    version: str
+    status: Status
+
+    def to_json(self) -> dict:
+        """Return the read as a JSON-ready dict."""
+        return {
+            "value": self.value,
+            "updated_at": self.updated_at,
+            "version": self.version,
+            "status": self.status,
+        }
+
+
+def freshness(updated_at: int | None, as_of: int, ttl_ms: int) -> Status:
+    """Return ``"fresh"`` when ``as_of - updated_at <= ttl_ms``, ``"stale"`` otherwise."""
+    if updated_at is None:
+        return "missing"
+    return "fresh" if as_of - updated_at <= ttl_ms else "stale"
+
+
+def _layout_feature(layout: StateLayout) -> FeatureDef:
+    """Return the definition of the feature a state dir's layout was created for.
+
+    The bundled definition of the same name when its bucket and window agree with the layout,
+    else a count over the layout's window (with the bundled TTL, or 5 minutes).
+    """
+    bundled = default_definitions().features.get(layout.feature)
+    if (
+        bundled is not None
+        and bundled.aggregation == "count"
+        and bundled.bucket_ms == layout.bucket_ms
+        and bundled.window_buckets == layout.window_buckets
+    ):
+        return bundled
+    source = SourceDef(layout.feature, "file", "jsonl", "account", "account", "ts")
+    return FeatureDef(
+        name=layout.feature,
+        source=source,
+        aggregation="count",
+        bucket_ms=layout.bucket_ms,
+        window_ms=layout.window_ms,
+        ttl_ms=bundled.ttl_ms if bundled is not None else 300_000,
+    )
 
 
 def window_value(counts, max_bucket: int, as_of_bucket: int, window: int) -> int:
@@ -72,11 +135,21 @@ class OnlineStore:
         self.layout = layout
         self._clock = clock
         self._shards: dict[int, RollingStateStore | None] = {}
+        self.definition = _layout_feature(layout)
 
     @property
     def feature(self) -> str:
         """Name of the feature this store serves."""
         return self.layout.feature
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        """Names of every feature this store serves."""
+        return (self.layout.feature,)
+
+    def definitions(self) -> dict[str, FeatureDef]:
+        """Return the definition of every feature this store serves, by name."""
+        return {self.definition.name: self.definition}
 
     def _shard(self, shard: int) -> RollingStateStore | None:
         if shard not in self._shards:
@@ -146,6 +219,40 @@ class OnlineStore:
                     record["counts"], int(record["max_bucket"]), as_of[i] // bucket_ms, window
                 )
                 out[i] = FeatureValue(value, updated)
+        return out
+
+    def get_features(
+        self,
+        entities: Sequence[str | bytes],
+        features: Sequence[str] | None = None,
+        as_of: int | Sequence[int] | None = None,
+    ) -> list[dict[str, FeatureRead]]:
+        """Read `features` (default: all) of each entity as of `as_of`, with their freshness.
+
+        `as_of` is epoch ms, one for all entities or one per entity (default: now). Returns one
+        dict per entity, in order, mapping each feature name to its `FeatureRead`. One multi-get
+        per shard reads every entity. Raises KeyError for a feature the store does not serve.
+        """
+        names = self.feature_names if features is None else tuple(features)
+        served = self.definitions()
+        for name in names:
+            if name not in served:
+                known = ", ".join(self.feature_names)
+                raise KeyError(f"{self.state_dir} serves no feature {name!r} (it serves: {known})")
+        if as_of is None or isinstance(as_of, int):
+            times = [int(self._clock() * 1000) if as_of is None else as_of] * len(entities)
+        else:
+            times = [int(t) for t in as_of]
+            if len(times) != len(entities):
+                raise ValueError(f"{len(entities)} entities but {len(times)} as_of times")
+        values = self.get_batch(entities, times)
+        definition = self.definition
+        out: list[dict[str, FeatureRead]] = []
+        for fv, t in zip(values, times, strict=True):
+            status = freshness(fv.updated_at, t, definition.ttl_ms)
+            value = None if status == "missing" else fv.value
+            read = FeatureRead(value, fv.updated_at, definition.version, status)
+            out.append({name: read for name in names})
         return out
 
     def refresh(self) -> None:
