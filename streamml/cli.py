@@ -20,6 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
         predictions_cli,
         recovery,
         run_cli,
+        serve_cli,
         telemetry,
     )
     from streamml.benchmarks import cli as bench_cli
@@ -38,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate_cli.register(sub)
     models_cli.register(sub)
     predictions_cli.register(sub)
+    serve_cli.register(sub)
     broker.register(sub)
     telemetry.register(sub)
     recovery.register(sub)

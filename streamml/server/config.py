@@ -31,7 +31,6 @@ class ServeConfig:
 
     state_dir: Path
     registry_dir: Path
-    definitions: Path | None = None
     telemetry_url: str | None = None
     brokers: tuple[str, ...] = ()
     requests_topic: str | None = None
@@ -94,7 +93,7 @@ class ServeConfig:
     def from_json(cls, raw: bytes | str) -> ServeConfig:
         """Rebuild a config written by `to_json`."""
         data: dict[str, Any] = orjson.loads(raw)
-        paths = {"state_dir", "registry_dir", "definitions", "prediction_store", "tokens"}
+        paths = {"state_dir", "registry_dir", "prediction_store", "tokens"}
         kw = {}
         for f in fields(cls):
             if f.name not in data:

@@ -37,6 +37,10 @@ from streamml.operators.gather import StoredReader, fetched_doc
 from streamml.operators.metadata import ModelMetadata, load_metadata
 from streamml.operators.records import PredictionRequest
 from streamml.operators.scoring import Scorer, ScoringConfig
+from streamml.server.config import ServeConfig
+from streamml.server.http import Deadline, HTTPError
+from streamml.server.metrics import ServiceMetrics
+from streamml.server.recorder import Recorder
 from streamml.state.ondemand import OnDemandReader
 from streamml.state.online import OnlineStore
 from streamml.state.predictions import (
@@ -45,11 +49,6 @@ from streamml.state.predictions import (
     read_predictions,
     read_timeouts,
 )
-
-from streamml.server.config import ServeConfig
-from streamml.server.http import Deadline, HTTPError
-from streamml.server.metrics import ServiceMetrics
-from streamml.server.recorder import Recorder
 
 __all__ = ["Service", "prediction_answer", "stored_answer"]
 
@@ -224,6 +223,11 @@ class Service:
             if self.registry.revision() != self.meta.revision:
                 self.meta = load_metadata(self.registry)
         return self.meta
+
+    def refresh_metadata(self) -> None:
+        """Read the registry again now (after a routing change made here)."""
+        self.meta = load_metadata(self.registry)
+        self._meta_checked = time.monotonic()
 
     # -- predictions --------------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import msgspec
 import orjson
+
 from streamml.operators.records import DeadLetter, PredictionRequest
 from streamml.operators.requests import parse_request
 from streamml.server.http import HTTPError
