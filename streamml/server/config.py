@@ -13,6 +13,7 @@ import orjson
 
 __all__ = ["CONFIG_ENV", "ServeConfig"]
 
+_PATHS = ("state_dir", "registry_dir", "prediction_store", "tokens")
 CONFIG_ENV = "STREAMML_SERVE_CONFIG"
 """Environment variable carrying a `ServeConfig` as JSON to worker processes."""
 
@@ -53,6 +54,11 @@ class ServeConfig:
     pipeline_version: str = "predict/1"
 
     def __post_init__(self) -> None:
+        for name in _PATHS:
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, Path):
+                object.__setattr__(self, name, Path(value))
+        object.__setattr__(self, "brokers", tuple(self.brokers))
         for name in (
             "port",
             "workers",
@@ -93,18 +99,7 @@ class ServeConfig:
     def from_json(cls, raw: bytes | str) -> ServeConfig:
         """Rebuild a config written by `to_json`."""
         data: dict[str, Any] = orjson.loads(raw)
-        paths = {"state_dir", "registry_dir", "prediction_store", "tokens"}
-        kw = {}
-        for f in fields(cls):
-            if f.name not in data:
-                continue
-            v = data[f.name]
-            if f.name in paths and v is not None:
-                v = Path(v)
-            elif f.name == "brokers":
-                v = tuple(v)
-            kw[f.name] = v
-        return cls(**kw)
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ServeConfig:
