@@ -9,7 +9,7 @@ __all__ = ["register"]
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add `streamml bench` and every benchmark."""
-    from streamml.benchmarks import error_count, predict, scoring
+    from streamml.benchmarks import error_count, predict, scoring, serve
 
     bench = sub.add_parser(
         "bench", help="run a benchmark", description="Run a benchmark and print its figures."
@@ -18,3 +18,4 @@ def register(sub: argparse._SubParsersAction) -> None:
     error_count.register(bsub)
     scoring.register(bsub)
     predict.register(bsub)
+    serve.register(bsub)

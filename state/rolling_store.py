@@ -104,6 +104,7 @@ class RollingStateStore:
         self.window = window
         self.dtype = record_dtype(window)
         self._prefix = keys.account_prefix(feature)
+        self._caught_up: tuple[tuple[str, int, int], ...] | None = None
         tuning = tuning or StoreTuning()
         if secondary_dir is not None:
             opts = _options(tuning, create=False)
@@ -123,8 +124,28 @@ class RollingStateStore:
         self._db.close()
 
     def catch_up(self) -> None:
-        """Read the writes the primary made since (a store opened with `secondary_dir` only)."""
+        """Read the writes the primary made since (a store opened with `secondary_dir` only).
+
+        Skipped when the primary's write-ahead logs and manifest are as they were at the last
+        catch-up (a directory scan, about 40 us, instead of about 1.5 ms per database): a write
+        grows a log, a flush or compaction writes the manifest. The files are looked at before
+        catching up, so a write made during it is caught up with next time.
+        """
+        signature = self._primary_files()
+        if signature == self._caught_up:
+            return
         self._db.try_catch_up_with_primary()
+        self._caught_up = signature
+
+    def _primary_files(self) -> tuple[tuple[str, int, int], ...]:
+        out = []
+        with os.scandir(self.path) as entries:
+            for e in entries:
+                name = e.name
+                if name.endswith(".log") or name.startswith("MANIFEST") or name == "CURRENT":
+                    st = e.stat()
+                    out.append((name, st.st_size, st.st_mtime_ns))
+        return tuple(sorted(out))
 
     def key(self, account: bytes) -> bytes:
         """Return the RocksDB key of an account."""

@@ -100,14 +100,15 @@ class _Routes:
                 )
         reads = online.get_features(entities, names, as_of)
         request.deadline.check("reading the online store")
-        counter = self.service.metrics.features
+        statuses: dict[str, int] = {}
         out = []
         for entity, features in zip(entities, reads, strict=True):
             for r in features.values():
-                counter.labels(r.status).inc()
+                statuses[r.status] = statuses.get(r.status, 0) + 1
             out.append(
                 {"entity_key": entity, "features": {n: r.to_json() for n, r in features.items()}}
             )
+        self.service.metrics.count_features(statuses)
         return out
 
     async def features(self, request: Request) -> Response:

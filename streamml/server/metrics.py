@@ -9,6 +9,7 @@ workers' files (prometheus-client's multiprocess mode); with one, the process's 
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -62,6 +63,8 @@ class ServiceMetrics:
             "streamml_prediction_timeouts", "Timeout records", ["reason"], registry=reg
         )
         self._children: dict[tuple[str, str, int], tuple[object, object]] = {}
+        self._feature_children: dict[str, Any] = {}
+        self._prediction_children: dict[tuple[str, str, str, str], Any] = {}
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
         """Count one request and its latency."""
@@ -74,6 +77,23 @@ class ServiceMetrics:
             )
         pair[0].inc()  # type: ignore[attr-defined]
         pair[1].observe(seconds)  # type: ignore[attr-defined]
+
+    def count_features(self, statuses: dict[str, int]) -> None:
+        """Count feature values read, by status (`{status: n}`)."""
+        children = self._feature_children
+        for status, n in statuses.items():
+            child = children.get(status)
+            if child is None:
+                child = children[status] = self.features.labels(status)
+            child.inc(n)
+
+    def count_prediction(self, model: str, version: str, variant: str, role: str) -> None:
+        """Count one recorded prediction."""
+        key = (model, version, variant, role)
+        child = self._prediction_children.get(key)
+        if child is None:
+            child = self._prediction_children[key] = self.predictions.labels(*key)
+        child.inc()
 
     def render(self) -> bytes:
         """Return the Prometheus text of this process, or of every worker in multiprocess mode."""

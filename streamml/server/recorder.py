@@ -1,6 +1,7 @@
 """The service's writer of prediction and timeout records, on its own thread.
 
-Handlers hand records over (`put`, never blocking on disk); a thread appends them to a
+Handlers hand records over (`put` appends to a list: no lock, no wake-up, so no thread switch
+on the request path); every 50 ms a thread takes them and appends them to a
 `PredictionWriter` and a `TimeoutWriter` (the flow's writers, so the rows are the same) and
 writes a Parquet file every `flush_interval_s` when something is buffered, and at `close`.
 Each process writes its own files (writer id ``rest-PID-RANDOM``) into the prediction store.
@@ -9,7 +10,6 @@ Each process writes its own files (writer id ``rest-PID-RANDOM``) into the predi
 from __future__ import annotations
 
 import os
-import queue
 import threading
 import time
 import uuid
@@ -25,7 +25,8 @@ from streamml.state.predictions import (
 
 __all__ = ["Recorder"]
 
-_STOP = object()
+_DRAIN_S = 0.05
+"""How often the thread takes the records handed over (a list swap)."""
 
 
 class Recorder:
@@ -38,35 +39,33 @@ class Recorder:
         self.timeouts = TimeoutWriter(root, pipeline_version, **kw)
         self.flush_interval_s = flush_interval_s
         self.error: BaseException | None = None
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._pending: list[tuple[Sequence[PredictionRecord], Sequence[TimeoutRecord]]] = []
+        self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="streamml-recorder", daemon=True)
         self._thread.start()
 
     def put(
         self, predictions: Sequence[PredictionRecord], timeouts: Sequence[TimeoutRecord]
     ) -> None:
-        """Hand records over to be written (returns at once)."""
-        self._queue.put((predictions, timeouts))
+        """Hand records over to be written (an append: never waits, never wakes the thread)."""
+        self._pending.append((predictions, timeouts))
 
     def _run(self) -> None:
         due = time.monotonic() + self.flush_interval_s
         while True:
+            stopping = self._stop.wait(_DRAIN_S)
+            pending, self._pending = self._pending, []
             try:
-                item = self._queue.get(timeout=max(0.0, due - time.monotonic()))
-            except queue.Empty:
-                item = None
-            if item is _STOP:
-                self._flush()
-                return
-            if item is not None:
-                try:
-                    self.predictions.extend(item[0])
-                    self.timeouts.extend(item[1])
-                except Exception as exc:  # a record the writer refuses: keep serving, report
-                    self.error = exc
-            if time.monotonic() >= due:
+                for predictions, timeouts in pending:
+                    self.predictions.extend(predictions)
+                    self.timeouts.extend(timeouts)
+            except Exception as exc:  # a record the writer refuses: keep serving, report
+                self.error = exc
+            if stopping or time.monotonic() >= due:
                 self._flush()
                 due = time.monotonic() + self.flush_interval_s
+            if stopping:
+                return
 
     def _flush(self) -> None:
         try:
@@ -77,5 +76,5 @@ class Recorder:
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Write what is buffered and stop the thread."""
-        self._queue.put(_STOP)
+        self._stop.set()
         self._thread.join(timeout_s)

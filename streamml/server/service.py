@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -162,6 +163,9 @@ class Service:
         self.running: set[str] = set()
         self.producer = None
         self._tasks: list[asyncio.Task] = []
+        self._stop_refresh = threading.Event()
+        self._refresher: threading.Thread | None = None
+        self.refresh_error: BaseException | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -188,10 +192,23 @@ class Service:
                 client_id="streamml-serve",
             )
             self.producer = await asyncio.to_thread(RequestProducer, sink)
-        self._tasks = [
-            loop.create_task(self._every(cfg.online_refresh_ms, self.online.refresh)),
-            loop.create_task(self._every(cfg.answers_refresh_ms, self.answers.refresh)),
-        ]
+        self._tasks = [loop.create_task(self._every(cfg.answers_refresh_ms, self.answers.refresh))]
+        self._stop_refresh.clear()
+        self._refresher = threading.Thread(
+            target=self._refresh_online, name="streamml-online-refresh", daemon=True
+        )
+        self._refresher.start()
+
+    def _refresh_online(self) -> None:
+        """Catch the online store up with its writers, on a thread (RocksDB releases the GIL)."""
+        interval = self.config.online_refresh_ms / 1000
+        while not self._stop_refresh.wait(interval):
+            try:
+                self.online.refresh()
+            except Exception as exc:  # reported by /readyz; reads go on with what they see
+                self.refresh_error = exc
+            else:
+                self.refresh_error = None
 
     @staticmethod
     async def _every(interval_ms: int, fn) -> None:
@@ -204,6 +221,9 @@ class Service:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._stop_refresh.set()
+        if self._refresher is not None:
+            self._refresher.join()
         for f in self.fetchers.values():
             f.close()
         if self.recorder is not None:
@@ -329,10 +349,12 @@ class Service:
         self.recorder.put(predictions, timeouts)
         m = self.metrics
         for p in predictions:
-            m.predictions.labels(p.model, p.version, p.variant, p.role).inc()
+            m.count_prediction(p.model, p.version, p.variant, p.role)
             if p.role == "answer":
+                statuses: dict[str, int] = {}
                 for f in p.features:
-                    m.features.labels(f.status).inc()
+                    statuses[f.status] = statuses.get(f.status, 0) + 1
+                m.count_features(statuses)
         for t in timeouts:
             m.timeouts.labels(t.reason.split(":", 1)[0]).inc()
 
@@ -421,6 +443,8 @@ class Service:
                 checks[name] = {"ok": True}
             except Exception as exc:
                 checks[name] = {"ok": False, "detail": f"{type(exc).__name__}: {exc}"}
+        if self.refresh_error is not None:
+            checks["online_store"] = {"ok": False, "detail": repr(self.refresh_error)}
         if self.recorder is not None and self.recorder.error is not None:
             checks["prediction_store"] = {"ok": False, "detail": repr(self.recorder.error)}
         if self.producer is not None:
