@@ -229,6 +229,62 @@ def _summary(results: list[LoadResult]) -> dict:
     }
 
 
+def _stack(http: str, args: argparse.Namespace, root: Path, token: str, expected) -> list[dict]:
+    """Start the service on the `http` server and run every load against it."""
+    rows: list[dict] = []
+    config = ServeConfig(
+        state_dir=root / "state",
+        registry_dir=root / "models",
+        tokens=root / "tokens.json",
+        port=0,
+        workers=args.workers,
+        http=http,
+        rate_per_s=1e9,
+        burst=1_000_000_000,
+    )
+
+    def repeat(name: str, rate: float, loads) -> dict:
+        return _summary(
+            [
+                open_loop(url, token, name, rate, args.seconds, args.connections, *load)
+                for load in loads
+            ]
+        )
+
+    with start_server_process(config) as url:
+        features = _features_load(expected, args.accounts, 1)
+        repeat(f"{http} warm-up", 500, [features])
+        rows.append(
+            repeat(f"{http} GET /v1/features", args.features_rate, [features] * args.repeat)
+        )
+        for rate in args.sweep:
+            row = repeat(f"{http} GET /v1/features", rate, [features] * args.repeat)
+            rows.append(row)
+            if row["p99"] > 15.0:
+                break
+        warm = [_predict_load(args.accounts, 0, f"{http}-warm")]
+        repeat(f"{http} warm-up", 200, warm)
+        loads = [_predict_load(args.accounts, k, f"{http}-{k}") for k in range(1, args.repeat + 1)]
+        rows.append(repeat(f"{http} POST /v1/predictions", args.predict_rate, loads))
+        if args.visibility:
+            delays = measure_visibility(url, token, root / "state")
+            rows.append(
+                {
+                    "name": f"{http} visibility (write -> read)",
+                    "rate": 0,
+                    "requests": len(delays),
+                    "p50": statistics.median(delays),
+                    "p50_range": (min(delays), max(delays)),
+                    "p99": float(np.percentile(delays, 99)),
+                    "p99_range": (0, 0),
+                    "max": max(delays),
+                    "achieved": 0,
+                    "failures": 0,
+                }
+            )
+    return rows
+
+
 def run_bench(args: argparse.Namespace) -> list[dict]:
     """Prepare state and registry, start the service, run every load; return the summaries."""
     rows: list[dict] = []
@@ -239,78 +295,12 @@ def run_bench(args: argparse.Namespace) -> list[dict]:
         prepare_state(root / "state", args.accounts, now)
         online = OnlineStore(root / "state")
         names = [account(i) for i in range(args.accounts)]
-        expected = {
-            n: r[FEATURE].value
-            for n, r in zip(names, online.get_features(names, as_of=None), strict=True)
-        }
+        reads = online.get_features(names, as_of=None)
+        expected = {n: r[FEATURE].value for n, r in zip(names, reads, strict=True)}
         online.close()
         token = add_token(root / "tokens.json", "bench", ["admin"])
         for http in args.http:
-            config = ServeConfig(
-                state_dir=root / "state",
-                registry_dir=root / "models",
-                tokens=root / "tokens.json",
-                port=0,
-                workers=args.workers,
-                http=http,
-                rate_per_s=1e9,
-                burst=1_000_000_000,
-            )
-            with start_server_process(config) as url:
-                make, check = _features_load(expected, args.accounts, 1)
-                run = lambda name, rate, m, c: _summary(  # noqa: E731
-                    [
-                        open_loop(url, token, name, rate, args.seconds, args.connections, m, c)
-                        for _ in range(args.repeat)
-                    ]
-                )
-                run(f"{http} warm-up", 500, make, check)
-                rows.append(run(f"{http} GET /v1/features", args.features_rate, make, check))
-                for rate in args.sweep:
-                    row = run(f"{http} GET /v1/features sweep", rate, make, check)
-                    rows.append(row)
-                    if row["p99"] > 5.0 * 3:
-                        break
-                k = 0
-
-                def predict(m_rate: float) -> dict:
-                    nonlocal k
-                    results = []
-                    for _ in range(args.repeat):
-                        k += 1
-                        m, c = _predict_load(args.accounts, k, f"{http}-{k}")
-                        results.append(
-                            open_loop(
-                                url,
-                                token,
-                                f"{http} POST /v1/predictions",
-                                m_rate,
-                                args.seconds,
-                                args.connections,
-                                m,
-                                c,
-                            )
-                        )
-                    return _summary(results)
-
-                predict(200)
-                rows.append(predict(args.predict_rate))
-                if args.visibility:
-                    delays = measure_visibility(url, token, root / "state")
-                    rows.append(
-                        {
-                            "name": f"{http} visibility (write -> read)",
-                            "rate": 0,
-                            "requests": len(delays),
-                            "p50": statistics.median(delays),
-                            "p50_range": (min(delays), max(delays)),
-                            "p99": float(np.percentile(delays, 99)),
-                            "p99_range": (0, 0),
-                            "max": max(delays),
-                            "achieved": 0,
-                            "failures": 0,
-                        }
-                    )
+            rows += _stack(http, args, root, token, expected)
             _print(rows)
     return rows
 
