@@ -1,8 +1,11 @@
 """`streamml bench serve`: the REST service's latency under open-loop load at fixed rates.
 
 The service runs in a child process (one worker unless `--workers`, the product's defaults,
-bearer-token authentication on); this process is the load generator: aiohttp on one asyncio
-loop, up to `--connections` keep-alive connections. Request i is scheduled at ``start + i /
+bearer-token authentication on); this process is the load generator: one uvloop event loop,
+up to `--connections` keep-alive
+HTTP/1.1 connections, requests written and responses parsed by hand (`_Connection`: a
+general client such as aiohttp spends 3-5 times the CPU per request, which on 2 shared cores
+is taken from the server being measured). Request i is scheduled at ``start + i /
 rate`` whatever happened before (open loop), and its latency runs from that scheduled time to
 the end of its response, so a stall delays and counts against every later request. Server and
 load generator share the machine's cores (2 here): the figures include that contention.
@@ -27,7 +30,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import aiohttp
 import numpy as np
 import orjson
 from streamml.benchmarks.predict import account, prepare_state
@@ -59,6 +61,52 @@ class LoadResult:
     failures: int
 
 
+class _Connection(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 connection: one request at a time, responses with Content-Length."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        self.waiter: asyncio.Future[tuple[int, bytes]] | None = None
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buffer
+        buf += data
+        end = buf.find(b"\r\n\r\n")
+        if end < 0:
+            return
+        head = bytes(buf[:end]).lower()
+        at = head.find(b"content-length:")
+        length = int(head[at + 15 : head.find(b"\r\n", at) if b"\r\n" in head[at:] else None])
+        if len(buf) < end + 4 + length:
+            return
+        status = int(head[9:12])
+        body = bytes(buf[end + 4 : end + 4 + length])
+        del buf[: end + 4 + length]
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result((status, body))
+
+    def connection_lost(self, exc) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(ConnectionError("connection lost"))
+
+    async def request(self, raw: bytes) -> tuple[int, bytes]:
+        self.waiter = asyncio.get_running_loop().create_future()
+        assert self.transport is not None
+        self.transport.write(raw)
+        return await self.waiter
+
+
+def _raw_request(method: str, path: str, body: bytes | None, auth: bytes) -> bytes:
+    head = f"{method} {path} HTTP/1.1\r\nhost: bench\r\n".encode() + auth
+    if body is None:
+        return head + b"\r\n"
+    return head + b"content-type: application/json\r\ncontent-length: %d\r\n\r\n" % len(body) + body
+
+
 async def _run(
     url: str,
     token: str,
@@ -71,37 +119,46 @@ async def _run(
     n = int(rate * seconds)
     lat = np.zeros(n)
     failures = 0
-    headers = {"authorization": f"Bearer {token}"}
-    connector = aiohttp.TCPConnector(limit=connections)
-    async with aiohttp.ClientSession(url, connector=connector, headers=headers) as session:
-        # warm the connections
-        await asyncio.gather(*(session.get("/healthz") for _ in range(min(connections, 16))))
+    auth = f"authorization: Bearer {token}\r\n".encode()
+    host, port = url.removeprefix("http://").split(":")
+    loop = asyncio.get_running_loop()
+    pool: asyncio.Queue[_Connection] = asyncio.Queue()
+    conns = []
+    for _ in range(connections):
+        _, conn = await loop.create_connection(_Connection, host, int(port))
+        conns.append(conn)
+        pool.put_nowait(conn)
 
-        async def one(i: int, scheduled: float) -> None:
-            nonlocal failures
-            method, path, body = make(i)
-            try:
-                async with session.request(method, path, data=body) as resp:
-                    payload = await resp.read()
-                    ok = resp.status == 200 and check(i, payload)
-            except aiohttp.ClientError:
-                ok = False
-            lat[i] = time.perf_counter() - scheduled
-            if not ok:
-                failures += 1
+    async def one(i: int, scheduled: float) -> None:
+        nonlocal failures
+        method, path, body = make(i)
+        raw = _raw_request(method, path, body, auth)
+        conn = await pool.get()
+        try:
+            status, payload = await conn.request(raw)
+            ok = status == 200 and check(i, payload)
+        except ConnectionError:
+            ok = False
+        pool.put_nowait(conn)
+        lat[i] = time.perf_counter() - scheduled
+        if not ok:
+            failures += 1
 
-        tasks = []
-        start = time.perf_counter() + 0.01
-        i = 0
-        while i < n:
-            now = time.perf_counter()
-            while i < n and start + i / rate <= now:
-                tasks.append(asyncio.create_task(one(i, start + i / rate)))
-                i += 1
-            if i < n:
-                await asyncio.sleep(max(0.0, start + i / rate - time.perf_counter()))
-        await asyncio.gather(*tasks)
-        elapsed = time.perf_counter() - start
+    tasks = []
+    start = time.perf_counter() + 0.01
+    i = 0
+    while i < n:
+        now = time.perf_counter()
+        while i < n and start + i / rate <= now:
+            tasks.append(asyncio.create_task(one(i, start + i / rate)))
+            i += 1
+        if i < n:
+            await asyncio.sleep(max(0.0, start + i / rate - time.perf_counter()))
+    await asyncio.gather(*tasks)
+    elapsed = time.perf_counter() - start
+    for conn in conns:
+        if conn.transport is not None:
+            conn.transport.close()
     return lat * 1000.0, failures, n / elapsed
 
 

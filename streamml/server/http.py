@@ -315,9 +315,9 @@ class App:
             response = exc.response()
         except Exception as exc:
             response = HTTPError(500, "internal", f"{type(exc).__name__}: {exc}").response()
-        await send(
-            {"type": "http.response.start", "status": response.status, "headers": response.headers}
-        )
+        headers = response.headers
+        headers.append((b"content-length", str(len(response.body)).encode()))
+        await send({"type": "http.response.start", "status": response.status, "headers": headers})
         await send({"type": "http.response.body", "body": response.body})
         if self.observe is not None:
             self.observe(name, method, response.status, time.perf_counter() - started)
