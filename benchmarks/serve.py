@@ -390,7 +390,7 @@ def register(bench_sub: argparse._SubParsersAction) -> None:  # type: ignore[typ
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--http", nargs="+", choices=["uvicorn", "granian"], default=["uvicorn"])
+    p.add_argument("--http", nargs="+", choices=["uvicorn", "granian"], default=["granian"])
     p.add_argument("--workers", type=int, default=1, help="service worker processes")
     p.add_argument("--accounts", type=int, default=10_000, help="warm accounts")
     p.add_argument("--seconds", type=float, default=10.0, help="length of each run")

@@ -40,7 +40,7 @@ class ServeConfig:
     host: str = "127.0.0.1"
     port: int = 8080
     workers: int = 1
-    http: str = "uvicorn"
+    http: str = "granian"
     deadline_ms: int = 1000
     fetch_wait_ms: int = 300
     fetch_timeout_ms: int = 250

@@ -17,6 +17,7 @@ from prometheus_client import (
     Counter,
     Histogram,
     generate_latest,
+    values,
 )
 from prometheus_client.multiprocess import MultiProcessCollector
 
@@ -32,6 +33,10 @@ class ServiceMetrics:
     """The service's counters and histograms, in their own registry."""
 
     def __init__(self) -> None:
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            # prometheus-client picks its value class when first imported; a worker forked from
+            # a parent that imported it before the variable was set must pick it again.
+            values.ValueClass = values.get_value_class()
         self.registry = CollectorRegistry()
         reg = self.registry
         self.requests = Counter(
