@@ -6,8 +6,11 @@ snapshot, `StoredReader.read` reads the online values and stored on-demand answe
 `services_to_fetch` says which answers are too old, those are fetched with the flow's
 `AsyncFetcher` (bounded, retried) while the handler awaits, `resolve` and `score_resolved` build
 and score the rows of every variant, and the `Recorder` writes the records with the flow's
-writers. Differences from the flow, by necessity: the flow owns the on-demand store's writer
-lock, so answers fetched here are kept in a bounded in-process cache (not in RocksDB), and a
+writers. Requests that reach the read or the scoring step in the same event-loop turn are read
+and scored together (`TickBatcher`), as the flow batches them.
+
+Differences from the flow, by necessity: the flow owns the on-demand store's writer lock, so
+answers fetched here are kept in a bounded in-process cache (not in RocksDB), and a
 `request_id` is deduplicated among the last `_RECENT` requests of this process (the flow
 deduplicates per shard).
 """
@@ -28,6 +31,8 @@ from streamml.onnx_models import ModelRegistry
 from streamml.operators.assembly import (
     Doc,
     Gathered,
+    Plan,
+    Resolved,
     plan_request,
     resolve,
     score_resolved,
@@ -38,6 +43,7 @@ from streamml.operators.gather import StoredReader, fetched_doc
 from streamml.operators.metadata import ModelMetadata, load_metadata
 from streamml.operators.records import PredictionRequest
 from streamml.operators.scoring import Scorer, ScoringConfig
+from streamml.server.batching import TickBatcher
 from streamml.server.config import ServeConfig
 from streamml.server.http import Deadline, HTTPError
 from streamml.server.metrics import ServiceMetrics
@@ -163,6 +169,8 @@ class Service:
         self.running: set[str] = set()
         self.producer = None
         self._tasks: list[asyncio.Task] = []
+        self._reads = TickBatcher(self._read_many)
+        self._scores = TickBatcher(self._score_many)
         self._stop_refresh = threading.Event()
         self._refresher: threading.Thread | None = None
         self.refresh_error: BaseException | None = None
@@ -313,8 +321,7 @@ class Service:
             reason, detail = plan
             status = 404 if reason == "unknown_model" else 503
             raise HTTPError(status, reason, detail, field="model")
-        gathered = Gathered()
-        self.stored.read([(plan, gathered)])
+        gathered = await self._reads.submit((plan, Gathered()))
         deadline.check("reading the online and on-demand stores")
         if self.fetched:
             self._cached_answers(plan, gathered)
@@ -324,7 +331,7 @@ class Service:
         resolved = resolve(
             plan, gathered, online_version=self.online_version, arrived_ns=arrived_ns
         )
-        predictions, timeouts = score_resolved(self.scorer, [resolved])
+        predictions, timeouts = await self._scores.submit(resolved)
         deadline.check("scoring")
         self._record(predictions, timeouts)
         if timeouts:
@@ -343,6 +350,23 @@ class Service:
         if len(self.recent) > _RECENT:
             self.recent.popitem(last=False)
         return body
+
+    def _read_many(self, items: list[tuple[Plan, Gathered]]) -> list[Gathered]:
+        self.stored.read(items)
+        return [g for _, g in items]
+
+    def _score_many(
+        self, items: list[Resolved]
+    ) -> list[tuple[list[PredictionRecord], list[TimeoutRecord]]]:
+        predictions, timeouts = score_resolved(self.scorer, items)
+        out: dict[str, tuple[list[PredictionRecord], list[TimeoutRecord]]] = {
+            r.plan.request.request_id: ([], []) for r in items
+        }
+        for p in predictions:
+            out[p.request_id][0].append(p)
+        for t in timeouts:
+            out[t.request_id][1].append(t)
+        return [out[r.plan.request.request_id] for r in items]
 
     def _record(self, predictions: list[PredictionRecord], timeouts: list[TimeoutRecord]) -> None:
         assert self.recorder is not None, "Service.start was not called"
