@@ -7,12 +7,14 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import msgspec
 
 from streamml.onnx_models import ModelNotFoundError, RegistryError
 from streamml.server.auth import RateLimiter, TokenStore
+from streamml.server.batching import TickBatcher
 from streamml.server.config import ServeConfig
 from streamml.server.http import App, HTTPError, Request, Response, Route, json_response
 from streamml.server.metrics import CONTENT_TYPE
@@ -62,7 +64,22 @@ def _version_json(v: Any, detail: bool) -> dict[str, Any]:
 class _Routes:
     def __init__(self, service: Service) -> None:
         self.service = service
-        self.openapi: bytes | None = None
+        self._single = TickBatcher(self._read_singles)
+
+    def _read_singles(self, items: list[tuple[str, tuple[str, ...] | None, int]]) -> list[Any]:
+        """Read the single-entity requests of one loop turn: one multi-get per feature list."""
+        out: list[Any] = [None] * len(items)
+        groups: dict[tuple[str, ...] | None, list[int]] = {}
+        for i, (_, names, _) in enumerate(items):
+            groups.setdefault(names, []).append(i)
+        online = self.service.online
+        for names, idx in groups.items():
+            reads = online.get_features(
+                [items[i][0] for i in idx], names, [items[i][2] for i in idx]
+            )
+            for i, read in zip(idx, reads, strict=True):
+                out[i] = read
+        return out
 
     # -- probes -------------------------------------------------------------------------------
 
@@ -86,7 +103,7 @@ class _Routes:
 
     # -- features -----------------------------------------------------------------------------
 
-    def _read(self, entities: list[str], names: list[str] | None, as_of: int | None, request):
+    async def _read(self, entities: list[str], names: list[str] | None, as_of: int | None, request):
         online = self.service.online
         if names is not None:
             unknown = [n for n in names if n not in online.feature_names]
@@ -98,7 +115,12 @@ class _Routes:
                     f"{', '.join(online.feature_names)})",
                     field="features",
                 )
-        reads = online.get_features(entities, names, as_of)
+        if len(entities) == 1:
+            when = as_of if as_of is not None else time.time_ns() // 1_000_000
+            names_key = None if names is None else tuple(names)
+            reads = [await self._single.submit((entities[0], names_key, when))]
+        else:
+            reads = online.get_features(entities, names, as_of)
         request.deadline.check("reading the online store")
         statuses: dict[str, int] = {}
         out = []
@@ -116,7 +138,7 @@ class _Routes:
         names = request.query.get("features")
         wanted = [n for n in names.split(",") if n] if names else None
         as_of = _as_of(request.query.get("as_of"))
-        [read] = self._read([key], wanted, as_of, request)
+        [read] = await self._read([key], wanted, as_of, request)
         return json_response({**read, "as_of": as_of})
 
     async def batch_get(self, request: Request) -> Response:
@@ -132,7 +154,7 @@ class _Routes:
             check_key(e, f"entities[{i}]")
         if body.as_of is not None and body.as_of < 0:
             raise HTTPError(422, "invalid", "as_of must be >= 0 (epoch ms)", field="as_of")
-        results = self._read(body.entities, body.features, body.as_of, request)
+        results = await self._read(body.entities, body.features, body.as_of, request)
         return json_response({"as_of": body.as_of, "results": results})
 
     # -- predictions --------------------------------------------------------------------------
