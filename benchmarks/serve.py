@@ -401,7 +401,7 @@ def register(bench_sub: argparse._SubParsersAction) -> None:  # type: ignore[typ
         "--sweep",
         type=float,
         nargs="*",
-        default=[3000.0, 4000.0, 5000.0, 6000.0],
+        default=[2500.0, 3000.0, 3500.0, 4000.0, 5000.0],
         help="further feature rates, to find the highest with p99 <= 5 ms",
     )
     p.add_argument("--predict-rate", type=float, default=1000.0, help="POST /v1/predictions rate")
