@@ -10,6 +10,7 @@ lookup for the token, one bucket update, orjson). `App` calls each route's handl
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -24,6 +25,7 @@ from streamml.server.auth import ANONYMOUS, Principal, RateLimiter, TokenStore
 __all__ = ["App", "Deadline", "HTTPError", "Request", "Response", "Route", "json_response"]
 
 _JSON = [(b"content-type", b"application/json")]
+_log = logging.getLogger(__name__)
 
 
 class HTTPError(Exception):
@@ -314,6 +316,7 @@ class App:
         except HTTPError as exc:
             response = exc.response()
         except Exception as exc:
+            _log.exception("%s %s failed", method, path)
             response = HTTPError(500, "internal", f"{type(exc).__name__}: {exc}").response()
         headers = response.headers
         headers.append((b"content-length", str(len(response.body)).encode()))
