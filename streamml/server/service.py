@@ -41,6 +41,7 @@ from streamml.operators.assembly import (
 from streamml.operators.fetch import AsyncFetcher, FetchConfig, FetchResult, wall_clock_ms
 from streamml.operators.gather import StoredReader, fetched_doc
 from streamml.operators.metadata import ModelMetadata, load_metadata
+from streamml.operators.predict import tune_gc
 from streamml.operators.records import PredictionRequest
 from streamml.operators.scoring import Scorer, ScoringConfig
 from streamml.server.batching import TickBatcher
@@ -181,6 +182,7 @@ class Service:
         """Start what lives with the event loop: fetchers, recorder, refreshers, producer."""
         loop = asyncio.get_running_loop()
         cfg = self.config
+        tune_gc()  # as a prediction worker: few cyclic collections, the start-up heap frozen
         if cfg.telemetry_url:
             fetch = FetchConfig(
                 cfg.telemetry_url,
