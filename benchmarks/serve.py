@@ -14,7 +14,8 @@ Every warm account has an online value and a fresh telemetry answer (`bench pred
 `prepare_state`), so predictions are the happy path (nothing fetched). The run checks itself
 inside the timed run: every response is 200 and its body is the expected one (the account's
 stored value; a prediction for the request's id). Runs, each `--repeat` times (median and
-spread reported): GET /v1/features at `--features-rate`, then at each `--sweep` rate to find
+spread reported, with the CPU time per request of the service's processes and of the load
+generator): GET /v1/features at `--features-rate`, then at each `--sweep` rate to find
 the highest with p99 <= 5 ms; POST /v1/predictions at `--predict-rate`; and the online store's
 visibility delay (a write to a shard until the service returns it).
 """
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import os
 import random
 import statistics
 import tempfile
@@ -43,7 +45,14 @@ from streamml.state.sharding import shard_of
 
 from streamml.server import ServeConfig, add_token, start_server_process
 
-__all__ = ["LoadResult", "measure_visibility", "open_loop", "register", "run_bench"]
+__all__ = [
+    "LoadResult",
+    "measure_visibility",
+    "open_loop",
+    "process_tree_cpu_s",
+    "register",
+    "run_bench",
+]
 
 MODEL = "speedtest-triage"
 FEATURE = "signal_errors_24h"
@@ -274,6 +283,29 @@ def measure_visibility(url: str, token: str, state: Path, writes: int = 50) -> l
     return delays
 
 
+def process_tree_cpu_s(pid: int) -> float:
+    """Return the CPU seconds (user + system) used so far by process `pid` and its descendants."""
+    tick = os.sysconf("SC_CLK_TCK")
+    parents: dict[int, int] = {}
+    times: dict[int, float] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(entry)] = int(fields[1])
+        times[int(entry)] = (int(fields[11]) + int(fields[12])) / tick
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        total += times.get(p, 0.0)
+        todo += [c for c, parent in parents.items() if parent == p]
+    return total
+
+
 def _summary(results: list[LoadResult]) -> dict:
     p50 = [r.p50_ms for r in results]
     p99 = [r.p99_ms for r in results]
@@ -306,14 +338,19 @@ def _stack(http: str, args: argparse.Namespace, root: Path, token: str, expected
     )
 
     def repeat(name: str, rate: float, loads) -> dict:
-        return _summary(
-            [
-                open_loop(url, token, name, rate, args.seconds, args.connections, *load)
-                for load in loads
-            ]
-        )
+        server_cpu, client_cpu = process_tree_cpu_s(server.pid), time.process_time()
+        results = [
+            open_loop(url, token, name, rate, args.seconds, args.connections, *load)
+            for load in loads
+        ]
+        summary = _summary(results)
+        n = sum(r.requests for r in results)
+        summary["server_us"] = (process_tree_cpu_s(server.pid) - server_cpu) / n * 1e6
+        summary["client_us"] = (time.process_time() - client_cpu) / n * 1e6
+        return summary
 
-    with start_server_process(config) as url:
+    with start_server_process(config) as server:
+        url = server.url
         features = _features_load(expected, args.accounts, 1)
         repeat(f"{http} warm-up", 500, [features])
         rows.append(
@@ -370,14 +407,15 @@ def run_bench(args: argparse.Namespace) -> list[dict]:
 def _print(rows: list[dict]) -> None:
     print(
         f"{'run':44} {'rate':>6} {'reqs':>7} {'p50 ms (range)':>20} {'p99 ms (range)':>20} "
-        f"{'max':>7} {'got/s':>7} {'fail':>5}"
+        f"{'max':>7} {'got/s':>7} {'fail':>5} {'srv us':>7} {'gen us':>7}"
     )
     for r in rows:
         p50 = f"{r['p50']:.2f} ({r['p50_range'][0]:.2f}-{r['p50_range'][1]:.2f})"
         p99 = f"{r['p99']:.2f} ({r['p99_range'][0]:.2f}-{r['p99_range'][1]:.2f})"
         print(
             f"{r['name']:44} {r['rate']:6.0f} {r['requests']:7d} {p50:>20} {p99:>20} "
-            f"{r['max']:7.1f} {r['achieved']:7.0f} {r['failures']:5d}",
+            f"{r['max']:7.1f} {r['achieved']:7.0f} {r['failures']:5d} "
+            f"{r.get('server_us', 0):7.0f} {r.get('client_us', 0):7.0f}",
             flush=True,
         )
 

@@ -19,11 +19,11 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from streamml.server.config import CONFIG_ENV, ServeConfig
 
-__all__ = ["ServerThread", "free_port", "serve", "start_server_process"]
+__all__ = ["ServerProcess", "ServerThread", "free_port", "serve", "start_server_process"]
 
 _FACTORY = "streamml.server.app:app_from_env"
 
@@ -115,9 +115,17 @@ class ServerThread:
         self.thread.join(30)
 
 
+@dataclass(frozen=True)
+class ServerProcess:
+    """A service started by `start_server_process`: its base URL and process id."""
+
+    url: str
+    pid: int
+
+
 @contextmanager
-def start_server_process(config: ServeConfig, timeout_s: float = 60.0) -> Iterator[str]:
-    """Run `serve(config)` in a child process; yield its base URL once `/healthz` answers."""
+def start_server_process(config: ServeConfig, timeout_s: float = 60.0) -> Iterator[ServerProcess]:
+    """Run `serve(config)` in a child process; yield it once `/healthz` answers."""
     if config.port == 0:
         config = replace(config, port=free_port(config.host))
     url = f"http://{config.host}:{config.port}"
@@ -137,7 +145,7 @@ def start_server_process(config: ServeConfig, timeout_s: float = 60.0) -> Iterat
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the REST service did not answer on {url} in {timeout_s} s")
             time.sleep(0.05)
-        yield url
+        yield ServerProcess(url, proc.pid)
     finally:
         proc.terminate()
         try:

@@ -14,7 +14,7 @@ def test_two_granian_workers(state, registry) -> None:
         state_dir=state, registry_dir=registry.root, port=0, workers=2, flush_interval_ms=60_000
     )
     assert config.http == "granian"
-    with start_server_process(config) as url, httpx.Client(base_url=url) as c:
+    with start_server_process(config) as proc, httpx.Client(base_url=proc.url) as c:
         for i in range(12):
             body = {"model": "speedtest-triage", "account": f"acct-{i}", "ts": NOW}
             r = c.post("/v1/predictions", json={**body, "context": CONTEXT, "request_id": f"w{i}"})
