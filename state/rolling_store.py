@@ -131,21 +131,11 @@ class RollingStateStore:
         grows a log, a flush or compaction writes the manifest. The files are looked at before
         catching up, so a write made during it is caught up with next time.
         """
-        signature = self._primary_files()
+        signature = primary_files(self.path)
         if signature == self._caught_up:
             return
         self._db.try_catch_up_with_primary()
         self._caught_up = signature
-
-    def _primary_files(self) -> tuple[tuple[str, int, int], ...]:
-        out = []
-        with os.scandir(self.path) as entries:
-            for e in entries:
-                name = e.name
-                if name.endswith(".log") or name.startswith("MANIFEST") or name == "CURRENT":
-                    st = e.stat()
-                    out.append((name, st.st_size, st.st_mtime_ns))
-        return tuple(sorted(out))
 
     def key(self, account: bytes) -> bytes:
         """Return the RocksDB key of an account."""
@@ -231,6 +221,22 @@ class RollingStateStore:
             if not k.startswith(self._prefix):
                 break
             yield k[len(self._prefix) :], np.frombuffer(v, dtype=self.dtype)[0]
+
+
+def primary_files(path: str | os.PathLike[str]) -> tuple[tuple[str, int, int], ...]:
+    """Return the name, size and mtime of a RocksDB primary's logs, manifests and CURRENT.
+
+    They change with every write (a log grows) and every flush or compaction (the manifest), so
+    a secondary instance whose primary shows the same files has nothing to catch up with.
+    """
+    out = []
+    with os.scandir(path) as entries:
+        for e in entries:
+            name = e.name
+            if name.endswith(".log") or name.startswith("MANIFEST") or name == "CURRENT":
+                st = e.stat()
+                out.append((name, st.st_size, st.st_mtime_ns))
+    return tuple(sorted(out))
 
 
 def create_shard(path: str | os.PathLike[str]) -> None:

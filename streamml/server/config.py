@@ -26,7 +26,7 @@ class ServeConfig:
     `fetch_wait_ms` is how long a prediction waits for on-demand answers before scoring with
     stale answers or each feature's missing policy, as the flow does at its request deadline.
     `rate_per_s` and `burst` are each token's rate limit (a token bucket per worker process).
-    `online_refresh_ms` is how often the online store catches up with the flows writing it.
+    `online_refresh_ms` is how often the online and on-demand stores catch up with their writers.
     Without `tokens` there is no authentication, which is refused unless `host` is loopback.
     """
 
@@ -49,7 +49,6 @@ class ServeConfig:
     rate_per_s: float = 1000.0
     burst: int = 2000
     online_refresh_ms: int = 20
-    answers_refresh_ms: int = 5000
     flush_interval_ms: int = 1000
     pipeline_version: str = "predict/1"
 
@@ -69,7 +68,6 @@ class ServeConfig:
             "max_body_bytes",
             "burst",
             "online_refresh_ms",
-            "answers_refresh_ms",
             "flush_interval_ms",
         ):
             if getattr(self, name) < (0 if name == "port" else 1):

@@ -155,7 +155,7 @@ class Service:
         self.metrics = ServiceMetrics()
         self.registry = ModelRegistry(config.registry_dir)
         self.online = OnlineStore(config.state_dir, follow=True)
-        self.answers = OnDemandReader(config.state_dir)
+        self.answers = OnDemandReader(config.state_dir, follow=True)
         self.stored = StoredReader(self.online, self.answers)
         layout = self.online.layout
         self.online_version = f"{layout.feature}/{layout.feature_id}"
@@ -169,7 +169,6 @@ class Service:
         self.recent: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self.running: set[str] = set()
         self.producer = None
-        self._tasks: list[asyncio.Task] = []
         self._reads = TickBatcher(self._read_many)
         self._scores = TickBatcher(self._score_many)
         self._stop_refresh = threading.Event()
@@ -202,7 +201,6 @@ class Service:
                 client_id="streamml-serve",
             )
             self.producer = await asyncio.to_thread(RequestProducer, sink)
-        self._tasks = [loop.create_task(self._every(cfg.answers_refresh_ms, self.answers.refresh))]
         self._stop_refresh.clear()
         self._refresher = threading.Thread(
             target=self._refresh_online, name="streamml-online-refresh", daemon=True
@@ -210,27 +208,19 @@ class Service:
         self._refresher.start()
 
     def _refresh_online(self) -> None:
-        """Catch the online store up with its writers, on a thread (RocksDB releases the GIL)."""
+        """Catch the stores up with their writers, on a thread (RocksDB releases the GIL)."""
         interval = self.config.online_refresh_ms / 1000
         while not self._stop_refresh.wait(interval):
             try:
                 self.online.refresh()
+                self.answers.refresh()
             except Exception as exc:  # reported by /readyz; reads go on with what they see
                 self.refresh_error = exc
             else:
                 self.refresh_error = None
 
-    @staticmethod
-    async def _every(interval_ms: int, fn) -> None:
-        while True:
-            await asyncio.sleep(interval_ms / 1000)
-            fn()
-
     async def stop(self) -> None:
         """Stop the tasks, write what is buffered, close the stores."""
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
         self._stop_refresh.set()
         if self._refresher is not None:
             self._refresher.join()
