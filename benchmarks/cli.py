@@ -9,7 +9,16 @@ __all__ = ["register"]
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add `streamml bench` and every benchmark."""
-    from streamml.benchmarks import error_count, predict, scoring, serve
+    from streamml.benchmarks import (
+        aggregations,
+        error_count,
+        features,
+        online_reads,
+        postgres_store,
+        predict,
+        scoring,
+        serve,
+    )
 
     bench = sub.add_parser(
         "bench", help="run a benchmark", description="Run a benchmark and print its figures."
@@ -18,4 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     error_count.register(bsub)
     scoring.register(bsub)
     predict.register(bsub)
+    aggregations.register(bsub)
+    online_reads.register(bsub)
+    features.register(bsub)
+    postgres_store.register(bsub)
     serve.register(bsub)

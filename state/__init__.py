@@ -1,5 +1,13 @@
 """Keyed state on RocksDB: rolling state, online and on-demand stores, history, predictions."""
 
+from streamml.state.definitions import (
+    DefinitionError,
+    Definitions,
+    FeatureDef,
+    SourceDef,
+    default_definitions,
+    load_definitions,
+)
 from streamml.state.history import HISTORY_SCHEMA, HistoryWriter, read_history
 from streamml.state.layout import IncompatibleStateError, StateLayout
 from streamml.state.ondemand import OnDemandReader, OnDemandStore, is_fresh
@@ -23,6 +31,9 @@ __all__ = [
     "HISTORY_SCHEMA",
     "PREDICTION_SCHEMA",
     "TIMEOUT_SCHEMA",
+    "DefinitionError",
+    "Definitions",
+    "FeatureDef",
     "FeatureRead",
     "FeatureRecord",
     "FeatureValue",
@@ -35,15 +46,18 @@ __all__ = [
     "PredictionRecord",
     "PredictionWriter",
     "RollingStateStore",
+    "SourceDef",
     "StateLayout",
     "StoreTuning",
     "TimeoutRecord",
     "TimeoutWriter",
+    "default_definitions",
     "empty_records",
     "freshness",
     "hash_account",
     "hash_many",
     "is_fresh",
+    "load_definitions",
     "read_history",
     "read_predictions",
     "read_timeouts",

@@ -36,11 +36,13 @@ changing a TTL, an alert or the stores, keeps it; anything that changes the valu
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import tomllib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import datetime
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -61,6 +63,7 @@ __all__ = [
     "load_definitions",
     "parse_definitions",
     "parse_duration",
+    "parse_instant",
 ]
 
 AGGREGATIONS = ("count", "sum", "mean", "min", "max", "last")
@@ -94,9 +97,28 @@ def parse_duration(text: object, where: str = "duration") -> int:
     return int(m.group(1)) * _UNIT_MS[m.group(2)]
 
 
+def parse_instant(text: str) -> int:
+    """Return epoch milliseconds from digits (epoch ms) or ISO-8601 with a UTC offset or ``Z``."""
+    s = text.strip()
+    if s.isdigit():
+        return int(s)
+    try:
+        moment = datetime.fromisoformat(s)
+    except ValueError:
+        raise ValueError(
+            f"expected epoch milliseconds or ISO-8601 such as 2026-11-29T12:00:00Z, got {text!r}"
+        ) from None
+    if moment.tzinfo is None:
+        raise ValueError(f"{text!r} has no UTC offset; add Z (UTC) or an offset such as +01:00")
+    ms = round(moment.timestamp() * 1000)
+    if ms < 0:
+        raise ValueError(f"{text!r} is before 1970 (epoch ms must be >= 0)")
+    return ms
+
+
 def format_duration(ms: int) -> str:
     """Return the shortest exact duration text for `ms` milliseconds (``3600000`` -> ``"1h"``)."""
-    for unit in ("w", "d", "h", "m", "s"):
+    for unit in ("d", "h", "m", "s"):
         if ms and ms % _UNIT_MS[unit] == 0:
             return f"{ms // _UNIT_MS[unit]}{unit}"
     return f"{ms}ms"
@@ -466,6 +488,28 @@ def _feature(ctx: _Ctx, name: str, raw: Any, sources: Mapping[str, SourceDef]) -
     )
 
 
+def count_feature(
+    name: str, bucket_ms: int, window_buckets: int, alert_above: float | None = None
+) -> FeatureDef:
+    """Return the signal-error count `name` over `window_buckets` buckets of `bucket_ms`.
+
+    The bundled definition of that name with this bucket, window and alert (its TTL and
+    description kept), or, for a name the bundled file does not hold, a count over the bundled
+    signal-error source with a 5-minute TTL.
+    """
+    bundled = default_definitions()
+    base = bundled.features.get(name) or bundled.features["signal_errors_24h"]
+    if base.aggregation != "count":
+        raise ValueError(f"{name!r} is a {base.aggregation}, not a count")
+    return replace(
+        base,
+        name=name,
+        bucket_ms=bucket_ms,
+        window_ms=bucket_ms * window_buckets,
+        alert_above=alert_above,
+    )
+
+
 def parse_definitions(text: str, path: str = "<definitions>") -> Definitions:
     """Parse and validate the text of a definition file; raise `DefinitionError` if invalid."""
     try:
@@ -504,6 +548,7 @@ def default_definitions_path() -> Path:
     return Path(str(resources.files("streamml.state") / "bundled" / "features.toml"))
 
 
+@functools.cache
 def default_definitions() -> Definitions:
     """Return the bundled definitions: the signal-error count and the speed-test features."""
     return load_definitions(default_definitions_path())

@@ -1,7 +1,8 @@
 """The history store: every feature update appended to Parquet files partitioned by day.
 
 Layout: ``ROOT/FEATURE/day=YYYY-MM-DD/part-WRITER-SEQ.parquet`` with columns `account`,
-`event_time` (UTC, ms), `value` and `pipeline_version`. Writers buffer rows and write one file per
+`event_time` (UTC, ms), `value` (int64 for counts, float64 otherwise), `pipeline_version` and
+`feature_version` (the feature definition's version). Writers buffer rows and write one file per
 day touched at each flush; several writers (one per worker) never share a file.
 """
 
@@ -24,6 +25,7 @@ HISTORY_SCHEMA = pa.schema(
         ("event_time", pa.timestamp("ms", tz="UTC")),
         ("value", pa.int64()),
         ("pipeline_version", pa.string()),
+        ("feature_version", pa.string()),
     ]
 )
 
@@ -40,9 +42,14 @@ class HistoryWriter:
         writer_id: str | None = None,
         rows_per_flush: int = 1_000_000,
         seq: int = 0,
+        value_type: pa.DataType | None = None,
+        feature_version: str = "",
     ) -> None:
         self.dir = Path(root) / feature
         self.pipeline_version = pipeline_version
+        self.feature_version = feature_version
+        self.value_type = pa.int64() if value_type is None else value_type
+        self.schema = HISTORY_SCHEMA.set(2, pa.field("value", self.value_type))
         self.writer_id = writer_id or f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.rows_per_flush = rows_per_flush
         self._accounts: list[pa.Array] = []
@@ -58,7 +65,7 @@ class HistoryWriter:
             return
         self._accounts.append(accounts)
         self._ts.append(np.asarray(ts, dtype=np.int64))
-        self._values.append(np.asarray(values, dtype=np.int64))
+        self._values.append(np.asarray(values).astype(self.value_type.to_pandas_dtype()))
         self._buffered += len(ts)
         if self._buffered >= self.rows_per_flush:
             self.flush()
@@ -82,10 +89,11 @@ class HistoryWriter:
                 [
                     accounts.take(pa.array(idx)),
                     pa.array(ts[idx], type=pa.timestamp("ms", tz="UTC")),
-                    pa.array(values[idx], type=pa.int64()),
+                    pa.array(values[idx], type=self.value_type),
                     pa.array([self.pipeline_version] * len(idx), type=pa.string()),
+                    pa.array([self.feature_version] * len(idx), type=pa.string()),
                 ],
-                schema=HISTORY_SCHEMA,
+                schema=self.schema,
             )
             day = utc_day(int(days[idx[0]]))
             write_part(self.dir / f"day={day}", self.writer_id, self.seq, table)

@@ -17,12 +17,16 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, NamedTuple
 
-from streamml.state.definitions import FeatureDef, SourceDef, default_definitions
+import numpy as np
+import pyarrow as pa
+from streamml.state.definitions import FeatureDef, count_feature
+from streamml.state.feature_manifest import StoredSource, read_sources
+from streamml.state.feature_records import RecordLayout, read_features
 from streamml.state.layout import StateLayout
 from streamml.state.rolling_store import RollingStateStore
-from streamml.state.sharding import shard_of
+from streamml.state.sharding import shard_many, shard_of
 
 __all__ = ["FeatureRead", "FeatureValue", "OnlineStore", "freshness", "window_value"]
 
@@ -37,8 +41,13 @@ class FeatureValue:
     updated_at: int | None
 
 
-@dataclass(frozen=True, slots=True)
-class FeatureRead:
+_STATUS = ("missing", "fresh", "stale")
+_SCALAR_READS = 8
+"""Reads of up to this many entities compute values in plain Python (numpy's per-call overhead
+dominates them); larger ones are vectorised."""
+
+
+class FeatureRead(NamedTuple):
     """One feature of one entity as read from the online store, with its freshness.
 
     `value` is None when `status` is ``"missing"``; `updated_at` is the event time (epoch ms) of
@@ -67,29 +76,16 @@ def freshness(updated_at: int | None, as_of: int, ttl_ms: int) -> Status:
     return "fresh" if as_of - updated_at <= ttl_ms else "stale"
 
 
-def _layout_feature(layout: StateLayout) -> FeatureDef:
-    """Return the definition of the feature a state dir's layout was created for.
-
-    The bundled definition of the same name when its bucket and window agree with the layout,
-    else a count over the layout's window (with the bundled TTL, or 5 minutes).
-    """
-    bundled = default_definitions().features.get(layout.feature)
-    if (
-        bundled is not None
-        and bundled.aggregation == "count"
-        and bundled.bucket_ms == layout.bucket_ms
-        and bundled.window_buckets == layout.window_buckets
-    ):
-        return bundled
-    source = SourceDef(layout.feature, "file", "jsonl", "account", "account", "ts")
-    return FeatureDef(
-        name=layout.feature,
-        source=source,
-        aggregation="count",
-        bucket_ms=layout.bucket_ms,
-        window_ms=layout.window_ms,
-        ttl_ms=bundled.ttl_ms if bundled is not None else 300_000,
-    )
+def _records(template: np.ndarray, raw: list[bytes | None]) -> np.ndarray:
+    """Return the records of `raw` (None: an entity never seen, given `template`)."""
+    if all(r is not None for r in raw):
+        return np.frombuffer(b"".join(raw), dtype=template.dtype).copy()  # type: ignore[arg-type]
+    out = np.repeat(template, len(raw))
+    found = [i for i, r in enumerate(raw) if r is not None]
+    if found:
+        joined = b"".join([raw[i] for i in found])  # type: ignore[misc]
+        out[np.asarray(found)] = np.frombuffer(joined, dtype=template.dtype)
+    return out
 
 
 def window_value(counts, max_bucket: int, as_of_bucket: int, window: int) -> int:
@@ -120,7 +116,12 @@ class OnlineStore:
     """
 
     def __init__(
-        self, state_dir: str | os.PathLike[str], *, clock=time.time, follow: bool = False
+        self,
+        state_dir: str | os.PathLike[str],
+        *,
+        clock=time.time,
+        follow: bool = False,
+        postgres_dsn: str | None = None,
     ) -> None:
         self.state_dir = Path(state_dir)
         self.follow = follow
@@ -135,21 +136,33 @@ class OnlineStore:
         self.layout = layout
         self._clock = clock
         self._shards: dict[int, RollingStateStore | None] = {}
-        self.definition = _layout_feature(layout)
+        self.sources = read_sources(self.state_dir)
+        self._records = {n: RecordLayout(s.features) for n, s in self.sources.items()}
+        self._templates = {n: r.empty(1) for n, r in self._records.items()}
+        self._of_feature = {
+            f.name: (s, i) for s in self.sources.values() for i, f in enumerate(s.features)
+        }
+        self._defs = {
+            name: (s.features[i], s.features[i].version)
+            for name, (s, i) in self._of_feature.items()
+        }
+        self.postgres_dsn = postgres_dsn or os.environ.get("STREAMML_POSTGRES_DSN") or None
+        self._postgres: dict[str, Any] = {}
+        self.definition = count_feature(layout.feature, layout.bucket_ms, layout.window_buckets)
 
     @property
     def feature(self) -> str:
-        """Name of the feature this store serves."""
+        """Name of the error-count feature of the layout (what `get` reads)."""
         return self.layout.feature
 
     @property
     def feature_names(self) -> tuple[str, ...]:
-        """Names of every feature this store serves."""
-        return (self.layout.feature,)
+        """Names of every feature this store serves, source by source."""
+        return tuple(self._of_feature)
 
     def definitions(self) -> dict[str, FeatureDef]:
         """Return the definition of every feature this store serves, by name."""
-        return {self.definition.name: self.definition}
+        return {name: s.features[i] for name, (s, i) in self._of_feature.items()}
 
     def _shard(self, shard: int) -> RollingStateStore | None:
         if shard not in self._shards:
@@ -230,30 +243,97 @@ class OnlineStore:
         """Read `features` (default: all) of each entity as of `as_of`, with their freshness.
 
         `as_of` is epoch ms, one for all entities or one per entity (default: now). Returns one
-        dict per entity, in order, mapping each feature name to its `FeatureRead`. One multi-get
-        per shard reads every entity. Raises KeyError for a feature the store does not serve.
+        dict per entity, in order, mapping each feature name to its `FeatureRead`. Each source's
+        records are read with one multi-get per shard (or one query to PostgreSQL for features
+        kept only there). Raises KeyError for a feature the store does not serve.
         """
         names = self.feature_names if features is None else tuple(features)
-        served = self.definitions()
         for name in names:
-            if name not in served:
+            if name not in self._of_feature:
                 known = ", ".join(self.feature_names)
                 raise KeyError(f"{self.state_dir} serves no feature {name!r} (it serves: {known})")
+        n = len(entities)
         if as_of is None or isinstance(as_of, int):
-            times = [int(self._clock() * 1000) if as_of is None else as_of] * len(entities)
+            times = np.full(n, int(self._clock() * 1000) if as_of is None else as_of, np.int64)
         else:
-            times = [int(t) for t in as_of]
-            if len(times) != len(entities):
-                raise ValueError(f"{len(entities)} entities but {len(times)} as_of times")
-        values = self.get_batch(entities, times)
-        definition = self.definition
-        out: list[dict[str, FeatureRead]] = []
-        for fv, t in zip(values, times, strict=True):
-            status = freshness(fv.updated_at, t, definition.ttl_ms)
-            value = None if status == "missing" else fv.value
-            read = FeatureRead(value, fv.updated_at, definition.version, status)
-            out.append({name: read for name in names})
-        return out
+            times = np.asarray([int(t) for t in as_of], dtype=np.int64)
+            if len(times) != n:
+                raise ValueError(f"{n} entities but {len(times)} as_of times")
+        keys = [e.encode("utf-8") if isinstance(e, str) else e for e in entities]
+        by_source: dict[str, list[str]] = {}
+        for name in names:
+            by_source.setdefault(self._of_feature[name][0].name, []).append(name)
+        columns: dict[str, list[FeatureRead]] = {}
+        for source, wanted in by_source.items():
+            stored = self.sources[source]
+            records = self._source_records(stored, wanted, keys)
+            layout = self._records[source]
+            if n <= _SCALAR_READS:
+                plan = layout.read_plan
+                rows = [
+                    plan.read_one(row, t)
+                    for row, t in zip(records.tolist(), times.tolist(), strict=True)
+                ]
+                values = {name: np.array([r[name] for r in rows]) for name in wanted}
+            else:
+                values = read_features(layout, records, times, wanted)
+            updated = records["updated_at"]
+            seen = updated >= 0
+            age = times - updated
+            seen_at = [u if u >= 0 else None for u in updated.tolist()]
+            for name in wanted:
+                f, version = self._defs[name]
+                column = values[name]
+                present = seen & ~np.isnan(column)
+                status = np.where(present, np.where(age <= f.ttl_ms, 1, 2), 0).tolist()
+                cells = (column.astype(np.int64) if f.aggregation == "count" else column).tolist()
+                cells = [c if p else None for c, p in zip(cells, present.tolist(), strict=True)]
+                columns[name] = list(
+                    map(FeatureRead, cells, seen_at, [version] * n, [_STATUS[k] for k in status])
+                )
+        ordered = [columns[name] for name in names]
+        return [dict(zip(names, cells, strict=True)) for cells in zip(*ordered, strict=True)]
+
+    def _source_records(self, stored: StoredSource, wanted: list[str], keys: list[bytes]):
+        """Return `stored`'s records of `keys`: from RocksDB, or PostgreSQL if only kept there."""
+        template = self._templates[stored.name]
+        in_rocksdb = any(
+            "rocksdb" in stored.features[self._of_feature[n][1]].online for n in wanted
+        )
+        if not in_rocksdb:
+            return self._postgres_records(stored, template, keys)
+        n = len(keys)
+        shards = self.layout.shards
+        if n > _SCALAR_READS:
+            of = shard_many(pa.array(keys, type=pa.binary()), shards).tolist()
+        else:
+            of = [shard_of(key, shards) for key in keys]
+        by_shard: dict[int, list[int]] = {}
+        for i, shard in enumerate(of):
+            by_shard.setdefault(shard, []).append(i)
+        raw: list[bytes | None] = [None] * n
+        for shard, idx in by_shard.items():
+            store = self._shard(shard)
+            if store is not None:
+                for i, value in zip(
+                    idx, store.get_raw(stored.id, [keys[i] for i in idx]), strict=True
+                ):
+                    raw[i] = value
+        return _records(template, raw)
+
+    def _postgres_records(self, stored: StoredSource, template: np.ndarray, keys: list[bytes]):
+        if self.postgres_dsn is None:
+            names = [f.name for f in stored.features if "rocksdb" not in f.online]
+            raise KeyError(
+                f"features {', '.join(names)} are kept in PostgreSQL only: give the store a DSN "
+                "(postgres_dsn=..., --postgres-dsn or STREAMML_POSTGRES_DSN)"
+            )
+        pg = self._postgres.get(stored.name)
+        if pg is None:
+            from streamml.state.postgres import PostgresStore
+
+            pg = self._postgres[stored.name] = PostgresStore(self.postgres_dsn, stored.name)
+        return _records(template, pg.load(keys))
 
     def refresh(self) -> None:
         """Let later reads see the latest writes (catch up, or reopen the shards)."""
@@ -267,11 +347,14 @@ class OnlineStore:
                 store.catch_up()
 
     def close(self) -> None:
-        """Close every open shard."""
+        """Close every open shard and PostgreSQL connection."""
         for store in self._shards.values():
             if store is not None:
                 store.close()
         self._shards.clear()
+        for pg in self._postgres.values():
+            pg.close()
+        self._postgres.clear()
         if self._secondary_root is not None:
             shutil.rmtree(self._secondary_root, ignore_errors=True)
             self._secondary_root = None

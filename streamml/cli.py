@@ -17,6 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
         features_cli,
         generate_cli,
         models_cli,
+        postgres_cli,
         predictions_cli,
         recovery,
         run_cli,
@@ -41,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     predictions_cli.register(sub)
     serve_cli.register(sub)
     broker.register(sub)
+    postgres_cli.register(sub)
     telemetry.register(sub)
     recovery.register(sub)
     bench_cli.register(sub)

@@ -7,9 +7,8 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
 
-from streamml import predict_cli
+from streamml import features_run_cli, predict_cli
 from streamml.console import Progress, human
 from streamml.dataflows.environment import KAFKA_PREFIX
 from streamml.dataflows.error_count import (
@@ -24,7 +23,7 @@ from streamml.operators.sources import (
     read_csv_header,
 )
 from streamml.recovery import ensure_recovery_dir, recovery_args
-from streamml.runner import RunResult, cost_rows, report_run, run_flow_processes
+from streamml.runner import RunResult, cost_rows, event_progress, report_run, run_flow_processes
 from streamml.state.errors import RefusedError
 from streamml.state.layout import StateLayout
 
@@ -107,7 +106,9 @@ def add_error_count_options(p: argparse.ArgumentParser) -> None:
 def register(sub: argparse._SubParsersAction) -> None:
     """Add `streamml run` and its flows."""
     run = sub.add_parser(
-        "run", help="run a flow (error-count, predict)", description="Run a dataflow to its end."
+        "run",
+        help="run a flow (error-count, features, predict)",
+        description="Run a dataflow to its end.",
     )
     flows = run.add_subparsers(dest="flow", metavar="FLOW", required=True)
     p = flows.add_parser(
@@ -148,6 +149,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.set_defaults(func=_cmd_error_count)
     predict_cli.add_parser(flows)
+    features_run_cli.add_run_parser(flows)
 
 
 def config_from_args(args: argparse.Namespace, stats_path: Path | None) -> ErrorCountConfig:
@@ -243,21 +245,13 @@ def run_error_count(
     prepare_state(config, reset_sources=reset_sources)
     bar = Progress(enabled=show_progress)
 
-    def progress(counters: dict[str, Any], elapsed: float) -> None:
-        read = counters.get("read", 0)
-        bar.update(
-            f"{elapsed:6.1f}s  read {human(read)}  accepted {human(counters.get('accepted', 0))}"
-            f"  dead {human(counters.get('dead', 0))}  alerts {human(counters.get('alerts', 0))}"
-            f"  {human(read / max(elapsed, 1e-9))} events/s"
-        )
-
     try:
         return run_flow_processes(
             "streamml.dataflows.error_count:flow",
             config.to_env(),
             processes=processes,
             stats_path=config.stats_path,
-            progress=progress,
+            progress=event_progress(bar),
             extra_args=extra,
         )
     finally:
@@ -304,4 +298,4 @@ def _cmd_error_count(args: argparse.Namespace) -> int:
         except (ValueError, RefusedError) as exc:
             print(f"streamml run error-count: {exc}", file=sys.stderr)
             return 2
-    return report_run("error-count", result, summary_rows(result), as_json=args.json)
+    return report_run("run error-count", result, summary_rows(result), as_json=args.json)
