@@ -6,8 +6,9 @@ metadata; authenticated, limited, observable.
 It runs the prediction flow's library code (`streamml.operators.assembly`, `.gather`) and the
 flow's writers, so a prediction made here is recorded exactly like one made by the flow.
 Modules: `config` (ServeConfig), `auth` (tokens, rate limit), `http` (the lean ASGI layer),
-`validate`, `service` (the work, no HTTP), `app` (routes), `openapi`, `metrics`, `recorder`,
-`runner` (uvicorn or granian, workers, threads and child processes).
+`validate`, `service` (the work, no HTTP) with `answers`, `batching`, `fetching` and `recorder`,
+`app` (routes), `openapi`, `metrics`, `runner` (granian or uvicorn, workers, threads, child
+processes).
 """
 
 from streamml.server.app import create_app

@@ -18,12 +18,9 @@ deduplicates per shard).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
-from datetime import datetime
 from typing import Any
 
 from streamml.dataflows.predict import TELEMETRY_SERVICE
@@ -38,14 +35,16 @@ from streamml.operators.assembly import (
     score_resolved,
     services_to_fetch,
 )
-from streamml.operators.fetch import AsyncFetcher, FetchConfig, FetchResult, wall_clock_ms
+from streamml.operators.fetch import FetchConfig, wall_clock_ms
 from streamml.operators.gather import StoredReader, fetched_doc
 from streamml.operators.metadata import ModelMetadata, load_metadata
 from streamml.operators.predict import tune_gc
 from streamml.operators.records import PredictionRequest
 from streamml.operators.scoring import Scorer, ScoringConfig
+from streamml.server.answers import ms, prediction_answer, stored_answer
 from streamml.server.batching import TickBatcher
 from streamml.server.config import ServeConfig
+from streamml.server.fetching import LoopFetcher
 from streamml.server.http import Deadline, HTTPError
 from streamml.server.metrics import ServiceMetrics
 from streamml.server.recorder import Recorder
@@ -58,93 +57,13 @@ from streamml.state.predictions import (
     read_timeouts,
 )
 
-__all__ = ["Service", "prediction_answer", "stored_answer"]
+__all__ = ["Service"]
 
 _RECENT = 20_000
 """Answers remembered per process, to answer a repeated `request_id` once."""
 _FETCHED = 10_000
 """On-demand answers fetched by this process kept in memory."""
 _META_CHECK_S = 0.25
-
-
-class _Fetches:
-    """One `AsyncFetcher` driven from the event loop: `fetch(account)` is a future."""
-
-    def __init__(self, config: FetchConfig, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self.waiters: dict[str, list[asyncio.Future[FetchResult]]] = {}
-        self.fetcher = AsyncFetcher(config, on_result=self._wake)
-
-    def _wake(self) -> None:
-        with contextlib.suppress(RuntimeError):  # the loop closed at shutdown
-            self.loop.call_soon_threadsafe(self._drain)
-
-    def _drain(self) -> None:
-        for result in self.fetcher.poll():
-            for fut in self.waiters.pop(result.key, ()):
-                if not fut.done():
-                    fut.set_result(result)
-
-    def fetch(self, account: str) -> asyncio.Future[FetchResult]:
-        fut: asyncio.Future[FetchResult] = self.loop.create_future()
-        waiting = self.waiters.setdefault(account, [])
-        if not waiting:
-            self.fetcher.submit(account, account)
-        waiting.append(fut)
-        return fut
-
-    def close(self) -> None:
-        self.fetcher.close()
-
-
-def prediction_answer(
-    predictions: Sequence[PredictionRecord],
-) -> dict[str, Any]:
-    """Return the JSON answer of a request: its answering prediction, with its shadows named."""
-    answer = next(p for p in predictions if p.role == "answer")
-    body = answer.to_json()
-    body["shadows"] = [
-        {"version": p.version, "variant": p.variant, "label": p.label}
-        for p in predictions
-        if p.role != "answer"
-    ]
-    return body
-
-
-def _ms(value: datetime | int | None) -> int | None:
-    if value is None or isinstance(value, int):
-        return value
-    return int(value.timestamp() * 1000)
-
-
-def stored_answer(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Return the JSON answer of prediction-store rows of one request (as `prediction_answer`)."""
-    answer = next((r for r in rows if r["role"] == "answer"), rows[0])
-    lat = answer["latency"] or {}
-    return {
-        "request_id": answer["request_id"],
-        "model": answer["model"],
-        "version": answer["version"],
-        "variant": answer["variant"],
-        "role": answer["role"],
-        "account": answer["account"],
-        "ts": _ms(answer["request_ts"]),
-        "label": answer["label"],
-        "probabilities": dict(zip(answer["classes"], answer["probabilities"], strict=True)),
-        "features": {
-            f["name"]: {k: f[k] for k in ("value", "updated_at", "version", "status")}
-            for f in answer["features"]
-        },
-        "sha256": answer["sha256"],
-        "metadata_revision": answer["metadata_revision"],
-        "scored_at": _ms(answer["scored_at"]),
-        "latency_ms": {k.removesuffix("_ms"): v for k, v in lat.items()},
-        "shadows": [
-            {"version": r["version"], "variant": r["variant"], "label": r["label"]}
-            for r in rows
-            if r["role"] != "answer"
-        ],
-    }
 
 
 class Service:
@@ -164,7 +83,7 @@ class Service:
         self._meta_checked = time.monotonic()
         self.plans: dict[Any, tuple[Any, ...]] = {}
         self.recorder: Recorder | None = None
-        self.fetchers: dict[str, _Fetches] = {}
+        self.fetchers: dict[str, LoopFetcher] = {}
         self.fetched: OrderedDict[tuple[str, str], Doc] = OrderedDict()
         self.recent: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self.running: set[str] = set()
@@ -188,7 +107,7 @@ class Service:
                 timeout_ms=cfg.fetch_timeout_ms,
                 max_attempts=cfg.fetch_attempts,
             )
-            self.fetchers[TELEMETRY_SERVICE] = _Fetches(fetch, loop)
+            self.fetchers[TELEMETRY_SERVICE] = LoopFetcher(fetch, loop)
         self.recorder = Recorder(cfg.store, cfg.pipeline_version, cfg.flush_interval_ms / 1000)
         if cfg.brokers and cfg.requests_topic:
             from streamml.operators.kafka import KafkaSinkConfig
@@ -432,8 +351,8 @@ class Service:
             timeouts = read_timeouts(self.config.store, request_id).to_pylist()
             if timeouts:
                 t = timeouts[0]
-                t["ts"] = _ms(t.pop("request_ts"))
-                t["timed_out_at"] = _ms(t["timed_out_at"])
+                t["ts"] = ms(t.pop("request_ts"))
+                t["timed_out_at"] = ms(t["timed_out_at"])
                 t.pop("date", None)
                 return {"request_id": request_id, "timeout": t}
             return None
