@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from streamml.server import SCOPES, ServeConfig, add_token, serve
+from streamml.server import SCOPES, ServeConfig, add_token, check_paths, serve
 
 __all__ = ["register"]
 
@@ -95,6 +95,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         )
         if config.tokens is not None and not config.tokens.exists():
             raise ValueError(f"token file {config.tokens} does not exist")
+        check_paths(config)
     except ValueError as exc:
         print(f"streamml serve: {exc}", file=sys.stderr)
         return 2

@@ -14,13 +14,14 @@ processes).
 from streamml.server.app import create_app
 from streamml.server.auth import SCOPES, add_token
 from streamml.server.config import ServeConfig
-from streamml.server.runner import ServerThread, serve, start_server_process
+from streamml.server.runner import ServerThread, check_paths, serve, start_server_process
 
 __all__ = [
     "SCOPES",
     "ServeConfig",
     "ServerThread",
     "add_token",
+    "check_paths",
     "create_app",
     "serve",
     "start_server_process",

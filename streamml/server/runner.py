@@ -23,7 +23,14 @@ from dataclasses import dataclass, replace
 
 from streamml.server.config import CONFIG_ENV, ServeConfig
 
-__all__ = ["ServerProcess", "ServerThread", "free_port", "serve", "start_server_process"]
+__all__ = [
+    "ServerProcess",
+    "ServerThread",
+    "check_paths",
+    "free_port",
+    "serve",
+    "start_server_process",
+]
 
 _FACTORY = "streamml.server.app:app_from_env"
 
@@ -33,6 +40,19 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+def check_paths(config: ServeConfig) -> None:
+    """Raise ValueError when the state dir holds no state or the registry is not a directory."""
+    from streamml.state.layout import StateLayout
+
+    if StateLayout.read(config.state_dir) is None:
+        raise ValueError(
+            f"{config.state_dir} holds no feature state (no streamml-state.json); run a feature "
+            "flow (`streamml run error-count --state-dir DIR ...`) into it first"
+        )
+    if not config.registry_dir.is_dir():
+        raise ValueError(f"model registry {config.registry_dir} is not a directory")
 
 
 def serve(config: ServeConfig) -> None:
