@@ -17,6 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         postgres_store,
         predict,
         scoring,
+        serve,
     )
 
     bench = sub.add_parser(
@@ -30,3 +31,4 @@ def register(sub: argparse._SubParsersAction) -> None:
     online_reads.register(bsub)
     features.register(bsub)
     postgres_store.register(bsub)
+    serve.register(bsub)

@@ -120,6 +120,7 @@ class RollingStateStore:
         self._template = template
         self.dtype = record_dtype(window) if template is None else template.dtype
         self._prefix = keys.account_prefix(feature)
+        self._caught_up: tuple[tuple[str, int, int], ...] | None = None
         tuning = tuning or StoreTuning()
         if secondary_dir is not None:
             opts = _options(tuning, create=False)
@@ -160,8 +161,18 @@ class RollingStateStore:
         self._shared = None
 
     def catch_up(self) -> None:
-        """Read the writes the primary made since (a store opened with `secondary_dir` only)."""
+        """Read the writes the primary made since (a store opened with `secondary_dir` only).
+
+        Skipped when the primary's write-ahead logs and manifest are as they were at the last
+        catch-up (a directory scan, about 40 us, instead of about 1.5 ms per database): a write
+        grows a log, a flush or compaction writes the manifest. The files are looked at before
+        catching up, so a write made during it is caught up with next time.
+        """
+        signature = primary_files(self.path)
+        if signature == self._caught_up:
+            return
         self._db.try_catch_up_with_primary()
+        self._caught_up = signature
 
     def key(self, account: bytes) -> bytes:
         """Return the RocksDB key of an account."""
@@ -267,6 +278,22 @@ class RollingStateStore:
             if not k.startswith(self._prefix):
                 break
             yield k[len(self._prefix) :], np.frombuffer(v, dtype=self.dtype)[0]
+
+
+def primary_files(path: str | os.PathLike[str]) -> tuple[tuple[str, int, int], ...]:
+    """Return the name, size and mtime of a RocksDB primary's logs, manifests and CURRENT.
+
+    They change with every write (a log grows) and every flush or compaction (the manifest), so
+    a secondary instance whose primary shows the same files has nothing to catch up with.
+    """
+    out = []
+    with os.scandir(path) as entries:
+        for e in entries:
+            name = e.name
+            if name.endswith(".log") or name.startswith("MANIFEST") or name == "CURRENT":
+                st = e.stat()
+                out.append((name, st.st_size, st.st_mtime_ns))
+    return tuple(sorted(out))
 
 
 def create_shard(path: str | os.PathLike[str]) -> None:

@@ -22,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
         predictions_cli,
         recovery,
         run_cli,
+        serve_cli,
         telemetry,
     )
     from streamml.benchmarks import cli as bench_cli
@@ -41,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate_cli.register(sub)
     models_cli.register(sub)
     predictions_cli.register(sub)
+    serve_cli.register(sub)
     broker.register(sub)
     postgres_cli.register(sub)
     telemetry.register(sub)
