@@ -37,7 +37,7 @@ from streamml.onnx_models import FeatureSpec, Selection
 from streamml.operators.metadata import ModelMetadata, VersionInfo
 from streamml.operators.records import PredictionRequest
 from streamml.operators.scoring import PredictionBatch, ScoreBatch, ScoreError, Scorer
-from streamml.state.online import FeatureValue
+from streamml.state.online import FeatureRead
 from streamml.state.predictions import FeatureRecord, Latency, PredictionRecord, TimeoutRecord
 
 __all__ = [
@@ -185,7 +185,7 @@ def extract_values(document: object, specs: Sequence[FeatureSpec]) -> dict[str, 
 class Gathered:
     """The raw materials of a request's features, filled in as they arrive."""
 
-    online: dict[str, FeatureValue | None] = field(default_factory=dict)
+    online: dict[str, FeatureRead | None] = field(default_factory=dict)
     docs: dict[str, Doc] = field(default_factory=dict)
     read_ms: float = 0.0
 
@@ -227,7 +227,6 @@ def _feature(
     spec: FeatureSpec,
     request: PredictionRequest,
     gathered: Gathered,
-    online_version: str,
 ) -> FeatureRecord:
     src = spec.source
     as_of = request.ts
@@ -240,9 +239,9 @@ def _feature(
         if value is not None:
             updated_at, status = request.ts, "fresh"
     elif src.kind == "online":
-        version = online_version
         fv = gathered.online.get(src.feature or spec.name)
-        if fv is not None and fv.updated_at is not None:
+        version = "" if fv is None else fv.version
+        if fv is not None and fv.value is not None and fv.updated_at is not None:
             value, updated_at = float(fv.value), fv.updated_at
             status = "fresh" if as_of - updated_at <= spec.ttl_ms else "stale"
     else:
@@ -263,7 +262,7 @@ def _feature(
     return FeatureRecord(spec.name, value, updated_at, version, status)
 
 
-def resolve(plan: Plan, gathered: Gathered, *, online_version: str, arrived_ns: int) -> Resolved:
+def resolve(plan: Plan, gathered: Gathered, *, arrived_ns: int) -> Resolved:
     """Build every version's row from what was gathered (see the module docstring)."""
     rows = []
     cache: dict[int, FeatureRecord] = {}
@@ -272,7 +271,7 @@ def resolve(plan: Plan, gathered: Gathered, *, online_version: str, arrived_ns: 
         for spec in variant.info.contract.features:
             rec = cache.get(id(spec))
             if rec is None:
-                rec = cache[id(spec)] = _feature(spec, plan.request, gathered, online_version)
+                rec = cache[id(spec)] = _feature(spec, plan.request, gathered)
             records.append(rec)
         missing = tuple(r.name for r in records if r.value is None)
         row = None

@@ -45,14 +45,13 @@ class AnswerReader(Protocol):
 class StoredReader:
     """Read the online values and stored answers of planned requests (see the module docstring).
 
-    The online store serves one feature (`OnlineStore.feature`); other online features of a
-    contract read as missing.
+    Online features the store does not serve read as missing.
     """
 
     def __init__(self, online: OnlineStore, answers: AnswerReader) -> None:
         self.online = online
         self.answers = answers
-        self.online_feature = online.feature
+        self.served = set(online.feature_names)
         self.docs: dict[tuple[str, bytes], Doc] = {}
 
     def read(self, items: Sequence[tuple[Plan, Gathered]]) -> None:
@@ -61,15 +60,17 @@ class StoredReader:
             return
         started = time.perf_counter()
         online_names = {name for plan, _ in items for name in plan.online}
-        if online_names:
-            values = self.online.get_batch(
-                [plan.request.account for plan, _ in items], [plan.request.ts for plan, _ in items]
+        served = [name for name in online_names if name in self.served]
+        reads = None
+        if served:
+            reads = self.online.get_features(
+                [plan.request.account for plan, _ in items],
+                served,
+                [plan.request.ts for plan, _ in items],
             )
-            for name in online_names:
-                served = name == self.online_feature
-                for (plan, gathered), fv in zip(items, values, strict=True):
-                    if name in plan.online:
-                        gathered.online[name] = fv if served else None
+        for r, (plan, gathered) in enumerate(items):
+            for name in plan.online:
+                gathered.online[name] = None if reads is None else reads[r].get(name)
         services = {s for plan, _ in items for s in plan.service_ttl_ms}
         for service in services:
             users = [(p, g) for p, g in items if service in p.service_ttl_ms]

@@ -196,7 +196,6 @@ class _PredictLogic(StatefulBatchLogic[Any, PredictOutput, Any]):
         self.plans: dict[Any, tuple[Any, ...]] = {}
         self._specs: dict[tuple[int, str], list[FeatureSpec]] = {}
         self.ended: dict[str, int] = {}
-        self.version = f"{config.layout.feature}/{config.layout.feature_id}"
         self._out = self._fresh_out()
         if resume is not None:
             self.shard, pending, ended = resume
@@ -393,7 +392,7 @@ class _PredictLogic(StatefulBatchLogic[Any, PredictOutput, Any]):
         items: list[Resolved] = []
         for p in ready:
             items.append(
-                resolve(p.plan, p.gathered, online_version=self.version, arrived_ns=p.arrived_ns)  # type: ignore[arg-type]
+                resolve(p.plan, p.gathered, arrived_ns=p.arrived_ns)  # type: ignore[arg-type]
             )
             self._end(p.request.request_id)
         predictions, timeouts = score_resolved(self.scorer, items, clock_ns=self.clock_ns)

@@ -76,8 +76,6 @@ class Service:
         self.online = OnlineStore(config.state_dir, follow=True)
         self.answers = OnDemandReader(config.state_dir, follow=True)
         self.stored = StoredReader(self.online, self.answers)
-        layout = self.online.layout
-        self.online_version = f"{layout.feature}/{layout.feature_id}"
         self.scorer = Scorer(ScoringConfig(registry_dir=config.registry_dir))
         self.meta = load_metadata(self.registry)
         self._meta_checked = time.monotonic()
@@ -239,9 +237,7 @@ class Service:
         to_fetch = [s for s in services_to_fetch(plan, gathered.docs) if s in self.fetchers]
         if to_fetch:
             await self._fetch(plan, gathered, to_fetch, arrived, deadline)
-        resolved = resolve(
-            plan, gathered, online_version=self.online_version, arrived_ns=arrived_ns
-        )
+        resolved = resolve(plan, gathered, arrived_ns=arrived_ns)
         predictions, timeouts = await self._scores.submit(resolved)
         deadline.check("scoring")
         self._record(predictions, timeouts)
