@@ -18,6 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         predict,
         scoring,
         serve,
+        training_sets,
     )
 
     bench = sub.add_parser(
@@ -30,5 +31,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     aggregations.register(bsub)
     online_reads.register(bsub)
     features.register(bsub)
+    training_sets.register(bsub)
     postgres_store.register(bsub)
     serve.register(bsub)
