@@ -16,6 +16,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import repeat
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
@@ -42,6 +43,9 @@ class FeatureValue:
 
 
 _STATUS = ("missing", "fresh", "stale")
+_new_tuple = tuple.__new__
+"""Builds `FeatureRead`s from 4-tuples without a Python frame each (the NamedTuple's own
+constructor is Python code)."""
 _SCALAR_READS = 8
 """Reads of up to this many entities compute values in plain Python (numpy's per-call overhead
 dominates them); larger ones are vectorised."""
@@ -285,9 +289,8 @@ class OnlineStore:
                 status = np.where(present, np.where(age <= f.ttl_ms, 1, 2), 0).tolist()
                 cells = (column.astype(np.int64) if f.aggregation == "count" else column).tolist()
                 cells = [c if p else None for c, p in zip(cells, present.tolist(), strict=True)]
-                columns[name] = list(
-                    map(FeatureRead, cells, seen_at, [version] * n, [_STATUS[k] for k in status])
-                )
+                rows = zip(cells, seen_at, repeat(version), [_STATUS[k] for k in status])
+                columns[name] = list(map(_new_tuple, repeat(FeatureRead), rows))
         ordered = [columns[name] for name in names]
         return [dict(zip(names, cells, strict=True)) for cells in zip(*ordered, strict=True)]
 
