@@ -3,18 +3,39 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 
-__all__ = ["register"]
+from streamml.commands import Command, add_commands
+
+__all__ = ["BENCHMARKS", "register"]
+
+BENCHMARKS: tuple[Command, ...] = (
+    Command(
+        "error-count",
+        "events/s, CPU and peak RSS of the error-count flow on a CSV file or a Kafka topic",
+        "streamml.benchmarks.error_count",
+    ),
+    Command(
+        "scoring",
+        "scoring operator in a dataflow vs bare ONNX Runtime, and single-row latency",
+        "streamml.benchmarks.scoring",
+    ),
+    Command(
+        "predict",
+        "prediction flow: happy-path requests/s; with --kafka, open-loop latency",
+        "streamml.benchmarks.predict",
+    ),
+)
+"""Every benchmark, in the order `streamml bench --help` lists them."""
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    """Add `streamml bench` and every benchmark."""
-    from streamml.benchmarks import error_count, predict, scoring
-
+def register(
+    sub: argparse._SubParsersAction,  # type: ignore[type-arg]
+    path: Sequence[str] | None = None,
+) -> None:
+    """Add `streamml bench`: fully the benchmark `path` names (every one when None)."""
     bench = sub.add_parser(
         "bench", help="run a benchmark", description="Run a benchmark and print its figures."
     )
     bsub = bench.add_subparsers(dest="bench", metavar="BENCHMARK", required=True)
-    error_count.register(bsub)
-    scoring.register(bsub)
-    predict.register(bsub)
+    add_commands(bsub, BENCHMARKS, path)

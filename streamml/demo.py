@@ -10,11 +10,6 @@ from pathlib import Path
 import orjson
 
 from streamml.console import Progress, format_table, human
-from streamml.dataflows.error_count import ErrorCountConfig, SourceConfig
-from streamml.generate_cli import write_events
-from streamml.operators.sources import GeneratorConfig
-from streamml.run_cli import run_error_count, summary_rows
-from streamml.state.online import OnlineStore
 
 __all__ = ["register", "run_demo"]
 
@@ -43,6 +38,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run_demo(args: argparse.Namespace) -> int:
     """Run the demo; returns the exit code."""
+    from streamml.dataflows.error_count import ErrorCountConfig, SourceConfig
+    from streamml.generate_cli import write_events
+    from streamml.operators.sources import GeneratorConfig
+    from streamml.run_cli import run_error_count, summary_rows
+    from streamml.state.online import OnlineStore
+
     root: Path = args.dir.resolve()
     for name in (
         "state",

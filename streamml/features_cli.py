@@ -9,7 +9,6 @@ from pathlib import Path
 import orjson
 
 from streamml.console import format_table
-from streamml.state.online import OnlineStore
 
 __all__ = ["register"]
 
@@ -40,6 +39,8 @@ def _cmd_get(args: argparse.Namespace) -> int:
     if args.as_of is not None and args.as_of < 0:
         print("streamml features get: --as-of must be >= 0 (epoch ms)", file=sys.stderr)
         return 2
+    from streamml.state.online import OnlineStore  # here, so `--help` does not load the store
+
     try:
         store = OnlineStore(args.state_dir)
     except FileNotFoundError as exc:

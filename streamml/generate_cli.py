@@ -6,13 +6,15 @@ import argparse
 import sys
 from dataclasses import replace
 from pathlib import Path
-
-import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
+from typing import TYPE_CHECKING
 
 from streamml.console import Progress, human
-from streamml.operators.sources import GeneratorConfig, generate_events, partition_sizes
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pyarrow as pa
+
+    from streamml.operators.sources import GeneratorConfig
 
 __all__ = ["JUNK_LINES", "register", "write_events"]
 
@@ -30,10 +32,13 @@ JUNK_LINES: tuple[bytes, ...] = (
     b"\xff\xfe\x00binary\x80junk",
     b'{"account": "' + b"k" * 300 + b'", "ts": 1}',
 )
-_CODES = np.array(["E101", "E204", "E305", "E999"])
+_CODES = ("E101", "E204", "E305", "E999")
 
 
 def _lines(accounts: pa.Array, ts: np.ndarray, codes: np.ndarray, fmt: str) -> bytes:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     acc = accounts.cast(pa.string())
     ts_s = pa.array(ts).cast(pa.string())
     code = pa.array(codes)
@@ -60,8 +65,13 @@ def write_events(
     Batches of the generator partitions are interleaved in each file, so event time advances
     through the file. A fraction `junk_rate` of extra malformed lines is mixed in.
     """
+    import numpy as np
+
+    from streamml.operators.sources import generate_events, partition_sizes
+
     if files < 1:
         raise ValueError(f"files must be >= 1, got {files}")
+    code_names = np.array(_CODES)
     parts = max(config.partitions, files)
     config = replace(config, partitions=parts)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -85,7 +95,7 @@ def write_events(
                     continue
                 ev = generate_events(config, i, pos[i], step)
                 pos[i] += len(ev.ts)
-                codes = _CODES[rng.integers(0, len(_CODES), len(ev.ts))]
+                codes = code_names[rng.integers(0, len(code_names), len(ev.ts))]
                 data = _lines(ev.accounts, ev.ts, codes, fmt)
                 if junk_rate > 0:
                     lines = data.split(b"\n")[:-1]
@@ -137,6 +147,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    from streamml.operators.sources import GeneratorConfig
+
     fmt = args.format or ("csv" if args.out.suffix.lower() == ".csv" else "jsonl")
     config = GeneratorConfig(events=args.events, accounts=args.accounts, seed=args.seed)
     paths = write_events(

@@ -6,29 +6,50 @@ import argparse
 import os
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from streamml import predict_cli
+from streamml.commands import Command, add_commands
 from streamml.console import Progress, human
 from streamml.dataflows.environment import KAFKA_PREFIX
-from streamml.dataflows.error_count import (
-    ErrorCountConfig,
-    SourceConfig,
-    prepare_state,
-)
-from streamml.operators.sources import (
-    DEFAULT_SETTLE_MS,
-    GeneratorConfig,
-    detect_format,
-    read_csv_header,
-)
-from streamml.recovery import ensure_recovery_dir, recovery_args
-from streamml.runner import RunResult, cost_rows, report_run, run_flow_processes
+from streamml.runner import cost_rows, report_run
 from streamml.state.errors import RefusedError
 from streamml.state.layout import StateLayout
 
-__all__ = ["config_from_args", "register", "run_error_count", "summary_rows"]
+if TYPE_CHECKING:
+    from streamml.dataflows.error_count import ErrorCountConfig
+    from streamml.runner import RunResult
+
+__all__ = [
+    "FLOWS",
+    "add_error_count_options",
+    "add_error_count_parser",
+    "config_from_args",
+    "register",
+    "run_error_count",
+    "summary_rows",
+]
+
+DEFAULT_SETTLE_MS = 10_000
+"""`streamml.operators.sources.DEFAULT_SETTLE_MS`, repeated here so that building the parser
+does not import the sources (Bytewax, pyarrow); a test keeps the two equal."""
+
+FLOWS: tuple[Command, ...] = (
+    Command(
+        "error-count",
+        "rolling 24-hour signal-error count per account, with alerts",
+        "streamml.run_cli",
+        function="add_error_count_parser",
+    ),
+    Command(
+        "predict",
+        "answer prediction requests: select, assemble features, score, record",
+        "streamml.predict_cli",
+        function="add_parser",
+    ),
+)
+"""The flows of `streamml run`, in the order its help lists them."""
 
 
 def add_error_count_options(p: argparse.ArgumentParser) -> None:
@@ -104,12 +125,20 @@ def add_error_count_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    """Add `streamml run` and its flows."""
+def register(
+    sub: argparse._SubParsersAction,  # type: ignore[type-arg]
+    path: Sequence[str] | None = None,
+) -> None:
+    """Add `streamml run`: fully the flow `path` names (every one when None)."""
     run = sub.add_parser(
         "run", help="run a flow (error-count, predict)", description="Run a dataflow to its end."
     )
     flows = run.add_subparsers(dest="flow", metavar="FLOW", required=True)
+    add_commands(flows, FLOWS, path)
+
+
+def add_error_count_parser(flows: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add `streamml run error-count`."""
     p = flows.add_parser(
         "error-count",
         help="rolling 24-hour signal-error count per account, with alerts",
@@ -147,11 +176,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--snapshot-interval", type=int, default=10, help="whole seconds between snapshots"
     )
     p.set_defaults(func=_cmd_error_count)
-    predict_cli.add_parser(flows)
 
 
 def config_from_args(args: argparse.Namespace, stats_path: Path | None) -> ErrorCountConfig:
     """Build the flow config from parsed arguments; raises ValueError on bad input."""
+    from streamml.dataflows.error_count import ErrorCountConfig, SourceConfig
+    from streamml.operators.sources import GeneratorConfig, detect_format, read_csv_header
+
     if args.source == "file":
         if not args.input:
             raise ValueError("--source file needs --input PATH (or use --source generate)")
@@ -236,6 +267,10 @@ def run_error_count(
     Raises `RefusedError` when the state dir, recovery dir and inputs disagree (nothing is
     written then).
     """
+    from streamml.dataflows.error_count import prepare_state
+    from streamml.recovery import ensure_recovery_dir, recovery_args
+    from streamml.runner import run_flow_processes
+
     extra: list[str] = []
     if recovery_dir is not None:
         ensure_recovery_dir(recovery_dir)

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from streamml.console import format_table, human
-from streamml.operators.sinks import read_stats
 from streamml.worker import REFUSED_EXIT
 
 __all__ = ["RunResult", "cost_rows", "free_ports", "report_run", "run_flow_processes"]
@@ -62,6 +61,8 @@ def run_flow_processes(
     Workers on one machine talk over loopback ports chosen here. `progress` is called about
     twice a second with the counters read from `stats_path`.
     """
+    from streamml.operators.sinks import read_stats
+
     if processes < 1:
         raise ValueError(f"processes must be >= 1, got {processes}")
     base = [sys.executable, "-P", "-m", "streamml.worker", import_str, *(extra_args or [])]
