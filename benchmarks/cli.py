@@ -16,6 +16,11 @@ BENCHMARKS: tuple[Command, ...] = (
         "streamml.benchmarks.error_count",
     ),
     Command(
+        "kafka-soak",
+        "RSS of the Kafka error-count flow at 10%, 50% and 100% of a long run",
+        "streamml.benchmarks.kafka_soak",
+    ),
+    Command(
         "scoring",
         "scoring operator in a dataflow vs bare ONNX Runtime, and single-row latency",
         "streamml.benchmarks.scoring",
