@@ -80,6 +80,11 @@ def add_error_count_options(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="read up to the end offsets present at start, then finish (backfills)",
     )
+    kafka.add_argument(
+        "--group-id",
+        help="commit the positions of each snapshot to this consumer group, so Kafka tools show "
+        "the flow's lag (monitoring only: the flow resumes from its snapshots, not from commits)",
+    )
     kafka.add_argument("--alerts-topic", help="also write alerts to this topic")
     kafka.add_argument("--dead-letters-topic", help="also write dead letters to this topic")
     src.add_argument(
@@ -202,6 +207,7 @@ def config_from_args(args: argparse.Namespace, stats_path: Path | None) -> Error
         ("brokers", "BROKERS"),
         ("topic", "TOPIC"),
         ("start", "START"),
+        ("group_id", "GROUP_ID"),
         ("alerts_topic", "ALERTS_TOPIC"),
         ("dead_letters_topic", "DEAD_LETTERS_TOPIC"),
     ):
