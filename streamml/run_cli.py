@@ -167,6 +167,13 @@ def add_error_count_parser(flows: argparse._SubParsersAction) -> None:  # type: 
     )
     out.add_argument("--no-history", action="store_true", help="do not write the history store")
     out.add_argument("--processes", type=int, default=1, help="worker processes on this machine")
+    out.add_argument(
+        "--state-memory-mb",
+        type=int,
+        default=argparse.SUPPRESS,
+        help="RocksDB memory of each process: one block cache holding the memtables of all its "
+        "shards too (default: 256)",
+    )
     out.add_argument("--json", action="store_true", help="print the summary as JSON")
     rec = p.add_argument_group(
         "recovery",
@@ -226,6 +233,11 @@ def config_from_args(args: argparse.Namespace, stats_path: Path | None) -> Error
         raise ValueError("--processes must be >= 1")
     if args.settle_ms < 0:
         raise ValueError("--settle-ms must be >= 0")
+    memory = {}
+    if getattr(args, "state_memory_mb", None) is not None:
+        if args.state_memory_mb < 8:
+            raise ValueError("--state-memory-mb must be >= 8")
+        memory["state_memory_bytes"] = args.state_memory_mb << 20
     if getattr(args, "recovery_dir", None) is not None and args.snapshot_interval < 1:
         raise ValueError("--snapshot-interval must be >= 1 second")
     source = SourceConfig(
@@ -256,6 +268,7 @@ def config_from_args(args: argparse.Namespace, stats_path: Path | None) -> Error
         if getattr(args, "recovery_dir", None)
         else None,
         settle_ms=args.settle_ms,
+        **memory,
     )
 
 
