@@ -17,7 +17,7 @@ BENCHMARKS: tuple[Command, ...] = (
     ),
     Command(
         "kafka-soak",
-        "RSS of the Kafka error-count flow at 10%, 50% and 100% of a long run",
+        "RSS of the Kafka error-count flow at 10%%, 50%% and 100%% of a long run",
         "streamml.benchmarks.kafka_soak",
     ),
     Command(

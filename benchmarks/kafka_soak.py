@@ -244,7 +244,13 @@ def register(bench_sub: argparse._SubParsersAction) -> None:  # type: ignore[typ
     )
     p.add_argument("--events", type=int, default=10_000_000, help="records in the topic")
     p.add_argument("--accounts", type=int, default=100_000, help="accounts drawn uniformly")
-    p.add_argument("--partitions", type=int, default=3, help="partitions of the topic")
+    p.add_argument(
+        "--partitions",
+        type=int,
+        default=16,
+        help="partitions of the topic (tansu's in-memory fetches slow down as a partition grows: "
+        "keep under a million records each)",
+    )
     p.add_argument("--seed", type=int, default=7, help="generator seed")
     p.add_argument("--brokers", help="bootstrap HOST:PORT; unset: start a local tansu broker")
     p.add_argument("--topic", help="read this topic, already holding --events records")

@@ -87,6 +87,7 @@ HELP = [
     ["telemetry"],
     ["recovery"],
     ["bench"],
+    ["bench", "kafka-soak"],
 ]
 
 
