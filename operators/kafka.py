@@ -2,9 +2,10 @@
 
 Source: `KafkaSource` reads one topic, one Bytewax partition per topic partition (named
 `kafka:{topic}:{partition}`), each with its own `KafkaConsumer` on an assigned partition (no
-consumer group, no offset commits). The position lives in Bytewax snapshots: the snapshot of a
-partition is the next offset to read. Each batch is one `RecordList` of raw values (bytes, or
-`None` for null values) and their offsets.
+consumer group membership). The position lives in Bytewax snapshots: the snapshot of a
+partition is the next offset to read; with `group_id` the snapshots' positions are also
+committed to that group, for monitoring only. Each batch is one `RecordList` of raw values
+(bytes, or `None` for null values) and their offsets.
 
 Sinks: `KafkaAlertSink` writes `Alert`s (key = account, value = JSON with the deterministic `id`,
 header `alert_id`) and `KafkaDeadLetterSink` writes `DeadLetter`s (value = the raw record, headers
@@ -515,7 +516,7 @@ class _KafkaSourcePartition(StatefulSourcePartition[RecordList, int]):
 class KafkaSource(FixedPartitionedSource[RecordList, int]):
     """Read a topic as `RecordList` batches; one Bytewax partition per topic partition.
 
-    Offsets are kept in Bytewax snapshots (no consumer group, no commits); see
+    Offsets are kept in Bytewax snapshots (commits to `group_id` are for monitoring only); see
     `KafkaSourceConfig` for where each partition starts and when it stops. With a `state_dir`,
     `start="stored"` without a snapshot continues after the offsets the state dir has applied,
     and a partition whose offsets no longer fit them (the topic was created again) is refused;
