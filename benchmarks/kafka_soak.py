@@ -269,7 +269,10 @@ def _cmd(args: argparse.Namespace) -> int:
     from streamml.console import format_table
 
     if args.events < 10 or args.accounts < 1 or args.partitions < 1:
-        print("streamml bench kafka-soak: need --events >= 10, --accounts, --partitions >= 1")
+        print(
+            "streamml bench kafka-soak: need --events >= 10, --accounts, --partitions >= 1",
+            file=sys.stderr,
+        )
         return 2
     report = run_soak(args)
     if args.json:
