@@ -30,6 +30,31 @@ BENCHMARKS: tuple[Command, ...] = (
         "prediction flow: happy-path requests/s; with --kafka, open-loop latency",
         "streamml.benchmarks.predict",
     ),
+    Command(
+        "aggregations",
+        "aggregation kernel: one count vs five speed-test features in one pass",
+        "streamml.benchmarks.aggregations",
+    ),
+    Command(
+        "online-reads",
+        "get_features latency: 1 and 100 entities x 10 features, in process",
+        "streamml.benchmarks.online_reads",
+    ),
+    Command(
+        "features",
+        "features flow: five speed-test features from one source vs one, same file",
+        "streamml.benchmarks.features",
+    ),
+    Command(
+        "online-stores",
+        "ingest rows/s and read p50/p99 of PostgreSQL and RocksDB online stores",
+        "streamml.benchmarks.postgres_store",
+    ),
+    Command(
+        "serve",
+        "REST service: open-loop latency of features and predictions",
+        "streamml.benchmarks.serve",
+    ),
 )
 """Every benchmark, in the order `streamml bench --help` lists them."""
 

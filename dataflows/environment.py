@@ -26,6 +26,13 @@ class Env:
         value = self.get(name)
         return Path(value) if value else None
 
+    def history_dir(self, state_dir: Path) -> Path | None:
+        """Return ``STREAMML_HISTORY_DIR`` (default ``STATE_DIR/history``; ``off``: None)."""
+        value = self.get("HISTORY_DIR")
+        if value == "off":
+            return None
+        return Path(value) if value else state_dir / "history"
+
     def kafka(self) -> tuple[tuple[str, str], ...]:
         """Return the ``STREAMML_KAFKA_*`` variables, sorted."""
         return tuple(sorted((k, v) for k, v in self.env.items() if k.startswith(KAFKA_PREFIX)))

@@ -51,28 +51,22 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bytewax import operators as op
 from bytewax.dataflow import Dataflow
-from streamml.dataflows.environment import Env, kafka_sink
-from streamml.operators.decode import Decoded, decode_events
-from streamml.operators.recovery_state import (
-    bind_recovery_dir,
-    check_output_file,
-    recovery_binding,
+from streamml.dataflows.environment import KAFKA_PREFIX, Env
+from streamml.dataflows.features import (
+    SourceInput,
+    add_outputs,
+    add_source,
+    check_fresh_recovery,
+    check_recovery,
+    reset_inputs,
 )
-from streamml.operators.rolling import RollingConfig, ShardUpdate, rolling_count
-from streamml.operators.shard import shard_events
-from streamml.operators.sinks import HistorySink, JsonLinesSink, StatsSink
-from streamml.operators.sources import (
-    DEFAULT_SETTLE_MS,
-    FileSource,
-    GeneratorConfig,
-    GeneratorSource,
-)
-from streamml.state.errors import RefusedError
+from streamml.operators.rolling import RollingConfig
+from streamml.operators.sources import DEFAULT_SETTLE_MS, GeneratorConfig
+from streamml.state.definitions import count_feature
+from streamml.state.feature_manifest import register_sources
 from streamml.state.layout import StateLayout
-from streamml.state.rolling_store import StoreTuning, stored_positions
-from streamml.state.sources import SourceRegistry
+from streamml.state.rolling_store import StoreTuning
 
 __all__ = ["ErrorCountConfig", "SourceConfig", "build_flow", "prepare_state"]
 
@@ -155,7 +149,6 @@ class ErrorCountConfig:
             bucket_ms=int(get("BUCKET_MS", "3600000")),
             window_buckets=int(get("WINDOW_BUCKETS", "24")),
         )
-        history = get("HISTORY_DIR")
         return cls(
             source=source,
             state_dir=state_dir,
@@ -164,11 +157,7 @@ class ErrorCountConfig:
             alerts_out=path("ALERTS_OUT"),
             dead_letters_out=path("DEAD_LETTERS_OUT"),
             late_out=path("LATE_OUT"),
-            history_dir=None
-            if history == "off"
-            else Path(history)
-            if history
-            else state_dir / "history",
+            history_dir=e.history_dir(state_dir),
             stats_path=path("STATS_PATH"),
             pipeline_version=get("PIPELINE_VERSION", PIPELINE_VERSION) or PIPELINE_VERSION,
             kafka_env=e.kafka(),
@@ -206,51 +195,6 @@ class ErrorCountConfig:
         return {**{f"STREAMML_{k}": v for k, v in env.items()}, **dict(self.kafka_env)}
 
 
-def _decode_stats(d: Decoded) -> dict[str, int]:
-    stats = {"read": d.read, "bytes": d.bytes_read, "valid": len(d.events), "dead": len(d.dead)}
-    if d.held_back:
-        stats["held_back"] = d.held_back
-    for reason, n in d.reasons().items():
-        stats[f"dead.{reason}"] = n
-    return stats
-
-
-def _update_stats(u: ShardUpdate) -> dict[str, int]:
-    return {**u.counts(), "skipped": u.skipped, "replayed": u.replayed}
-
-
-def _late_records(u: ShardUpdate) -> list[dict[str, object]]:
-    late = u.late_rows()
-    return [
-        {"account": a.decode("utf-8"), "ts": t, "partition": u.partition, "position": p}
-        for a, t, p in zip(
-            late.column("account").to_pylist(),
-            late.column("ts").to_pylist(),
-            late.column("position").to_pylist(),
-            strict=True,
-        )
-    ]
-
-
-def _source(config: ErrorCountConfig):
-    source = config.source
-    where = {
-        "state_dir": config.state_dir,
-        "shards": config.layout.shards,
-        "recovery_dir": config.recovery_dir,
-    }
-    if source.kind == "file":
-        chunk = {} if source.chunk_bytes is None else {"chunk_bytes": source.chunk_bytes}
-        return FileSource(
-            list(source.paths), fmt=source.fmt, settle_ms=config.settle_ms, **chunk, **where
-        )
-    if source.kind == "generate":
-        return GeneratorSource(source.generator)
-    from streamml.operators.kafka import KafkaSource, KafkaSourceConfig
-
-    return KafkaSource(KafkaSourceConfig.from_env(env=dict(config.kafka_env)), **where)
-
-
 def prepare_state(config: ErrorCountConfig, *, reset_sources: tuple[str, ...] = ()) -> None:
     """Create or check the state dir and tie the recovery dir to it, before anything is read.
 
@@ -260,111 +204,46 @@ def prepare_state(config: ErrorCountConfig, *, reset_sources: tuple[str, ...] = 
     they are read again from their start as new inputs; only the CLI passes them, once, before
     the workers start.
     """
-    fresh = StateLayout.read(config.state_dir) is None
-    if config.recovery_dir is not None and fresh:
-        bound = recovery_binding(config.recovery_dir)
-        if bound is not None:
-            raise RefusedError(
-                f"recovery dir {config.recovery_dir} belongs to state dir {bound['state_dir']} "
-                f"(id {bound['state_id']}), but {config.state_dir} holds no state: it was "
-                "deleted or moved, so resuming would skip input that is no longer counted. "
-                "Restore the state dir, or start over with `streamml recovery reset "
-                f"{config.recovery_dir} --state-dir {config.state_dir}`"
-            )
-    config.layout.ensure(config.state_dir)
-    registry = SourceRegistry(config.state_dir)
-    for item in reset_sources:
-        if item.startswith("kafka:"):
-            registry.resolve_stream(item, reset=True)
-        else:
-            registry.resolve_file(item, reset=True)
-    if config.recovery_dir is not None:
-        positions = stored_positions(config.state_dir, config.layout.shards)
-        fresh = not any(p >= 0 for p in positions.values())
-        bind_recovery_dir(config.recovery_dir, config.state_dir, fresh_state=fresh)
-        for field, step in _FILE_OUTPUTS.items():
-            path = getattr(config, field)
-            if path is not None:
-                check_output_file(config.recovery_dir, f"error_count.{step}", path)
-
-
-_FILE_OUTPUTS = {
-    "alerts_out": "alerts-out",
-    "dead_letters_out": "dead-letters-out",
-    "late_out": "late-out",
-}
-"""The JSON lines outputs: config field -> step id of the sink (its snapshots are keyed by it)."""
-
-
-def _json_lines_out(config: ErrorCountConfig, field: str, stream) -> None:
-    """Write `stream` to the JSON lines file of `field`, one worker writing it."""
-    step = _FILE_OUTPUTS[field]
-    sink = JsonLinesSink(getattr(config, field), recovery_dir=config.recovery_dir)
-    op.output(step, _one_key(f"{step}-key", stream), sink)
-
-
-def _one_key(step_id: str, stream):
-    """Key every item alike: single-partition sinks then get every item on one worker."""
-    return op.key_on(step_id, stream, lambda _item: "all")
+    check_fresh_recovery(config.recovery_dir, config.state_dir)
+    layout = config.layout.ensure(config.state_dir)
+    feature = count_feature(layout.feature, layout.bucket_ms, layout.window_buckets)
+    register_sources(
+        config.state_dir, {"signal_errors": (feature,)}, ids={"signal_errors": layout.feature_id}
+    )
+    reset_inputs(config.state_dir, reset_sources)
+    check_recovery(
+        config.recovery_dir, config.state_dir, config.layout.shards, "error_count", config
+    )
 
 
 def build_flow(config: ErrorCountConfig) -> Dataflow:
     """Build the error-count dataflow for `config` (see `prepare_state` for what it checks)."""
     prepare_state(config)
     flow = Dataflow("error_count")
-    raw = op.input("source", flow, _source(config))
-    decoded = decode_events("decode", raw)
-    keyed = shard_events("shard", decoded.events, config.layout.shards)
-    by_shard = rolling_count(
-        "rolling",
-        keyed,
-        RollingConfig(
-            config.state_dir,
-            config.layout,
-            config.threshold,
-            tuning=StoreTuning(memory_bytes=config.state_memory_bytes),
-            recovery_dir=config.recovery_dir,
-            source_step="error_count.source",
-            replay_accepted=config.history_dir is not None,
-            replay_late=config.late_out is not None,
-        ),
+    rolling = RollingConfig(
+        config.state_dir,
+        config.layout,
+        config.threshold,
+        tuning=StoreTuning(memory_bytes=config.state_memory_bytes),
+        recovery_dir=config.recovery_dir,
+        source_step="error_count.source",
+        replay_accepted=config.history_dir is not None,
+        replay_late=config.late_out is not None,
     )
-    updates = op.key_rm("unkey", by_shard)
-    alerts = op.flat_map("alerts", updates, lambda u: u.alerts)
-    if config.alerts_out is not None:
-        _json_lines_out(config, "alerts_out", alerts)
-    alerts_kafka = kafka_sink(config.kafka_env, "ALERTS_TOPIC")
-    if alerts_kafka is not None:
-        from streamml.operators.kafka import KafkaAlertSink
-
-        op.output("alerts-kafka", alerts, KafkaAlertSink(alerts_kafka))
-    dead_kafka = kafka_sink(config.kafka_env, "DEAD_LETTERS_TOPIC")
-    if dead_kafka is not None:
-        from streamml.operators.kafka import KafkaDeadLetterSink
-
-        op.output("dead-letters-kafka", decoded.dead, KafkaDeadLetterSink(dead_kafka))
-    if config.dead_letters_out is not None:
-        _json_lines_out(config, "dead_letters_out", decoded.dead)
-    if config.late_out is not None:
-        _json_lines_out(config, "late_out", op.flat_map("late", updates, _late_records))
-    if config.history_dir is not None:
-        op.output(
-            "history",
-            by_shard,
-            HistorySink(
-                config.history_dir,
-                config.layout.feature,
-                config.pipeline_version,
-                shards=config.layout.shards,
-                recovery_dir=config.recovery_dir,
-            ),
-        )
-    stats = op.merge(
-        "stats",
-        op.map("decode-stats", decoded.decoded, _decode_stats),
-        op.map("update-stats", updates, _update_stats),
+    source = config.source
+    inp = SourceInput(
+        name="signal_errors",
+        kind=source.kind,
+        paths=source.paths,
+        fmt=source.fmt,
+        topic=dict(config.kafka_env).get(KAFKA_PREFIX + "TOPIC") or None,
+        generator=source.generator,
+        chunk_bytes=source.chunk_bytes,
     )
-    op.output("stats-out", _one_key("stats-key", stats), StatsSink(config.stats_path))
+    streams = add_source(
+        flow, "", inp, rolling, schema=None, settle_ms=config.settle_ms, kafka_env=config.kafka_env
+    )
+    add_outputs("error_count", config, [streams], config.pipeline_version)
     return flow
 
 

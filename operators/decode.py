@@ -52,20 +52,26 @@ _INTEGER = re.compile(r"[+-]?[0-9]+")
 
 @dataclass(frozen=True, slots=True)
 class Decoded:
-    """The result of decoding one raw batch: the valid events and the dead letters."""
+    """The result of decoding one raw batch: the valid events and the dead letters.
+
+    `filtered` counts valid records a source's filters dropped.
+    """
 
     events: EventBatch
     dead: list[DeadLetter]
     read: int
     bytes_read: int = 0
     held_back: int = 0
+    filtered: int = 0
 
     def reasons(self) -> Counter[str]:
         """Count the dead letters by reason."""
         return Counter(d.reason for d in self.dead)
 
 
-class _Invalid(Exception):
+class InvalidRecord(Exception):
+    """A record that is not a valid event: `reason` (a dead letter's) and a `detail`."""
+
     def __init__(self, reason: str, detail: str = "") -> None:
         super().__init__(reason)
         self.reason = reason
@@ -74,74 +80,76 @@ class _Invalid(Exception):
 
 def _check_account(account: object) -> bytes:
     if account is None:
-        raise _Invalid("missing_account")
+        raise InvalidRecord("missing_account")
     if not isinstance(account, str):
-        raise _Invalid("bad_account", f"account must be a string, got {type(account).__name__}")
+        raise InvalidRecord(
+            "bad_account", f"account must be a string, got {type(account).__name__}"
+        )
     if not account:
-        raise _Invalid("bad_account", "account is empty")
+        raise InvalidRecord("bad_account", "account is empty")
     raw = account.encode("utf-8", errors="surrogatepass")
     if len(raw) > MAX_ACCOUNT_BYTES:
-        raise _Invalid("account_too_long", f"{len(raw)} bytes > {MAX_ACCOUNT_BYTES}")
+        raise InvalidRecord("account_too_long", f"{len(raw)} bytes > {MAX_ACCOUNT_BYTES}")
     try:
         account.encode("utf-8")
     except UnicodeEncodeError as exc:
-        raise _Invalid("bad_account", "account is not valid unicode") from exc
+        raise InvalidRecord("bad_account", "account is not valid unicode") from exc
     return raw
 
 
 def _check_ts_number(ts: object) -> int:
     if ts is None:
-        raise _Invalid("missing_ts")
+        raise InvalidRecord("missing_ts")
     if isinstance(ts, bool) or not isinstance(ts, int | float):
-        raise _Invalid("bad_ts", f"ts must be an integer, got {type(ts).__name__}")
+        raise InvalidRecord("bad_ts", f"ts must be an integer, got {type(ts).__name__}")
     if isinstance(ts, float):
         if not math.isfinite(ts):
-            raise _Invalid("bad_ts", "ts is not finite")
+            raise InvalidRecord("bad_ts", "ts is not finite")
         if not ts.is_integer():
-            raise _Invalid("bad_ts", f"ts must be an integer, got {ts!r}")
+            raise InvalidRecord("bad_ts", f"ts must be an integer, got {ts!r}")
         ts = int(ts)
     if ts < 0:
-        raise _Invalid("negative_ts", str(ts))
+        raise InvalidRecord("negative_ts", str(ts))
     if ts > _MAX_TS:
-        raise _Invalid("ts_out_of_range", str(ts))
+        raise InvalidRecord("ts_out_of_range", str(ts))
     return ts
 
 
 def _check_ts_text(text: str) -> int:
     s = text.strip()
     if not s:
-        raise _Invalid("missing_ts")
+        raise InvalidRecord("missing_ts")
     if not s.isascii():
-        raise _Invalid("bad_ts", f"ts must be an integer, got {text[:40]!r}")
+        raise InvalidRecord("bad_ts", f"ts must be an integer, got {text[:40]!r}")
     if _INTEGER.fullmatch(s):
         return _check_ts_number(int(s))
     try:
         value = float(s)
     except ValueError as exc:
-        raise _Invalid("bad_ts", f"ts must be an integer, got {text[:40]!r}") from exc
+        raise InvalidRecord("bad_ts", f"ts must be an integer, got {text[:40]!r}") from exc
     if "_" in s:
-        raise _Invalid("bad_ts", f"ts must be an integer, got {text[:40]!r}")
+        raise InvalidRecord("bad_ts", f"ts must be an integer, got {text[:40]!r}")
     return _check_ts_number(value)
 
 
-def _json_object(value: bytes) -> dict:
-    """Parse one JSON object; raises `_Invalid` (not_utf8, not_json, not_object)."""
+def json_object(value: bytes) -> dict:
+    """Parse one JSON object; raises `InvalidRecord` (not_utf8, not_json, not_object)."""
     try:
         obj = orjson.loads(value)
     except orjson.JSONDecodeError as exc:
         try:
             value.decode("utf-8")
         except UnicodeDecodeError:
-            raise _Invalid("not_utf8") from exc
-        raise _Invalid("not_json", str(exc)[:200]) from exc
+            raise InvalidRecord("not_utf8") from exc
+        raise InvalidRecord("not_json", str(exc)[:200]) from exc
     if not isinstance(obj, dict):
-        raise _Invalid("not_object", f"got {type(obj).__name__}")
+        raise InvalidRecord("not_object", f"got {type(obj).__name__}")
     return obj
 
 
 def decode_json_value(value: bytes) -> tuple[bytes, int]:
-    """Decode one JSON event into `(account, ts)`; raises `_Invalid` with the reason."""
-    obj = _json_object(value)
+    """Decode one JSON event into `(account, ts)`; raises `InvalidRecord` with the reason."""
+    obj = json_object(value)
     return _check_account(obj.get("account")), _check_ts_number(obj.get("ts"))
 
 
@@ -162,7 +170,7 @@ class _Builder:
     def line(self, raw: bytes, position: int, decode) -> None:
         try:
             account, ts = decode(raw)
-        except _Invalid as exc:
+        except InvalidRecord as exc:
             self.dead.append(_dead(exc.reason, raw, self.partition, position, exc.detail))
             return
         self.accounts.append(account)
@@ -180,7 +188,7 @@ class _Builder:
 
 def _json_line(raw: bytes) -> tuple[bytes, int]:
     if not raw.strip():
-        raise _Invalid("blank")
+        raise InvalidRecord("blank")
     return decode_json_value(raw)
 
 
@@ -196,20 +204,20 @@ class _CsvLine:
     def __call__(self, raw: bytes) -> tuple[bytes, int]:
         line = raw[:-1] if raw.endswith(b"\r") else raw
         if not line.strip():
-            raise _Invalid("blank")
+            raise InvalidRecord("blank")
         if self.i_account < 0:
-            raise _Invalid("bad_csv", f"header {list(self.header)} lacks account and ts")
+            raise InvalidRecord("bad_csv", f"header {list(self.header)} lacks account and ts")
         try:
             text = line.decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise _Invalid("not_utf8") from exc
+            raise InvalidRecord("not_utf8") from exc
         try:
             rows = list(csv.reader([text], strict=True))
         except csv.Error as exc:
-            raise _Invalid("bad_csv", str(exc)) from exc
+            raise InvalidRecord("bad_csv", str(exc)) from exc
         if len(rows) != 1 or len(rows[0]) != len(self.header):
             got = len(rows[0]) if rows else 0
-            raise _Invalid("bad_csv", f"expected {len(self.header)} fields, got {got}")
+            raise InvalidRecord("bad_csv", f"expected {len(self.header)} fields, got {got}")
         row = rows[0]
         return _check_account(row[self.i_account] or None), _check_ts_text(row[self.i_ts])
 
@@ -377,9 +385,48 @@ def _decode_jsonl(chunk: LinesChunk) -> Decoded:
     buf = np.frombuffer(data, dtype=np.uint8)
     starts, ends = _line_starts(buf)
     base = chunk.base
+    whole = _decode_jsonl_arrow(chunk, starts)
+    if whole is not None:
+        return whole
     for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
         builder.line(data[s:e], base + s, _json_line)
     return Decoded(builder.batch(), builder.dead, len(starts), len(data))
+
+
+def _decode_jsonl_arrow(chunk: LinesChunk, starts: np.ndarray) -> Decoded | None:
+    """Decode a chunk whose every line is a valid JSON event with Arrow's reader, else None."""
+    if not len(starts) or b"\r" in chunk.data:
+        return None
+    columns = _arrow_events(chunk.data, len(starts))
+    if columns is None:
+        return None
+    accounts, ts = columns
+    events = EventBatch(chunk.partition, accounts, ts, chunk.base + starts)
+    return Decoded(events, [], len(starts), len(chunk.data))
+
+
+def read_json_lines(data: bytes, schema: pa.Schema) -> pa.Table | None:
+    """Read JSON lines with Arrow under an explicit schema; None when Arrow refuses them."""
+    try:
+        return pajson.read_json(
+            pa.py_buffer(data),
+            read_options=pajson.ReadOptions(use_threads=False, block_size=max(len(data), 1 << 20)),
+            parse_options=pajson.ParseOptions(
+                explicit_schema=schema, unexpected_field_behavior="ignore"
+            ),
+        )
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        return None
+
+
+def _arrow_events(data: bytes, rows: int) -> tuple[pa.Array, np.ndarray] | None:
+    """Return (binary accounts, ts) of `rows` JSON lines if every one is a valid event."""
+    table = read_json_lines(data, _EVENT_SCHEMA)
+    columns = None if table is None else _valid_columns(table, rows)
+    if columns is None:
+        return None
+    accounts, ts = columns
+    return accounts.cast(pa.binary()), ts
 
 
 def decode_chunk(chunk: LinesChunk) -> Decoded:
@@ -400,22 +447,12 @@ def _decode_records_arrow(records: RecordList) -> Decoded | None:
     if not values or any(v is None or b"\n" in v or not v.strip() for v in values):
         return None
     data = b"\n".join(values)
-    try:
-        table = pajson.read_json(
-            pa.py_buffer(data),
-            read_options=pajson.ReadOptions(use_threads=False, block_size=max(len(data), 1 << 20)),
-            parse_options=pajson.ParseOptions(
-                explicit_schema=_EVENT_SCHEMA, unexpected_field_behavior="ignore"
-            ),
-        )
-    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
-        return None
-    columns = _valid_columns(table, len(values))
+    columns = _arrow_events(data, len(values))
     if columns is None:
         return None
     accounts, ts = columns
     positions = np.asarray(records.positions, dtype=np.int64)
-    events = EventBatch(records.partition, accounts.cast(pa.binary()), ts, positions)
+    events = EventBatch(records.partition, accounts, ts, positions)
     return Decoded(events, [], len(values), len(data) - len(values) + 1)
 
 
@@ -440,13 +477,17 @@ def _decode_records_one_by_one(records: RecordList) -> Decoded:
     return Decoded(builder.batch(), builder.dead, len(records.values), size)
 
 
-def _decode_any(item: LinesChunk | RecordList | EventBatch) -> Decoded:
+def _decode_any(item: LinesChunk | RecordList | EventBatch, decode=None) -> Decoded:
+    """Decode one raw batch, with `decode(item)` when given, and set how far it reached."""
     if isinstance(item, LinesChunk):
-        d = decode_chunk(item) if item.data else Decoded(_no_events(item.partition), [], 0)
+        if not item.data:
+            d = Decoded(_no_events(item.partition), [], 0)
+        else:
+            d = decode_chunk(item) if decode is None else decode(item)
         through = item.base + len(item.data) - 1
         held_back = item.held_back
     elif isinstance(item, RecordList):
-        d = decode_records(item)
+        d = decode_records(item) if decode is None else decode(item)
         through = item.positions[-1] if item.positions else -1
         held_back = 0
     elif isinstance(item, EventBatch):
@@ -473,13 +514,16 @@ class DecodeOutputs:
 
 
 @operator
-def decode_events(step_id: str, up: Stream[LinesChunk | RecordList | EventBatch]) -> DecodeOutputs:
+def decode_events(
+    step_id: str, up: Stream[LinesChunk | RecordList | EventBatch], decode=None
+) -> DecodeOutputs:
     """Decode raw batches into event batches and dead letters; never raises on bad input.
 
     Every raw batch yields one event batch, possibly empty, whose `through` says how far the
-    source has been read, so that the state can record it.
+    source has been read, so that the state can record it. `decode` (a function of a
+    `LinesChunk` or `RecordList` to `Decoded`) replaces the signal-error decoder.
     """
-    decoded = op.map("decode", up, _decode_any)
+    decoded = op.map("decode", up, lambda item: _decode_any(item, decode))
     events = op.filter_map(
         "events", decoded, lambda d: d.events if len(d.events) or d.events.through >= 0 else None
     )

@@ -178,9 +178,16 @@ class _LoopThread:
 class _Core:
     """The state of a fetcher shared between the caller's thread and the loop."""
 
-    def __init__(self, config: FetchConfig, clock: Callable[[], int], runner: _LoopThread):
+    def __init__(
+        self,
+        config: FetchConfig,
+        clock: Callable[[], int],
+        runner: _LoopThread,
+        on_result: Callable[[], None] | None = None,
+    ):
         self.config = config
         self.clock = clock
+        self.on_result = on_result
         self.runner = runner
         self.lock = threading.Lock()
         self.ready = threading.Event()
@@ -231,6 +238,8 @@ class _Core:
             tokens = tuple(self.waiters.pop(result.key, ()))
             self.done.append(replace(result, tokens=tokens))
             self.ready.set()
+        if self.on_result is not None:
+            self.on_result()
 
     async def _fetch(self, key: str, started: int) -> FetchResult:
         cfg = self.config
@@ -341,11 +350,19 @@ class AsyncFetcher:
     `wait_for_results` lets a caller sleep until something completes. A fetcher that is garbage
     collected without `close` releases its calls and session in the background. `clock` gives
     `FetchResult.fetched_at_ms` (epoch milliseconds) and is called on the loop thread.
+    `on_result`, when given, is called on the loop thread after each result is ready to poll
+    (an asyncio caller hands it `loop.call_soon_threadsafe` of its own poll, and so never waits).
     """
 
-    def __init__(self, config: FetchConfig, *, clock: Callable[[], int] = wall_clock_ms) -> None:
+    def __init__(
+        self,
+        config: FetchConfig,
+        *,
+        clock: Callable[[], int] = wall_clock_ms,
+        on_result: Callable[[], None] | None = None,
+    ) -> None:
         self.config = config
-        self._core = _Core(config, clock, _LoopThread.acquire())
+        self._core = _Core(config, clock, _LoopThread.acquire(), on_result)
         self._finalizer = weakref.finalize(self, self._core.shutdown, wait=False)
 
     def submit(self, key: str, token: Hashable) -> None:

@@ -41,7 +41,6 @@ from bytewax.dataflow import Stream, operator
 from bytewax.operators import KeyedStream, StatefulBatchLogic
 from streamml.onnx_models import FeatureSpec
 from streamml.operators.assembly import (
-    Doc,
     Gathered,
     Plan,
     Resolved,
@@ -52,6 +51,7 @@ from streamml.operators.assembly import (
     services_to_fetch,
 )
 from streamml.operators.fetch import AsyncFetcher, FetchConfig, FetchResult
+from streamml.operators.gather import StoredReader, fetched_doc
 from streamml.operators.metadata import ModelMetadata
 from streamml.operators.records import DeadLetter, PredictionRequest
 from streamml.operators.scoring import Scorer, ScoringConfig
@@ -65,9 +65,6 @@ from streamml.state.sharding import shard_of
 __all__ = ["PredictConfig", "PredictOutput", "metadata_to_shards", "predict", "tune_gc"]
 
 _MS = 1_000_000
-_DOC_CACHE = 2048
-"""Parsed stored answers kept per shard (least recently used dropped first)."""
-_NO_DOC = Doc(None, None)
 
 
 @dataclass(frozen=True)
@@ -195,7 +192,7 @@ class _PredictLogic(StatefulBatchLogic[Any, PredictOutput, Any]):
         self.pending: dict[str, _Pending] = {}
         self.deadlines: list[tuple[int, str]] = []
         self.unplanned: list[_Pending] = []
-        self.docs: dict[tuple[str, bytes], Doc] = {}
+        self.stored = StoredReader(self.online, self.ondemand)
         self.plans: dict[Any, tuple[Any, ...]] = {}
         self._specs: dict[tuple[int, str], list[FeatureSpec]] = {}
         self.ended: dict[str, int] = {}
@@ -261,7 +258,6 @@ class _PredictLogic(StatefulBatchLogic[Any, PredictOutput, Any]):
         if not items:
             return
         assert self.meta is not None
-        started = time.perf_counter()
         planned: list[_Pending] = []
         for p in items:
             got = plan_request(p.request, self.meta, self.plans)
@@ -274,31 +270,9 @@ class _PredictLogic(StatefulBatchLogic[Any, PredictOutput, Any]):
             p.plan = got
             planned.append(p)
         self._refresh_online()
-        online_names = {name for p in planned for name in p.plan.online}  # type: ignore[union-attr]
-        if online_names:
-            values = self.online.get_batch(
-                [p.request.account for p in planned], [p.request.ts for p in planned]
-            )
-            for name in online_names:
-                served = name == self.config.layout.feature
-                for p, fv in zip(planned, values, strict=True):
-                    if name in p.plan.online:  # type: ignore[union-attr]
-                        p.gathered.online[name] = fv if served else None
-        services = {s for p in planned for s in p.plan.service_ttl_ms}  # type: ignore[union-attr]
-        for service in services:
-            users = [p for p in planned if service in p.plan.service_ttl_ms]  # type: ignore[union-attr]
-            accounts = list(dict.fromkeys(p.request.account.encode() for p in users))
-            stored = self.ondemand.get_with_values(self.shard, service, accounts)
-            docs = {
-                a: self._stored_doc(service, a, e, v)
-                for a, (e, v) in zip(accounts, stored, strict=True)
-            }
-            for p in users:
-                p.gathered.docs[service] = docs[p.request.account.encode()]
-        spent = (time.perf_counter() - started) * 1000.0 / max(1, len(planned))
+        self.stored.read([(p.plan, p.gathered) for p in planned])  # type: ignore[misc]
         ready = []
         for p in planned:
-            p.gathered.read_ms = spent
             for service in services_to_fetch(p.plan, p.gathered.docs):  # type: ignore[arg-type]
                 fetcher = self.fetchers.get(service)
                 if fetcher is not None:
@@ -309,26 +283,6 @@ class _PredictLogic(StatefulBatchLogic[Any, PredictOutput, Any]):
             if not p.awaiting:
                 ready.append(p)
         self._score(ready)
-
-    def _stored_doc(
-        self,
-        service: str,
-        account: bytes,
-        entry: tuple[int, bytes] | None,
-        values: tuple[int, bytes] | None,
-    ) -> Doc:
-        """Return the stored answer as a `Doc`, kept while it stays the same answer."""
-        if entry is None:
-            return _NO_DOC
-        key = (service, account)
-        cached = self.docs.pop(key, None)
-        if cached is None or cached.fetched_at != entry[0]:
-            known = orjson.loads(values[1]) if values is not None and values[0] == entry[0] else {}
-            cached = Doc(None, entry[0], values=known, raw=entry[1])
-        self.docs[key] = cached
-        if len(self.docs) > _DOC_CACHE:
-            del self.docs[next(iter(self.docs))]
-        return cached
 
     def _service_specs(self, service: str) -> list[FeatureSpec]:
         """Return the on-demand specs of `service` in every version the metadata routes to."""
@@ -381,7 +335,7 @@ class _PredictLogic(StatefulBatchLogic[Any, PredictOutput, Any]):
             counts = self._out["counts"]
             for r in results:
                 counts[f"fetch.{service}.{'ok' if r.ok else 'failed'}"] += 1
-                doc = Doc(r.document, r.fetched_at_ms, True, r.latency_ms) if r.ok else None
+                doc = fetched_doc(r)
                 for token in dict.fromkeys(r.tokens):
                     p = self.pending.get(token)  # type: ignore[arg-type]
                     if p is None or service not in p.awaiting:

@@ -7,6 +7,7 @@ requests, into one `PredictionRequest` each.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,6 +66,7 @@ class EventBatch:
     last source position the batch covers: every record of the partition at or before it has been
     read, in this batch or an earlier one (-1 when unknown), so a shard that applies the batch
     can record the partition as applied through it even when none of the events are its own.
+    `fields` holds the float64 values of the numeric fields features aggregate, one per event.
     """
 
     partition: str
@@ -73,6 +75,7 @@ class EventBatch:
     positions: np.ndarray
     shard: int = -1
     through: int = -1
+    fields: Mapping[str, np.ndarray] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.ts)
@@ -101,22 +104,32 @@ class DeadLetter:
 
 @dataclass(frozen=True, slots=True)
 class Alert:
-    """An account crossed above the threshold: the crossing event and the count after it."""
+    """A feature of an account crossed above its threshold: the crossing event and the value."""
 
     account: str
     ts: int
-    value: int
+    value: int | float
     partition: str
     position: int
+    feature: str = ""
 
     @property
     def alert_id(self) -> str:
-        """Deterministic id: the account and the source position of the crossing event."""
-        return f"{self.account}@{self.partition}:{self.position}"
+        """Deterministic id: the feature, the account and the source position of the event."""
+        base = f"{self.account}@{self.partition}:{self.position}"
+        return f"{self.feature}/{base}" if self.feature else base
 
     def to_json(self) -> dict[str, object]:
         """Return the JSON-ready form written to alert outputs."""
-        return {"account": self.account, "ts": self.ts, "value": self.value, "id": self.alert_id}
+        body: dict[str, object] = {
+            "account": self.account,
+            "ts": self.ts,
+            "value": self.value,
+            "id": self.alert_id,
+        }
+        if self.feature:
+            body["feature"] = self.feature
+        return body
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,7 +24,12 @@ from dataclasses import dataclass, field
 import orjson
 from bytewax import operators as op
 from bytewax.dataflow import Stream, operator
-from streamml.operators.decode import _check_account, _check_ts_number, _Invalid, _json_object
+from streamml.operators.decode import (
+    InvalidRecord,
+    _check_account,
+    _check_ts_number,
+    json_object,
+)
 from streamml.operators.records import (
     DEAD_LETTER_RAW_LIMIT,
     DeadLetter,
@@ -50,21 +55,21 @@ DEFAULT_MAX_CONTEXT_BYTES = 16384
 
 def _check_name(value: object, what: str) -> str:
     if value is None:
-        raise _Invalid(f"missing_{what}")
+        raise InvalidRecord(f"missing_{what}")
     if not isinstance(value, str):
-        raise _Invalid(f"bad_{what}", f"{what} must be a string, got {type(value).__name__}")
+        raise InvalidRecord(f"bad_{what}", f"{what} must be a string, got {type(value).__name__}")
     if not value:
-        raise _Invalid(f"bad_{what}", f"{what} is empty")
+        raise InvalidRecord(f"bad_{what}", f"{what} is empty")
     size = len(value.encode("utf-8", errors="surrogatepass"))
     if size > MAX_ID_BYTES:
-        raise _Invalid(f"bad_{what}", f"{what} is {size} bytes > {MAX_ID_BYTES}")
+        raise InvalidRecord(f"bad_{what}", f"{what} is {size} bytes > {MAX_ID_BYTES}")
     return value
 
 
 def _parse(raw: bytes, partition: str, position: int, max_context_bytes: int) -> PredictionRequest:
     if not raw.strip():
-        raise _Invalid("blank")
-    obj = _json_object(raw)
+        raise InvalidRecord("blank")
+    obj = json_object(raw)
     request_id = _check_name(obj.get("request_id"), "request_id")
     model = _check_name(obj.get("model"), "model")
     account = _check_account(obj.get("account")).decode("utf-8")
@@ -73,11 +78,13 @@ def _parse(raw: bytes, partition: str, position: int, max_context_bytes: int) ->
     if context is None:
         context = {}
     elif not isinstance(context, dict):
-        raise _Invalid("bad_context", f"context must be an object, got {type(context).__name__}")
+        raise InvalidRecord(
+            "bad_context", f"context must be an object, got {type(context).__name__}"
+        )
     else:
         size = len(orjson.dumps(context))
         if size > max_context_bytes:
-            raise _Invalid("context_too_large", f"{size} bytes > {max_context_bytes}")
+            raise InvalidRecord("context_too_large", f"{size} bytes > {max_context_bytes}")
     return PredictionRequest(request_id, model, account, ts, context, partition, position, len(raw))
 
 
@@ -91,7 +98,7 @@ def parse_request(
     """Parse one raw request read at `position` of `partition`; never raises on bad input."""
     try:
         return _parse(raw, partition, position, max_context_bytes)
-    except _Invalid as exc:
+    except InvalidRecord as exc:
         return DeadLetter(exc.reason, raw[:DEAD_LETTER_RAW_LIMIT], partition, position, exc.detail)
 
 

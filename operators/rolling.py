@@ -1,10 +1,15 @@
-"""Rolling windowed event counts per account, vectorised over batches, state in RocksDB.
+"""Rolling windowed features per account, vectorised over batches, state in RocksDB.
 
-Semantics (per account): bucket = ts // bucket_ms; M = the largest bucket accepted so far. An
-event whose bucket is below ``M - window + 1`` is *late*: not counted, reported. Otherwise it is
-added to its bucket and the value is the sum of the buckets in ``[M - window + 1, M]``. An alert
-fires when the value goes above the threshold while the account is not in alert; the account leaves
-alert when, after an accepted event, its value is at or below the threshold.
+Semantics of the count (per account): bucket = ts // bucket_ms; M = the largest bucket accepted so
+far. An event whose bucket is below ``M - window + 1`` is *late*: not counted, reported. Otherwise
+it is added to its bucket and the value is the sum of the buckets in ``[M - window + 1, M]``. An
+alert fires when the value goes above the threshold while the account is not in alert; the account
+leaves alert when, after an accepted event, its value is at or below the threshold.
+
+`rolling_count` applies every feature of one source (`RollingConfig.features`: counts, sums,
+means, minima, maxima, last values, each with its own window, see
+`streamml.operators.aggregations`) to one state record per account; `advance` is the count's own
+kernel, which the one-count record reproduces byte for byte.
 """
 
 from __future__ import annotations
@@ -20,21 +25,24 @@ import pyarrow.compute as pc
 from bytewax import operators as op
 from bytewax.dataflow import operator
 from bytewax.operators import KeyedStream, StatefulBatchLogic
+from streamml.operators.aggregations import advance_features
 from streamml.operators.records import Alert, EventBatch
 from streamml.operators.recovery_state import first_start, kept_snapshot_positions
+from streamml.state.definitions import FeatureDef, count_feature
+from streamml.state.feature_records import RecordLayout
 from streamml.state.layout import StateLayout
-from streamml.state.rolling_store import ALERT_FLAG, RollingStateStore, StoreTuning, empty_records
+from streamml.state.rolling_store import ALERT_FLAG, RollingStateStore, StoreTuning
 
 __all__ = [
     "KIND_ACCEPTED",
     "KIND_ALERT",
     "KIND_LATE",
-    "ROW_SCHEMA",
     "Advance",
     "RollingConfig",
     "ShardUpdate",
     "advance",
     "rolling_count",
+    "row_schema",
 ]
 
 
@@ -47,6 +55,14 @@ class RollingConfig:
     rows when `replay_late` (a late-event output consumes them). `source_step` is the full step
     id of the flow's source (``flow.step``), whose snapshots in the recovery dir tell which kept
     rows no restart can need any more.
+
+    `features` are the features of one source kept in one record per account; without them, the
+    count of the layout's feature over its bucket and window, alerting above `threshold`.
+    `source_id` numbers the source's records in the shard databases (default: the layout's
+    feature id). When a feature is kept in PostgreSQL (``online`` holds ``postgres``), each
+    batch's records are upserted there (namespace: the source's name) before the RocksDB write,
+    with the applied position in the same transaction: PostgreSQL is never behind RocksDB, and a
+    replay writes the same records again.
     """
 
     state_dir: Path
@@ -57,11 +73,29 @@ class RollingConfig:
     source_step: str = ""
     replay_accepted: bool = True
     replay_late: bool = True
+    features: tuple[FeatureDef, ...] = ()
+    source_id: int | None = None
+    postgres_dsn: str | None = None
 
     @property
     def recovery(self) -> bool:
         """Whether the flow runs with a Bytewax recovery dir."""
         return self.recovery_dir is not None
+
+    @property
+    def definitions(self) -> tuple[FeatureDef, ...]:
+        """The features this step computes."""
+        if self.features:
+            return self.features
+        layout = self.layout
+        return (
+            count_feature(layout.feature, layout.bucket_ms, layout.window_buckets, self.threshold),
+        )
+
+    @property
+    def record_id(self) -> int:
+        """The id of this source's records in the shard databases."""
+        return self.layout.feature_id if self.source_id is None else self.source_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,16 +249,28 @@ def advance(
     )
 
 
-ROW_SCHEMA = pa.schema(
-    [
-        ("position", pa.int64()),
-        ("account", pa.binary()),
-        ("ts", pa.int64()),
-        ("value", pa.int64()),
-        ("kind", pa.int8()),
-    ]
-)
-"""One row per applied event: its source position, account, event time, value after it and kind."""
+def row_schema(features: tuple[FeatureDef, ...]) -> pa.Schema:
+    """Return the schema of the rows a batch emits for `features`.
+
+    One row per applied event: its source position, account, event time, kind, the features whose
+    alert fired on it (bit i for feature i), per feature its value after the event (NaN where the
+    event was late for that feature; the column's metadata names the field it aggregates), then
+    the value of every aggregated field (``field:NAME``).
+    """
+    fields = dict.fromkeys(f.field for f in features if f.field is not None)
+    return pa.schema(
+        [
+            ("position", pa.int64()),
+            ("account", pa.binary()),
+            ("ts", pa.int64()),
+            ("kind", pa.int8()),
+            ("fired", pa.uint32()),
+            *[pa.field(f.name, pa.float64(), metadata={"field": f.field or ""}) for f in features],
+            *[(f"field:{name}", pa.float64()) for name in fields],
+        ]
+    )
+
+
 KIND_ACCEPTED = 0
 KIND_ALERT = 1
 KIND_LATE = 2
@@ -234,8 +280,9 @@ KIND_LATE = 2
 class ShardUpdate:
     """The outcome of one batch of events on one shard.
 
-    `rows` holds every applied event in source order (see `ROW_SCHEMA`): accepted ones with the
-    feature value after them (kind `KIND_ALERT` when an alert fired on it) and late ones.
+    `rows` holds every applied event in source order (see `row_schema`): accepted ones (by at
+    least one feature) with the feature values after them (kind `KIND_ALERT` when an alert fired
+    on it) and late ones (late for every feature).
     `skipped` counts events that were already applied before (a replay); `replayed` counts rows
     emitted again from the outbox for them after a restart with recovery: they come first in
     `rows` and are not counted again by `counts`.
@@ -245,6 +292,7 @@ class ShardUpdate:
     rows: pa.RecordBatch
     skipped: int = 0
     replayed: int = 0
+    counts_features: tuple[str, ...] = ()
 
     def _kind(self) -> np.ndarray:
         return self.rows.column("kind").to_numpy()
@@ -266,44 +314,104 @@ class ShardUpdate:
         return self.rows.filter(pc.equal(self.rows.column("kind"), KIND_LATE))
 
     @property
+    def features(self) -> tuple[str, ...]:
+        """Names of the features in `rows`, in feature order."""
+        return tuple(n for n in self.rows.schema.names[5:] if not n.startswith("field:"))
+
+    def feature_rows(
+        self, feature: str
+    ) -> tuple[pa.Array, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Return `(accounts, ts, values, contributions, positions)` of events `feature` accepted.
+
+        In source order; an event's contribution is what it adds to the feature's window: 1 for
+        a count, else the value of the field the feature aggregates.
+        """
+        values = self.rows.column(feature).to_numpy(zero_copy_only=False)
+        field = (self.rows.schema.field(feature).metadata or {}).get(b"field", b"").decode()
+        if field:
+            contributions = self.rows.column(f"field:{field}").to_numpy(zero_copy_only=False)
+        else:
+            contributions = np.ones(len(values))
+        keep = ~np.isnan(values)
+        ts = self.rows.column("ts").to_numpy()
+        positions = self.rows.column("position").to_numpy()
+        if keep.all():
+            return self.rows.column("account"), ts, values, contributions, positions
+        idx = pa.array(np.flatnonzero(keep))
+        return (
+            self.rows.column("account").take(idx),
+            ts[keep],
+            values[keep],
+            contributions[keep],
+            positions[keep],
+        )
+
+    @property
     def alerts(self) -> list[Alert]:
-        """Return the alerts fired in this batch, in source order."""
+        """Return the alerts fired in this batch, in source order (then feature order)."""
         idx = np.flatnonzero(self._kind() == KIND_ALERT)
         if not len(idx):
             return []
         rows = self.rows.take(pa.array(idx))
-        return [
-            Alert(a.decode("utf-8"), t, v, self.partition, p)
-            for p, a, t, v in zip(
+        fired = rows.column("fired").to_numpy()
+        names = self.features
+        columns = {n: rows.column(n).to_numpy(zero_copy_only=False) for n in names}
+        out = []
+        for r, (p, a, t) in enumerate(
+            zip(
                 rows.column("position").to_pylist(),
                 rows.column("account").to_pylist(),
                 rows.column("ts").to_pylist(),
-                rows.column("value").to_pylist(),
                 strict=True,
             )
-        ]
+        ):
+            for i, name in enumerate(names):
+                if fired[r] >> i & 1:
+                    v = float(columns[name][r])
+                    value = int(v) if name in self.counts_features else v
+                    out.append(Alert(a.decode("utf-8"), t, value, self.partition, p, name))
+        return out
 
 
-def _rows(positions, accounts, ts, values, kind) -> pa.RecordBatch:
+def _rows(
+    schema: pa.Schema, positions, accounts, ts, kind, fired, values, fields
+) -> pa.RecordBatch:
     return pa.record_batch(
         [
             pa.array(positions, type=pa.int64()),
             accounts,
             pa.array(ts, type=pa.int64()),
-            pa.array(values, type=pa.int64()),
             pa.array(kind, type=pa.int8()),
+            pa.array(fired, type=pa.uint32()),
+            *[pa.array(v, type=pa.float64()) for v in values],
+            *[pa.array(v, type=pa.float64()) for v in fields],
         ],
-        schema=ROW_SCHEMA,
+        schema=schema,
     )
 
 
-_EMPTY_ROWS = _rows([], pa.array([], pa.binary()), [], [], [])
+def _empty_rows(schema: pa.Schema) -> pa.RecordBatch:
+    return pa.RecordBatch.from_pylist([], schema=schema)
 
 
 class _RollingLogic(StatefulBatchLogic[EventBatch, ShardUpdate, dict[str, int]]):
     def __init__(self, config: RollingConfig, resume: dict[str, int] | None) -> None:
         self.config = config
+        self.features = config.definitions
+        self.record = RecordLayout(self.features)
+        self.schema = row_schema(self.features)
+        self.empty_rows = _empty_rows(self.schema)
+        self.counts = tuple(f.name for f in self.features if f.aggregation == "count")
+        self.fields = tuple(dict.fromkeys(f.field for f in self.features if f.field))
         self._store: RollingStateStore | None = None
+        self._postgres = None
+        self.in_postgres = any("postgres" in f.online for f in self.features)
+        if self.in_postgres and not config.postgres_dsn:
+            names = [f.name for f in self.features if "postgres" in f.online]
+            raise ValueError(
+                f"features {', '.join(names)} are kept in PostgreSQL: give the flow a DSN "
+                "(--postgres-dsn or STREAMML_POSTGRES_DSN)"
+            )
         self._shard = -1
         self.applied: dict[str, int] = {}
         self.emitted: dict[str, int] = {}
@@ -318,9 +426,10 @@ class _RollingLogic(StatefulBatchLogic[EventBatch, ShardUpdate, dict[str, int]])
             self._shard = shard
             self._store = RollingStateStore(
                 StateLayout.shard_dir(self.config.state_dir, shard),
-                feature=layout.feature_id,
+                feature=self.config.record_id,
                 window=layout.window_buckets,
                 tuning=self.config.tuning,
+                template=self.record.empty(1),
             )
         return self._store
 
@@ -352,20 +461,20 @@ class _RollingLogic(StatefulBatchLogic[EventBatch, ShardUpdate, dict[str, int]])
         """Rows emitted before a restart for `skipped` positions after the resumed snapshot."""
         skipped = skipped[skipped > self._floor(store, partition)]
         if not len(skipped):
-            return _EMPTY_ROWS
+            return self.empty_rows
         lo, hi = int(skipped[0]), int(skipped[-1])
         batches = [
-            pa.ipc.read_record_batch(pa.py_buffer(blob), ROW_SCHEMA)
+            pa.ipc.read_record_batch(pa.py_buffer(blob), self.schema)
             for blob in store.outbox(partition, lo, hi)
         ]
-        if not batches:
-            return _EMPTY_ROWS
-        rows = pa.Table.from_batches(batches).combine_chunks().to_batches()[0]
+        table = pa.Table.from_batches(batches, schema=self.schema)
+        if not table.num_rows:
+            return self.empty_rows
+        rows = table.combine_chunks().to_batches()[0]
         pos = rows.column("position").to_numpy()
         return rows.filter(pa.array(np.isin(pos, skipped)))
 
     def _apply(self, batch: EventBatch) -> ShardUpdate:
-        layout = self.config.layout
         store = self._open(batch.shard)
         partition = batch.partition
         positions = batch.positions
@@ -375,6 +484,7 @@ class _RollingLogic(StatefulBatchLogic[EventBatch, ShardUpdate, dict[str, int]])
             if self.config.recovery:
                 self._floor(store, partition)
         accounts, ts = batch.accounts, batch.ts
+        fields = {k: batch.fields[k] for k in self.fields}
         skipped = 0
         replayed = None
         if len(positions) and positions[0] <= done:
@@ -384,6 +494,7 @@ class _RollingLogic(StatefulBatchLogic[EventBatch, ShardUpdate, dict[str, int]])
                 replayed = self._replay(store, partition, positions[~fresh])
             idx = np.flatnonzero(fresh)
             accounts, ts, positions = accounts.take(pa.array(idx)), ts[idx], positions[idx]
+            fields = {k: v[idx] for k, v in fields.items()}
         parts = [] if replayed is None or not replayed.num_rows else [replayed]
         through = max(done, batch.through, int(positions[-1]) if len(positions) else -1)
         if len(ts):
@@ -394,39 +505,58 @@ class _RollingLogic(StatefulBatchLogic[EventBatch, ShardUpdate, dict[str, int]])
             uniq = accounts.dictionary.to_pylist()
             accounts = accounts.dictionary.take(accounts.indices)
             records = store.load(uniq)
-            result = advance(
-                records,
-                codes,
-                ts // layout.bucket_ms,
-                ts,
-                window=layout.window_buckets,
-                threshold=self.config.threshold,
-                order=order,
-            )
-            kind = np.where(
-                result.accepted, np.where(result.fired, KIND_ALERT, KIND_ACCEPTED), KIND_LATE
-            )
-            values = np.where(result.accepted, result.values, -1)
-            rows = _rows(positions, accounts, ts, values, kind)
+            result = advance_features(self.record, records, codes, ts, fields, order=order)
+            accepted = np.zeros(len(ts), dtype=bool)
+            fired = np.zeros(len(ts), dtype=np.uint32)
+            for i, f in enumerate(self.features):
+                accepted |= result.accepted[f.name]
+                fired |= result.fired[f.name].astype(np.uint32) << np.uint32(i)
+            kind = np.where(accepted, np.where(fired != 0, KIND_ALERT, KIND_ACCEPTED), KIND_LATE)
+            values = [result.values[f.name] for f in self.features]
+            columns = [fields[name] for name in self.fields]
+            rows = _rows(self.schema, positions, accounts, ts, kind, fired, values, columns)
             first = int(positions[0])
             outbox = None
             if self.config.recovery:
                 kept = self._outbox_rows(rows, kind)
-                outbox = (partition, first, int(positions[-1]), kept.serialize().to_pybytes())
+                if kept.num_rows:
+                    payload = kept.serialize().to_pybytes()
+                    outbox = (partition, first, int(positions[-1]), payload)
+            if self.in_postgres:
+                self._commit_postgres(uniq, result.records, partition, through)
             store.commit(uniq, result.records, {partition: through}, outbox)
             parts.append(rows)
         elif through > done:
-            store.commit([], empty_records(0, layout.window_buckets), {partition: through})
+            store.commit([], self.record.empty(0), {partition: through})
         self.applied[partition] = through
         self._mark_emitted(partition, batch)
         n_replayed = 0 if replayed is None else replayed.num_rows
         if not parts:
-            rows = _EMPTY_ROWS
+            rows = self.empty_rows
         elif len(parts) == 1:
             rows = parts[0]
         else:
             rows = pa.Table.from_batches(parts).combine_chunks().to_batches()[0]
-        return ShardUpdate(partition, rows, skipped, n_replayed)
+        return ShardUpdate(partition, rows, skipped, n_replayed, self.counts)
+
+    def _commit_postgres(
+        self, accounts: list[bytes], records: np.ndarray, partition: str, through: int
+    ) -> None:
+        """Upsert the batch's records into PostgreSQL (one statement, one transaction)."""
+        if self._postgres is None:
+            from streamml.state.postgres import PostgresStore
+
+            assert self.config.postgres_dsn is not None
+            self._postgres = PostgresStore(self.config.postgres_dsn, self.features[0].source.name)
+        raw = records.tobytes()
+        size = records.dtype.itemsize
+        self._postgres.commit(
+            accounts,
+            [raw[i * size : (i + 1) * size] for i in range(len(accounts))],
+            records["updated_at"],
+            ",".join(f"{f.name}@{f.version}" for f in self.features),
+            {f"{partition}#shard-{self._shard:03d}": through},
+        )
 
     def _mark_emitted(self, partition: str, batch: EventBatch) -> None:
         """Record that this shard's outputs of `partition` are complete through `batch`.

@@ -60,8 +60,9 @@ def split_by_shard(batch: EventBatch, shards: int) -> list[tuple[str, EventBatch
         accounts = pa.DictionaryArray.from_arrays(
             pa.array(local[codes[idx]], type=pa.int32()), dictionary.take(pa.array(groups[s]))
         )
+        fields = {k: v[idx] for k, v in batch.fields.items()}
         sub = EventBatch(
-            batch.partition, accounts, batch.ts[idx], batch.positions[idx], s, batch.through
+            batch.partition, accounts, batch.ts[idx], batch.positions[idx], s, batch.through, fields
         )
         out.append((shard_key(s), sub))
     if batch.through >= 0 and len(present) < shards:
@@ -69,7 +70,10 @@ def split_by_shard(batch: EventBatch, shards: int) -> list[tuple[str, EventBatch
         none = pa.array([], pa.binary())
         for s in range(shards):
             if s not in present:
-                sub = EventBatch(batch.partition, none, batch.ts[:0], empty, s, batch.through)
+                fields = {k: v[:0] for k, v in batch.fields.items()}
+                sub = EventBatch(
+                    batch.partition, none, batch.ts[:0], empty, s, batch.through, fields
+                )
                 out.append((shard_key(s), sub))
     return out
 

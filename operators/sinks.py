@@ -10,10 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pyarrow as pa
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 from streamml.operators.recovery_state import check_output_length, first_start
 from streamml.operators.rolling import ShardUpdate
 from streamml.operators.shard import shard_key
+from streamml.state.definitions import FeatureDef
 from streamml.state.history import HistoryWriter
 from streamml.state.predictions import PredictionWriter, TimeoutWriter
 
@@ -74,38 +76,42 @@ class JsonLinesSink(FixedPartitionedSink[Any, int]):
         return _JsonLinesPartition(self.path, resume_state, self.recovery_dir)
 
 
-class _HistoryPartition(StatefulSinkPartition[ShardUpdate, tuple[str, int]]):
-    def __init__(self, writer: HistoryWriter) -> None:
-        self.writer = writer
+class _HistoryPartition(StatefulSinkPartition[ShardUpdate, dict[str, tuple[str, int]]]):
+    def __init__(self, writers: dict[str, HistoryWriter]) -> None:
+        self.writers = writers
 
     def write_batch(self, items: list[ShardUpdate]) -> None:
         for u in items:
-            rows = u.accepted_rows()
-            self.writer.append(
-                rows.column("account"),
-                rows.column("ts").to_numpy(),
-                rows.column("value").to_numpy(),
-            )
+            for name in u.features:
+                writer = self.writers.get(name)
+                if writer is not None:
+                    writer.append(*u.feature_rows(name))
 
-    def snapshot(self) -> tuple[str, int]:
-        self.writer.flush()
-        return self.writer.writer_id, self.writer.seq
+    def snapshot(self) -> dict[str, tuple[str, int]]:
+        out = {}
+        for name, writer in self.writers.items():
+            writer.flush()
+            out[name] = (writer.writer_id, writer.seq)
+        return out
 
     def close(self) -> None:
-        self.writer.close()
+        for writer in self.writers.values():
+            writer.close()
 
 
-class HistorySink(FixedPartitionedSink[ShardUpdate, tuple[str, int]]):
-    """Append every accepted event's feature value to the history store, one writer per shard.
+class HistorySink(FixedPartitionedSink[ShardUpdate, dict[str, tuple[str, int]]]):
+    """Append every accepted event's feature values to the history store, one writer per shard.
 
-    Items are keyed by shard (``shard-NNN``). A snapshot flushes the shard's buffer; on resume, the
-    files written after the resumed snapshot are removed, since the replay writes them again.
+    Each feature of `features` is written under its own name (with its version); counts as
+    int64, other aggregations as float64. Items are keyed by shard (``shard-NNN``). A snapshot
+    flushes the shard's buffers; on resume, the files written after the resumed snapshot are
+    removed, since the replay writes them again.
     """
 
     def __init__(
         self,
         root: str | os.PathLike[str],
-        feature: str,
+        features: tuple[FeatureDef, ...],
         pipeline_version: str,
         *,
         shards: int,
@@ -113,7 +119,7 @@ class HistorySink(FixedPartitionedSink[ShardUpdate, tuple[str, int]]):
     ) -> None:
         self.root = Path(root)
         self.recovery_dir = Path(recovery_dir) if recovery_dir is not None else None
-        self.feature = feature
+        self.features = features
         self.pipeline_version = pipeline_version
         self.shards = shards
 
@@ -126,24 +132,32 @@ class HistorySink(FixedPartitionedSink[ShardUpdate, tuple[str, int]]):
         return int(item_key.rsplit("-", 1)[1])
 
     def build_part(
-        self, step_id: str, for_part: str, resume_state: tuple[str, int] | None
+        self, step_id: str, for_part: str, resume_state: dict[str, tuple[str, int]] | None
     ) -> _HistoryPartition:
-        """Open the shard's writer, discarding what was written after the resumed snapshot."""
-        if resume_state is None:
-            writer_id = f"{for_part}-{time.time_ns():x}-{os.getpid()}"
-            target = str((self.root / self.feature).resolve()) + f"#{for_part}"
-            writer_id = first_start(self.recovery_dir, target, writer_id)
+        """Open the shard's writers, discarding what was written after the resumed snapshot."""
+        writers = {}
+        for f in self.features:
+            kind = pa.int64() if f.aggregation == "count" else pa.float64()
+            resumed = None if resume_state is None else resume_state.get(f.name)
+            if resumed is None:
+                writer_id = f"{for_part}-{time.time_ns():x}-{os.getpid()}"
+                target = str((self.root / f.name).resolve()) + f"#{for_part}"
+                writer_id = first_start(self.recovery_dir, target, writer_id)
+                seq = 0
+            else:
+                writer_id, seq = resumed
             writer = HistoryWriter(
-                self.root, self.feature, self.pipeline_version, writer_id=writer_id
-            )
-            writer.discard_from(0)
-        else:
-            writer_id, seq = resume_state
-            writer = HistoryWriter(
-                self.root, self.feature, self.pipeline_version, writer_id=writer_id, seq=seq
+                self.root,
+                f.name,
+                self.pipeline_version,
+                writer_id=writer_id,
+                seq=seq,
+                value_type=kind,
+                feature_version=f.version,
             )
             writer.discard_from(seq)
-        return _HistoryPartition(writer)
+            writers[f.name] = writer
+        return _HistoryPartition(writers)
 
 
 class _PredictionStorePartition(StatefulSinkPartition[Any, tuple[str, int, int]]):

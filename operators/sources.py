@@ -23,12 +23,14 @@ from streamml.state.sources import SourceRegistry
 
 __all__ = [
     "DEFAULT_SETTLE_MS",
+    "SPEED_TEST_FIELDS",
     "FileSource",
     "GeneratedEvents",
     "GeneratorConfig",
     "GeneratorSource",
     "detect_format",
     "generate_events",
+    "generate_speed_tests",
     "partition_sizes",
     "read_csv_header",
 ]
@@ -366,3 +368,31 @@ class GeneratorSource(FixedPartitionedSource[EventBatch, int]):
         return _GeneratorPartition(
             for_part, self.config, int(for_part.rsplit(":", 1)[1]), resume_state
         )
+
+
+SPEED_TEST_FIELDS = ("download_ratio", "upload_ratio", "latency_ms", "packet_loss_pct")
+"""Measures of a generated speed test (the bundled `speed_tests` source's number fields)."""
+
+
+def generate_speed_tests(config: GeneratorConfig) -> tuple[pa.Array, np.ndarray, dict]:
+    """Draw `config.events` speed tests: accounts, event times and measures, in time order.
+
+    Accounts (`acct-NNNNNNNN`, as for signal errors) are drawn uniformly; each account has a
+    line quality that sets its speed ratios and latency, and every test adds noise. Times span
+    ``[start_ms, start_ms + span_ms)``; a fraction `disorder_rate` arrives up to `disorder_ms`
+    out of order. The same config gives the same tests.
+    """
+    rng = np.random.default_rng([config.seed, 0x5EED])
+    n = config.events
+    ids = rng.integers(0, config.accounts, n)
+    ts = config.start_ms + np.sort(rng.integers(0, max(config.span_ms, 1), n))
+    disorder = rng.random(n) < config.disorder_rate
+    ts[disorder] += rng.integers(-config.disorder_ms, 1, int(disorder.sum()))
+    quality = np.random.default_rng([config.seed, 0xACC]).beta(5, 2, config.accounts)[ids]
+    fields = {
+        "download_ratio": np.round(np.clip(quality + rng.normal(0, 0.08, n), 0.02, 1.3), 3),
+        "upload_ratio": np.round(np.clip(quality + rng.normal(0, 0.1, n), 0.02, 1.3), 3),
+        "latency_ms": np.round(8 + (1 - quality) * 120 + rng.exponential(10, n), 1),
+        "packet_loss_pct": np.round(np.clip(rng.exponential(0.3, n) * (1.5 - quality), 0, 100), 2),
+    }
+    return _account_names(ids), np.maximum(ts, 0), fields

@@ -1,7 +1,11 @@
 """The history store: every feature update appended to Parquet files partitioned by day.
 
 Layout: ``ROOT/FEATURE/day=YYYY-MM-DD/part-WRITER-SEQ.parquet`` with columns `account`,
-`event_time` (UTC, ms), `value` and `pipeline_version`. Writers buffer rows and write one file per
+`event_time` (UTC, ms), `value` (int64 for counts, float64 otherwise), `pipeline_version` and
+`feature_version` (the feature definition's version) and `contribution` (what the event added to
+the feature's window: 1 for a count, else the value of the field it aggregates) and `position`
+(the event's source position, -1 when unknown), so a feature's value as of any time can be
+recomputed from its rows. Writers buffer rows and write one file per
 day touched at each flush; several writers (one per worker) never share a file.
 """
 
@@ -24,6 +28,9 @@ HISTORY_SCHEMA = pa.schema(
         ("event_time", pa.timestamp("ms", tz="UTC")),
         ("value", pa.int64()),
         ("pipeline_version", pa.string()),
+        ("feature_version", pa.string()),
+        ("contribution", pa.float64()),
+        ("position", pa.int64()),
     ]
 )
 
@@ -40,25 +47,49 @@ class HistoryWriter:
         writer_id: str | None = None,
         rows_per_flush: int = 1_000_000,
         seq: int = 0,
+        value_type: pa.DataType | None = None,
+        feature_version: str = "",
     ) -> None:
         self.dir = Path(root) / feature
         self.pipeline_version = pipeline_version
+        self.feature_version = feature_version
+        self.value_type = pa.int64() if value_type is None else value_type
+        self.schema = HISTORY_SCHEMA.set(2, pa.field("value", self.value_type))
         self.writer_id = writer_id or f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.rows_per_flush = rows_per_flush
         self._accounts: list[pa.Array] = []
         self._ts: list[np.ndarray] = []
         self._values: list[np.ndarray] = []
+        self._contributions: list[np.ndarray] = []
+        self._positions: list[np.ndarray] = []
         self._buffered = 0
         self.seq = seq
         self.rows_written = 0
 
-    def append(self, accounts: pa.Array, ts: np.ndarray, values: np.ndarray) -> None:
-        """Buffer updates: the account, the event time of the update and the value after it."""
+    def append(
+        self,
+        accounts: pa.Array,
+        ts: np.ndarray,
+        values: np.ndarray,
+        contributions: np.ndarray | None = None,
+        positions: np.ndarray | None = None,
+    ) -> None:
+        """Buffer updates: account, event time, value after, contribution, source position.
+
+        Without `contributions` every event contributes 1 (a count); without `positions` they
+        are -1.
+        """
         if not len(ts):
             return
+        self._positions.append(
+            np.full(len(ts), -1, np.int64) if positions is None else np.asarray(positions, np.int64)
+        )
+        self._contributions.append(
+            np.ones(len(ts)) if contributions is None else np.asarray(contributions, np.float64)
+        )
         self._accounts.append(accounts)
         self._ts.append(np.asarray(ts, dtype=np.int64))
-        self._values.append(np.asarray(values, dtype=np.int64))
+        self._values.append(np.asarray(values).astype(self.value_type.to_pandas_dtype()))
         self._buffered += len(ts)
         if self._buffered >= self.rows_per_flush:
             self.flush()
@@ -72,7 +103,10 @@ class HistoryWriter:
         ).cast(pa.string())
         ts = np.concatenate(self._ts)
         values = np.concatenate(self._values)
+        contributions = np.concatenate(self._contributions)
+        positions = np.concatenate(self._positions)
         self._accounts, self._ts, self._values, self._buffered = [], [], [], 0
+        self._contributions, self._positions = [], []
         days = ts // DAY_MS
         order = np.argsort(days, kind="stable")
         days_sorted = days[order]
@@ -82,10 +116,13 @@ class HistoryWriter:
                 [
                     accounts.take(pa.array(idx)),
                     pa.array(ts[idx], type=pa.timestamp("ms", tz="UTC")),
-                    pa.array(values[idx], type=pa.int64()),
+                    pa.array(values[idx], type=self.value_type),
                     pa.array([self.pipeline_version] * len(idx), type=pa.string()),
+                    pa.array([self.feature_version] * len(idx), type=pa.string()),
+                    pa.array(contributions[idx], type=pa.float64()),
+                    pa.array(positions[idx], type=pa.int64()),
                 ],
-                schema=HISTORY_SCHEMA,
+                schema=self.schema,
             )
             day = utc_day(int(days[idx[0]]))
             write_part(self.dir / f"day={day}", self.writer_id, self.seq, table)
@@ -99,6 +136,7 @@ class HistoryWriter:
     def discard_from(self, seq: int) -> None:
         """Delete this writer's files numbered `seq` and later, and drop what is buffered."""
         self._accounts, self._ts, self._values, self._buffered = [], [], [], 0
+        self._contributions, self._positions = [], []
         discard_parts(self.dir, "day=*", self.writer_id, seq)
 
 

@@ -13,14 +13,16 @@ deletes the ones fetched before a cutoff, bounding them by age as well.
 from __future__ import annotations
 
 import os
+import shutil
 import struct
+import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from rocksdict import AccessType, Rdict, WriteBatch, WriteOptions
 from streamml.state import keys
 from streamml.state.layout import StateLayout
-from streamml.state.rolling_store import StoreTuning, _options
+from streamml.state.rolling_store import StoreTuning, _options, primary_files
 from streamml.state.sharding import shard_of
 
 __all__ = ["Entry", "OnDemandReader", "OnDemandStore", "is_fresh", "values_service"]
@@ -189,22 +191,56 @@ class OnDemandReader(_Shards):
     """Read-only access to the on-demand answers of a state directory, from any process.
 
     It never takes the writer's lock. Each shard is opened on first use and sees the writes made
-    before it was opened; `refresh` reopens the shards to see newer writes.
+    before it was opened; `refresh` reopens the shards to see newer writes. With `follow`, shards
+    are opened as RocksDB secondary instances and `refresh` catches up with the writer instead
+    (only the shards whose logs or manifest changed), without reopening anything.
     """
 
     def __init__(
-        self, state_dir: str | os.PathLike[str], *, tuning: StoreTuning | None = None
+        self,
+        state_dir: str | os.PathLike[str],
+        *,
+        tuning: StoreTuning | None = None,
+        follow: bool = False,
     ) -> None:
         super().__init__(state_dir, None)
         self._tuning = tuning or StoreTuning()
+        self.follow = follow
+        self._secondary_root: Path | None = None
+        self._caught_up: dict[int, tuple[tuple[str, int, int], ...]] = {}
 
     def _open(self, shard: int) -> Rdict | None:
         path = StateLayout.ondemand_dir(self.state_dir, shard)
         if not (path / "CURRENT").exists():
             return None
         options = _options(self._tuning, create=False)
-        return Rdict(str(path), options, access_type=AccessType.read_only(False))
+        if not self.follow:
+            return Rdict(str(path), options, access_type=AccessType.read_only(False))
+        if self._secondary_root is None:
+            self._secondary_root = Path(tempfile.mkdtemp(prefix="streamml-ondemand-"))
+        options.set_max_open_files(-1)
+        self._caught_up[shard] = primary_files(path)
+        secondary = AccessType.secondary(str(self._secondary_root / f"shard-{shard:03d}"))
+        return Rdict(str(path), options, access_type=secondary)
 
     def refresh(self) -> None:
-        """Reopen the shards so that reads see the latest writes."""
-        self.close()
+        """Let later reads see the latest writes (catch up, or reopen the shards)."""
+        if not self.follow:
+            self.close()
+            return
+        for shard, db in list(self._dbs.items()):
+            if db is None:
+                del self._dbs[shard]
+                continue
+            signature = primary_files(StateLayout.ondemand_dir(self.state_dir, shard))
+            if signature != self._caught_up.get(shard):
+                db.try_catch_up_with_primary()
+                self._caught_up[shard] = signature
+
+    def close(self) -> None:
+        """Close every open shard (and drop the secondary instances' files)."""
+        super().close()
+        self._caught_up.clear()
+        if self._secondary_root is not None:
+            shutil.rmtree(self._secondary_root, ignore_errors=True)
+            self._secondary_root = None

@@ -17,8 +17,11 @@ __all__ = ["COMMANDS", "build_parser", "main"]
 
 COMMANDS: tuple[Command, ...] = (
     Command("demo", "run the main job on generated data", "streamml.demo"),
-    Command("run", "run a flow (error-count, predict)", "streamml.run_cli"),
-    Command("features", "read the online feature store", "streamml.features_cli"),
+    Command("run", "run a flow (error-count, features, predict)", "streamml.run_cli"),
+    Command(
+        "features", "feature definitions and the online feature store", "streamml.features_cli"
+    ),
+    Command("dataset", "training sets from the history store", "streamml.dataset_cli"),
     Command("generate", "write a seeded signal-error stream to files", "streamml.generate_cli"),
     Command(
         "models",
@@ -28,10 +31,16 @@ COMMANDS: tuple[Command, ...] = (
     Command(
         "predictions", "look into stored predictions (explain one)", "streamml.predictions_cli"
     ),
+    Command("serve", "run the REST service (predictions, features, models)", "streamml.serve_cli"),
     Command(
         "broker",
         "run a local Kafka-compatible broker (tansu, in-memory) in the foreground",
         "streamml.broker",
+    ),
+    Command(
+        "postgres",
+        "run a local PostgreSQL server (pgserver's binaries) for the PostgreSQL online store",
+        "streamml.postgres_cli",
     ),
     Command(
         "telemetry",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import orjson
@@ -20,8 +21,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "demo",
         help="run the main job on generated data",
         description=(
-            "Generate a signal-error stream with some malformed lines, run the rolling 24-hour "
-            "error count over it, and show the summary, alerts and online feature values; then "
+            "Generate a signal-error stream with some malformed lines and speed tests, compute the "
+            "bundled features over them (the rolling 24-hour error count and five speed-test "
+            "features) and show the summary, alerts and online feature values; then "
             "start the telemetry service and answer generated slow speed tests with the "
             "prediction flow (selection, feature assembly, on-demand fetches, ONNX scoring). "
             "Everything is written under --dir and replaced on each run."
@@ -38,15 +40,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run_demo(args: argparse.Namespace) -> int:
     """Run the demo; returns the exit code."""
-    from streamml.dataflows.error_count import ErrorCountConfig, SourceConfig
-    from streamml.generate_cli import write_events
+    from streamml.dataflows.features import FeaturesConfig, SourceInput
+    from streamml.features_run_cli import run_features
+    from streamml.generate_cli import write_events, write_speed_tests
     from streamml.operators.sources import GeneratorConfig
-    from streamml.run_cli import run_error_count, summary_rows
+    from streamml.run_cli import summary_rows
     from streamml.state.online import OnlineStore
 
     root: Path = args.dir.resolve()
     for name in (
         "state",
+        "speed-tests.jsonl",
         "alerts.jsonl",
         "dead-letters.jsonl",
         "predictions",
@@ -64,43 +68,52 @@ def run_demo(args: argparse.Namespace) -> int:
         root / "errors.csv", gen, fmt="csv", junk_rate=0.0005, progress=Progress()
     )
     print(f"   {path}")
-    print("2. running the rolling 24-hour error count (alert above 2000)")
-    config = ErrorCountConfig(
-        source=SourceConfig(kind="file", paths=(str(path),)),
+    tests = write_speed_tests(root / "speed-tests.jsonl", replace(gen, events=args.events // 10))
+    print(f"   {tests} ({human(args.events // 10)} speed tests)")
+    print(
+        "2. computing the bundled features (streamml features list): the 24-hour error count "
+        "(alert above 2000) and five speed-test features, in one flow"
+    )
+    config = FeaturesConfig(
+        inputs=(
+            SourceInput("signal_errors", "file", (str(path),)),
+            SourceInput("speed_tests", "file", (str(tests),)),
+        ),
         state_dir=root / "state",
         alerts_out=root / "alerts.jsonl",
         dead_letters_out=root / "dead-letters.jsonl",
         history_dir=root / "state" / "history",
         stats_path=root / "stats.json",
+        settle_ms=0,
     )
-    result = run_error_count(config)
+    result = run_features(config)
     if result.returncode != 0:
         print("the flow failed", file=sys.stderr)
         return 1
-    print(format_table(summary_rows(result), headers=["error-count", "value"]))
+    print(format_table(summary_rows(result), headers=["features", "value"]))
     alerts = [orjson.loads(line) for line in (root / "alerts.jsonl").read_bytes().splitlines()]
     print(f"3. {len(alerts)} alerts written to {root / 'alerts.jsonl'}; the first ones:")
     print(
         format_table(
-            [(a["account"], a["ts"], a["value"]) for a in alerts[:5]],
-            headers=["account", "ts (ms)", "count after"],
+            [(a["feature"], a["account"], a["ts"], a["value"]) for a in alerts[:5]],
+            headers=["feature", "account", "ts (ms)", "value after"],
         )
     )
     end = gen.start_ms + gen.span_ms
     store = OnlineStore(config.state_dir)
-    accounts = list(dict.fromkeys(a["account"] for a in alerts))[:5]
-    values = store.get_many(accounts, as_of=end)
+    accounts = list(dict.fromkeys(a["account"] for a in alerts))[:2]
+    reads = store.get_features(accounts, as_of=end)
     store.close()
     print(
         "4. online store, as of the end of the stream (streamml features get ... --as-of "
         f"{end} --state-dir {config.state_dir}):"
     )
-    print(
-        format_table(
-            [(a, v.value, v.updated_at) for a, v in zip(accounts, values, strict=True)],
-            headers=["account", "signal_errors_24h", "updated_at (ms)"],
-        )
-    )
+    rows = [
+        (a, name, "-" if r.value is None else f"{r.value:.6g}", r.status, r.version)
+        for a, features in zip(accounts, reads, strict=True)
+        for name, r in features.items()
+    ]
+    print(format_table(rows, headers=["account", "feature", "value", "status", "version"]))
     ok = _predict_demo(root, args.accounts, args.seed, end, args.requests)
     return 0 if ok else 1
 

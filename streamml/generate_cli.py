@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from streamml.console import Progress, human
+from streamml.state.definitions import parse_instant
 
 if TYPE_CHECKING:
     import numpy as np
@@ -65,13 +67,8 @@ def write_events(
     Batches of the generator partitions are interleaved in each file, so event time advances
     through the file. A fraction `junk_rate` of extra malformed lines is mixed in.
     """
-    import numpy as np
-
-    from streamml.operators.sources import generate_events, partition_sizes
-
     if files < 1:
         raise ValueError(f"files must be >= 1, got {files}")
-    code_names = np.array(_CODES)
     parts = max(config.partitions, files)
     config = replace(config, partitions=parts)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -80,6 +77,11 @@ def write_events(
     else:
         paths = [path.with_name(f"{path.stem}-{i:02d}{path.suffix}") for i in range(files)]
     handles = [open(p, "wb") for p in paths]  # noqa: SIM115
+    import numpy as np
+
+    from streamml.operators.sources import generate_events, partition_sizes
+
+    code_names = np.array(_CODES)
     rng = np.random.default_rng([config.seed, 0x1A4C])
     sizes = partition_sizes(config)
     step = max(1_000, min(config.batch_size, config.events // (parts * 20) or 1))
@@ -116,6 +118,23 @@ def write_events(
     return paths
 
 
+def write_speed_tests(path: Path, config: GeneratorConfig) -> Path:
+    """Write generated speed tests (see `generate_speed_tests`) as JSON lines; return the path."""
+    import orjson
+    import pyarrow as pa
+
+    from streamml.operators.sources import generate_speed_tests
+
+    accounts, ts, fields = generate_speed_tests(config)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table = pa.table({"account": accounts.cast(pa.string()), "ts": ts, **fields})
+    with open(path, "wb") as f:
+        for batch in table.to_batches(max_chunksize=100_000):
+            for row in batch.to_pylist():
+                f.write(orjson.dumps(row) + b"\n")
+    return path
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     """Add `streamml generate`."""
     p = sub.add_parser(
@@ -123,12 +142,20 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="write a seeded signal-error stream to files",
         description=(
             "Write generated signal-error events (heavy-tailed accounts, bursts above the alert "
-            "threshold, out-of-order and late events) as CSV or JSON lines. The same seed gives "
-            "the same file."
+            "threshold, out-of-order and late events) as CSV or JSON lines. Event times span "
+            "--span-hours ending by --end (default: now, so `features get` reads live values); "
+            "the same seed and --end give the same file."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--out", type=Path, required=True, help="output file (.csv or .jsonl)")
+    p.add_argument(
+        "--kind",
+        choices=["signal-errors", "speed-tests"],
+        default="signal-errors",
+        help="signal-error events, or speed tests (JSON lines with download_ratio, upload_ratio, "
+        "latency_ms, packet_loss_pct: the bundled speed_tests source)",
+    )
     p.add_argument("--events", type=int, default=1_000_000)
     p.add_argument("--accounts", type=int, default=100_000)
     p.add_argument("--seed", type=int, default=7)
@@ -137,20 +164,54 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--files", type=int, default=1, help="split into this many files, each with its accounts"
     )
     p.add_argument("--junk-rate", type=float, default=0.0, help="fraction of malformed lines")
+    p.add_argument(
+        "--end",
+        help="end of the event times: epoch ms or ISO-8601 with an offset (default: now)",
+    )
+    p.add_argument("--span-hours", type=float, default=72.0, help="hours the event times span")
     p.set_defaults(func=_cmd_generate)
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
+    from streamml.operators.sources import GeneratorConfig
+
     if args.events < 0 or args.accounts < 1 or not 0 <= args.junk_rate < 1:
         print(
             "streamml generate: need --events >= 0, --accounts >= 1, 0 <= --junk-rate < 1",
             file=sys.stderr,
         )
         return 2
-    from streamml.operators.sources import GeneratorConfig
-
+    if args.span_hours <= 0:
+        print("streamml generate: --span-hours must be above 0", file=sys.stderr)
+        return 2
+    try:
+        end = int(time.time() * 1000) if args.end is None else parse_instant(args.end)
+    except ValueError as exc:
+        print(f"streamml generate: --end: {exc}", file=sys.stderr)
+        return 2
+    span = round(args.span_hours * 3_600_000)
+    if end < span:
+        print("streamml generate: --end is less than --span-hours after 1970", file=sys.stderr)
+        return 2
     fmt = args.format or ("csv" if args.out.suffix.lower() == ".csv" else "jsonl")
-    config = GeneratorConfig(events=args.events, accounts=args.accounts, seed=args.seed)
+    # Out-of-order events land up to `disorder_ms` after their place: none is after --end.
+    disorder = GeneratorConfig().disorder_ms
+    config = GeneratorConfig(
+        events=args.events,
+        accounts=args.accounts,
+        seed=args.seed,
+        start_ms=end - span - disorder,
+        span_ms=span,
+    )
+    if args.kind == "speed-tests":
+        if fmt != "jsonl" or args.files != 1 or args.junk_rate:
+            print(
+                "streamml generate: speed tests are written as one JSON lines file",
+                file=sys.stderr,
+            )
+            return 2
+        print(write_speed_tests(args.out, config))
+        return 0
     paths = write_events(
         args.out, config, fmt=fmt, files=args.files, junk_rate=args.junk_rate, progress=Progress()
     )

@@ -230,4 +230,4 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         except (ValueError, RefusedError, OSError) as exc:
             print(f"streamml run predict: {exc}", file=sys.stderr)
             return 2
-    return report_run("predict", result, summary_rows(result), as_json=args.json)
+    return report_run("run predict", result, summary_rows(result), as_json=args.json)

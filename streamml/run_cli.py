@@ -8,7 +8,7 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from streamml.commands import Command, add_commands
 from streamml.console import Progress, human
@@ -47,6 +47,12 @@ FLOWS: tuple[Command, ...] = (
         "answer prediction requests: select, assemble features, score, record",
         "streamml.predict_cli",
         function="add_parser",
+    ),
+    Command(
+        "features",
+        "every feature of a definition file, from its sources, in one flow",
+        "streamml.features_run_cli",
+        function="add_run_parser",
     ),
 )
 """The flows of `streamml run`, in the order its help lists them."""
@@ -136,7 +142,9 @@ def register(
 ) -> None:
     """Add `streamml run`: fully the flow `path` names (every one when None)."""
     run = sub.add_parser(
-        "run", help="run a flow (error-count, predict)", description="Run a dataflow to its end."
+        "run",
+        help="run a flow (error-count, features, predict)",
+        description="Run a dataflow to its end.",
     )
     flows = run.add_subparsers(dest="flow", metavar="FLOW", required=True)
     add_commands(flows, FLOWS, path)
@@ -288,7 +296,7 @@ def run_error_count(
     """
     from streamml.dataflows.error_count import prepare_state
     from streamml.recovery import ensure_recovery_dir, recovery_args
-    from streamml.runner import run_flow_processes
+    from streamml.runner import event_progress, run_flow_processes
 
     extra: list[str] = []
     if recovery_dir is not None:
@@ -297,21 +305,13 @@ def run_error_count(
     prepare_state(config, reset_sources=reset_sources)
     bar = Progress(enabled=show_progress)
 
-    def progress(counters: dict[str, Any], elapsed: float) -> None:
-        read = counters.get("read", 0)
-        bar.update(
-            f"{elapsed:6.1f}s  read {human(read)}  accepted {human(counters.get('accepted', 0))}"
-            f"  dead {human(counters.get('dead', 0))}  alerts {human(counters.get('alerts', 0))}"
-            f"  {human(read / max(elapsed, 1e-9))} events/s"
-        )
-
     try:
         return run_flow_processes(
             "streamml.dataflows.error_count:flow",
             config.to_env(),
             processes=processes,
             stats_path=config.stats_path,
-            progress=progress,
+            progress=event_progress(bar),
             extra_args=extra,
         )
     finally:
@@ -358,4 +358,4 @@ def _cmd_error_count(args: argparse.Namespace) -> int:
         except (ValueError, RefusedError) as exc:
             print(f"streamml run error-count: {exc}", file=sys.stderr)
             return 2
-    return report_run("error-count", result, summary_rows(result), as_json=args.json)
+    return report_run("run error-count", result, summary_rows(result), as_json=args.json)

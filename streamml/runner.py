@@ -20,6 +20,7 @@ from streamml.worker import REFUSED_EXIT
 __all__ = [
     "RunResult",
     "cost_rows",
+    "event_progress",
     "free_ports",
     "own_peak_rss",
     "process_memory",
@@ -163,13 +164,29 @@ def run_flow_processes(
     return RunResult(rc, (stats or {}).get("counters", {}), wall, cpu, peak)
 
 
-def report_run(flow: str, result: RunResult, rows: list[tuple[str, str]], *, as_json: bool) -> int:
-    """Print how a `streamml run FLOW` ended (summary table or JSON); return the exit code."""
+def event_progress(bar) -> Callable[[dict[str, Any], float], None]:
+    """Return a progress callback that shows a feature flow's counters on `bar`."""
+
+    def progress(counters: dict[str, Any], elapsed: float) -> None:
+        read = counters.get("read", 0)
+        bar.update(
+            f"{elapsed:6.1f}s  read {human(read)}  accepted {human(counters.get('accepted', 0))}"
+            f"  dead {human(counters.get('dead', 0))}  alerts {human(counters.get('alerts', 0))}"
+            f"  {human(read / max(elapsed, 1e-9))} events/s"
+        )
+
+    return progress
+
+
+def report_run(
+    command: str, result: RunResult, rows: list[tuple[str, str]], *, as_json: bool
+) -> int:
+    """Print how a flow's command (e.g. ``run error-count``) ended; return the exit code."""
     if result.returncode == REFUSED_EXIT:
-        print(f"streamml run {flow}: the run was refused (see above)", file=sys.stderr)
+        print(f"streamml {command}: the run was refused (see above)", file=sys.stderr)
         return 2
     if result.returncode != 0:
-        print(f"streamml run {flow}: the flow failed (exit {result.returncode})", file=sys.stderr)
+        print(f"streamml {command}: the flow failed (exit {result.returncode})", file=sys.stderr)
         return 1
     if as_json:
         import orjson
@@ -182,7 +199,7 @@ def report_run(flow: str, result: RunResult, rows: list[tuple[str, str]], *, as_
         }
         print(orjson.dumps(body).decode())
     else:
-        print(format_table(rows, headers=[flow, "value"]))
+        print(format_table(rows, headers=[command.split()[-1], "value"]))
     return 0
 
 

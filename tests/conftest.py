@@ -1,4 +1,5 @@
-"""Shared fixtures: a real Kafka-protocol broker (tansu) for the whole session, topic helpers."""
+"""Shared fixtures for the whole session: a real Kafka-protocol broker (tansu) with topic helpers,
+and a real PostgreSQL server (pgserver's binaries) on a free loopback port."""
 
 from __future__ import annotations
 
@@ -6,10 +7,18 @@ import itertools
 from collections.abc import Callable, Iterator
 
 import pytest
+from streamml.state.postgres_server import PostgresServer, start_postgres
 
 from streamml.broker import BrokerProcess, start_broker
 
-__all__ = ["create_topic", "kafka_broker", "kafka_broker_process", "make_topic"]
+__all__ = [
+    "create_topic",
+    "kafka_broker",
+    "kafka_broker_process",
+    "make_topic",
+    "postgres_dsn",
+    "postgres_server",
+]
 
 _topic_seq = itertools.count()
 
@@ -25,6 +34,22 @@ def kafka_broker_process() -> Iterator[BrokerProcess]:
 def kafka_broker(kafka_broker_process: BrokerProcess) -> str:
     """Bootstrap address `127.0.0.1:PORT` of the session's tansu broker."""
     return kafka_broker_process.bootstrap
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A PostgreSQL server on a free loopback port with a temporary data dir, stopped at the end.
+
+    Not durable (fsync off): tests kill writers, never the machine. Run as `nobody` under root.
+    """
+    with start_postgres(durable=False) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def postgres_dsn(postgres_server: PostgresServer) -> str:
+    """Connection string of the session's PostgreSQL server."""
+    return postgres_server.dsn
 
 
 def create_topic(bootstrap: str, name: str, partitions: int = 1) -> str:

@@ -103,3 +103,12 @@ def test_only_state_imports_rocksdict():
             continue
         for path in (ROOT / package).rglob("*.py"):
             assert "rocksdict" not in path.read_text(), path
+
+
+def test_only_state_imports_the_postgresql_driver():
+    for package in ["streamml", *SUBPACKAGES]:
+        if package == "state":
+            continue
+        for path in (ROOT / package).rglob("*.py"):
+            names = imported_names(path)
+            assert not any(n.split(".")[0] in {"psycopg", "pgserver"} for n in names), path

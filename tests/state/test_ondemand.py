@@ -163,3 +163,21 @@ def test_reader_in_another_process_sees_writes_while_the_writer_holds_the_db(sto
     reader.refresh()
     assert reader.lookup("telemetry", [b"acct-9"]) == [(456, b"{}")]
     reader.close()
+
+
+def test_a_following_reader_catches_up_without_reopening(tmp_path):
+    layout = StateLayout(shards=2)
+    writer = OnDemandStore(tmp_path, layout=layout)
+    shard = writer.shard_of(b"acct")
+    writer.put_many(shard, "svc", [(b"acct", 1, b"one")])
+    reader = OnDemandReader(tmp_path, follow=True)
+    assert reader.lookup("svc", [b"acct"]) == [(1, b"one")]
+    db = reader._dbs[shard]
+    writer.put_many(shard, "svc", [(b"acct", 2, b"two")])
+    assert reader.lookup("svc", [b"acct"]) == [(1, b"one")]  # not yet caught up
+    reader.refresh()
+    assert reader.lookup("svc", [b"acct"]) == [(2, b"two")]
+    assert reader._dbs[shard] is db  # caught up, not reopened
+    reader.refresh()  # nothing new: skipped
+    reader.close()
+    writer.close()

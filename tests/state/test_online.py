@@ -8,9 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from streamml.state.history import HistoryWriter, read_history
 from streamml.state.layout import StateLayout
-from streamml.state.online import FeatureValue, OnlineStore, window_value
+from streamml.state.online import FeatureRead, FeatureValue, OnlineStore, window_value
 from streamml.state.rolling_store import RollingStateStore, empty_records
 from streamml.state.sharding import shard_of
 
@@ -146,3 +149,59 @@ def test_history_round_trip_by_day(tmp_path):
     assert rows == [("a", 1, "v1"), ("b", 2, "v1"), ("c", 7, "v1"), ("d", 9, "v1")]
     days = sorted(p.name for p in (tmp_path / "f").iterdir())
     assert days == ["day=1970-01-01", "day=1970-01-02", "day=1970-01-03"]
+
+
+def _store_with(tmp_path, rows):
+    """A 2-shard state dir holding `rows` of (account, max_bucket, updated_at, counts)."""
+    layout = StateLayout(shards=2, bucket_ms=100_000, window_buckets=4)
+    layout.ensure(tmp_path)
+    for account, m, updated, counts in rows:
+        shard = shard_of(account, layout.shards)
+        store = RollingStateStore(StateLayout.shard_dir(tmp_path, shard), feature=1, window=4)
+        rec = empty_records(1, 4)
+        rec["max_bucket"], rec["updated_at"], rec["counts"][0] = m, updated, counts
+        store.commit([account], rec, {})
+        store.close()
+    return layout
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    updated=st.lists(st.integers(0, 1_000_000), min_size=1, max_size=6),
+    as_of=st.integers(0, 2_000_000),
+)
+def test_get_features_status_follows_ttl_and_window(tmp_path_factory, updated, as_of):
+    tmp = tmp_path_factory.mktemp("online")
+    rows = [(f"a{i}".encode(), u // 100_000, u, [i + 1, 0, 2, 0]) for i, u in enumerate(updated)]
+    _store_with(tmp, rows)
+    store = OnlineStore(tmp)
+    ttl = store.definition.ttl_ms
+    got = store.get_features([r[0] for r in rows] + [b"nobody"], as_of=as_of)
+    store.close()
+    for (account, m, u, counts), reads in zip(rows, got, strict=False):
+        read = reads["signal_errors_24h"]
+        now = as_of // 100_000
+        expected = sum(c for k, c in enumerate(counts) if now - 3 <= m - k <= now)
+        assert read.value == expected, account
+        assert read.updated_at == u
+        assert read.status == ("fresh" if as_of - u <= ttl else "stale")
+        assert read.version == store.definition.version
+    assert got[-1]["signal_errors_24h"] == FeatureRead(
+        None, None, store.definition.version, "missing"
+    )
+
+
+def test_get_features_per_entity_times_and_unknown_feature(tmp_path):
+    _store_with(tmp_path, [(b"a", 0, 300, [5, 0, 0, 0])])
+    store = OnlineStore(tmp_path)
+    ttl = store.definition.ttl_ms
+    fresh, stale = store.get_features([b"a", "a"], ["signal_errors_24h"], as_of=[300, 301 + ttl])
+    assert (fresh["signal_errors_24h"].status, stale["signal_errors_24h"].status) == (
+        "fresh",
+        "stale",
+    )
+    with pytest.raises(KeyError, match="serves no feature 'nope'"):
+        store.get_features([b"a"], ["nope"])
+    with pytest.raises(ValueError, match="1 entities but 2"):
+        store.get_features([b"a"], as_of=[1, 2])
+    store.close()

@@ -129,14 +129,16 @@ def test_file_with_malformed_lines_of_every_kind(tmp_path):
         "--json",
     )
     rows = [orjson.loads(x) for x in got.stdout.splitlines()]
-    assert rows == [
-        {"account": "acct-1", "features": {"signal_errors_24h": {"value": 5, "updated_at": 5000}}},
-        {
-            "account": "acct-2",
-            "features": {"signal_errors_24h": {"value": 1, "updated_at": 7_200_000}},
-        },
-        {"account": "nobody", "features": {"signal_errors_24h": {"value": 0, "updated_at": None}}},
+    got_values = [(r["account"], {k: v["value"] for k, v in r["features"].items()}) for r in rows]
+    assert got_values == [
+        ("acct-1", {"signal_errors_24h": 5}),
+        ("acct-2", {"signal_errors_24h": 1}),
+        ("nobody", {"signal_errors_24h": None}),
     ]
+    feats = [r["features"]["signal_errors_24h"] for r in rows]
+    assert [f["updated_at"] for f in feats] == [5000, 7_200_000, None]
+    # TTL 5 minutes: acct-1's last error is two hours before the read, acct-2's at it.
+    assert [f["status"] for f in feats] == ["stale", "fresh", "missing"]
     later = streamml(
         "features",
         "get",

@@ -11,7 +11,19 @@ from streamml.cli import COMMANDS, build_parser
 
 ROOT = Path(__file__).resolve().parents[2]
 
-HEAVY_PACKAGES = ("bytewax", "onnxruntime", "onnx", "sklearn", "skl2onnx", "kafka", "aiohttp")
+HEAVY_PACKAGES = (
+    "bytewax",
+    "onnxruntime",
+    "onnx",
+    "sklearn",
+    "skl2onnx",
+    "kafka",
+    "aiohttp",
+    "duckdb",
+    "granian",
+    "uvicorn",
+    "psycopg",
+)
 HEAVY_MODULES = ("pyarrow.dataset", "pyarrow.compute")
 """What costs a large part of a second to import: no `--help` and no `features get` loads it."""
 
@@ -79,6 +91,12 @@ HELP = [
     ["run", "predict"],
     ["features"],
     ["features", "get"],
+    ["features", "backfill"],
+    ["run", "features"],
+    ["dataset"],
+    ["dataset", "build"],
+    ["serve"],
+    ["postgres"],
     ["generate"],
     ["demo"],
     ["models"],
