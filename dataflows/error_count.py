@@ -19,6 +19,8 @@ STREAMML_ACCOUNTS             generated distinct accounts                       
 STREAMML_SEED                 generator seed                                         7
 STREAMML_STATE_DIR            RocksDB state and online store                         (required)
 STREAMML_SHARDS               state shards (fixed when the state dir is created)     16
+STREAMML_STATE_MEMORY_MB      RocksDB memory of a process (block cache and           256
+                              memtables of all its shards)
 STREAMML_BUCKET_MS            bucket length in ms                                    3600000
 STREAMML_WINDOW_BUCKETS       buckets per window                                     24
 STREAMML_THRESHOLD            alert when the count goes above this                   2000
@@ -64,6 +66,7 @@ from streamml.operators.sources import DEFAULT_SETTLE_MS, GeneratorConfig
 from streamml.state.definitions import count_feature
 from streamml.state.feature_manifest import register_sources
 from streamml.state.layout import StateLayout
+from streamml.state.rolling_store import StoreTuning
 
 __all__ = ["ErrorCountConfig", "SourceConfig", "build_flow", "prepare_state"]
 
@@ -108,6 +111,7 @@ class ErrorCountConfig:
     kafka_env: tuple[tuple[str, str], ...] = ()
     recovery_dir: Path | None = None
     settle_ms: int = DEFAULT_SETTLE_MS
+    state_memory_bytes: int = StoreTuning().memory_bytes
 
     @property
     def recovery(self) -> bool:
@@ -159,6 +163,7 @@ class ErrorCountConfig:
             kafka_env=e.kafka(),
             recovery_dir=path("RECOVERY_DIR"),
             settle_ms=int(get("SETTLE_MS", str(DEFAULT_SETTLE_MS))),
+            state_memory_bytes=int(get("STATE_MEMORY_MB", "0")) << 20 or StoreTuning().memory_bytes,
         )
 
     def to_env(self) -> dict[str, str]:
@@ -185,6 +190,7 @@ class ErrorCountConfig:
             "PIPELINE_VERSION": self.pipeline_version,
             "RECOVERY_DIR": str(self.recovery_dir or ""),
             "SETTLE_MS": str(self.settle_ms),
+            "STATE_MEMORY_MB": str(self.state_memory_bytes >> 20),
         }
         return {**{f"STREAMML_{k}": v for k, v in env.items()}, **dict(self.kafka_env)}
 
@@ -218,6 +224,7 @@ def build_flow(config: ErrorCountConfig) -> Dataflow:
         config.state_dir,
         config.layout,
         config.threshold,
+        tuning=StoreTuning(memory_bytes=config.state_memory_bytes),
         recovery_dir=config.recovery_dir,
         source_step="error_count.source",
         replay_accepted=config.history_dir is not None,

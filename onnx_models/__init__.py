@@ -1,75 +1,9 @@
 """Training data, ONNX export, the versioned model registry, its routing and the demo model."""
 
-from streamml.onnx_models.bundle import (
-    BUNDLED_DIR,
-    build_bundled,
-    bundled_contract,
-    bundled_contract_path,
-    bundled_model_path,
-    ensure_demo_registry,
-)
-from streamml.onnx_models.contract import (
-    SOURCE_KINDS,
-    ContractError,
-    FeatureContract,
-    FeatureSource,
-    FeatureSpec,
-    MissingPolicy,
-)
-from streamml.onnx_models.data import CLASSES, FEATURE_NAMES, TriageData, generate_speedtests
-from streamml.onnx_models.export import (
-    INPUT_NAME,
-    LABEL_OUTPUT,
-    PROBABILITIES_OUTPUT,
-    ExportedModel,
-    ExportError,
-    ParityError,
-    ParityReport,
-    check_parity,
-    export,
-    fingerprint,
-    read_metadata,
-)
-from streamml.onnx_models.registry import (
-    REGISTRY_ENV,
-    STAGES,
-    LoadedModel,
-    ModelNotFoundError,
-    ModelRegistry,
-    ModelVersion,
-    RegistryError,
-    UnsafeModelError,
-    default_registry_dir,
-)
-from streamml.onnx_models.routing import (
-    LIVE_VARIANT,
-    Routing,
-    RoutingError,
-    Selection,
-    assignment_point,
-    parse_split,
-    select_variants,
-)
-from streamml.onnx_models.runtime import create_session
-from streamml.onnx_models.speedtests import (
-    AccountProfile,
-    GeneratedRequests,
-    RequestGeneratorConfig,
-    RequestTruth,
-    account_profile,
-    generate_requests,
-    iter_truth,
-    telemetry_document,
-)
-from streamml.onnx_models.training import (
-    TELEMETRY_SERVICE,
-    TRIAGE_MODEL_NAME,
-    TrainedTriage,
-    evaluate,
-    train_and_export,
-    train_triage,
-    triage_contract,
-)
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __all__ = [
     "BUNDLED_DIR",
@@ -132,3 +66,95 @@ __all__ = [
     "train_triage",
     "triage_contract",
 ]
+
+_HOMES: dict[str, tuple[str, ...]] = {
+    "bundle": (
+        "BUNDLED_DIR",
+        "build_bundled",
+        "bundled_contract",
+        "bundled_contract_path",
+        "bundled_model_path",
+        "ensure_demo_registry",
+    ),
+    "contract": (
+        "SOURCE_KINDS",
+        "ContractError",
+        "FeatureContract",
+        "FeatureSource",
+        "FeatureSpec",
+        "MissingPolicy",
+    ),
+    "data": ("CLASSES", "FEATURE_NAMES", "TriageData", "generate_speedtests"),
+    "export": (
+        "INPUT_NAME",
+        "LABEL_OUTPUT",
+        "PROBABILITIES_OUTPUT",
+        "ExportedModel",
+        "ExportError",
+        "ParityError",
+        "ParityReport",
+        "check_parity",
+        "export",
+        "fingerprint",
+        "read_metadata",
+    ),
+    "registry": (
+        "REGISTRY_ENV",
+        "STAGES",
+        "LoadedModel",
+        "ModelNotFoundError",
+        "ModelRegistry",
+        "ModelVersion",
+        "RegistryError",
+        "UnsafeModelError",
+        "default_registry_dir",
+    ),
+    "routing": (
+        "LIVE_VARIANT",
+        "Routing",
+        "RoutingError",
+        "Selection",
+        "assignment_point",
+        "parse_split",
+        "select_variants",
+    ),
+    "runtime": ("create_session",),
+    "speedtests": (
+        "AccountProfile",
+        "GeneratedRequests",
+        "RequestGeneratorConfig",
+        "RequestTruth",
+        "account_profile",
+        "generate_requests",
+        "iter_truth",
+        "telemetry_document",
+    ),
+    "training": (
+        "TELEMETRY_SERVICE",
+        "TRIAGE_MODEL_NAME",
+        "TrainedTriage",
+        "evaluate",
+        "train_and_export",
+        "train_triage",
+        "triage_contract",
+    ),
+}
+"""Where each public name lives: imported on first use, so importing one submodule of
+this package does not load the others (and their dependencies)."""
+
+_HOME_OF = {name: module for module, names in _HOMES.items() for name in names}
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name from its submodule on first use."""
+    module = _HOME_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    """List the public names, imported or not."""
+    return sorted({*globals(), *__all__})

@@ -9,26 +9,10 @@ flows that use none of them do not load kafka-python, the model registry, ONNX R
 aiohttp.
 """
 
-from streamml.operators.decode import (
-    Decoded,
-    DecodeOutputs,
-    decode_chunk,
-    decode_events,
-    decode_records,
-)
-from streamml.operators.records import (
-    Alert,
-    DeadLetter,
-    EventBatch,
-    LinesChunk,
-    PredictionRequest,
-    RecordList,
-)
-from streamml.operators.requests import RequestDecodeOutputs, decode_requests, parse_request
-from streamml.operators.rolling import RollingConfig, ShardUpdate, advance, rolling_count
-from streamml.operators.shard import shard_events, split_by_shard
-from streamml.operators.sinks import HistorySink, JsonLinesSink, StatsSink, read_stats
-from streamml.operators.sources import FileSource, GeneratorConfig, GeneratorSource, generate_events
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __all__ = [
     "Alert",
@@ -60,3 +44,39 @@ __all__ = [
     "shard_events",
     "split_by_shard",
 ]
+
+_HOMES: dict[str, tuple[str, ...]] = {
+    "decode": ("Decoded", "DecodeOutputs", "decode_chunk", "decode_events", "decode_records"),
+    "records": (
+        "Alert",
+        "DeadLetter",
+        "EventBatch",
+        "LinesChunk",
+        "PredictionRequest",
+        "RecordList",
+    ),
+    "requests": ("RequestDecodeOutputs", "decode_requests", "parse_request"),
+    "rolling": ("RollingConfig", "ShardUpdate", "advance", "rolling_count"),
+    "shard": ("shard_events", "split_by_shard"),
+    "sinks": ("HistorySink", "JsonLinesSink", "StatsSink", "read_stats"),
+    "sources": ("FileSource", "GeneratorConfig", "GeneratorSource", "generate_events"),
+}
+"""Where each public name lives: imported on first use, so importing one submodule of
+this package does not load the others (and their dependencies)."""
+
+_HOME_OF = {name: module for module, names in _HOMES.items() for name in names}
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name from its submodule on first use."""
+    module = _HOME_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    """List the public names, imported or not."""
+    return sorted({*globals(), *__all__})

@@ -2,9 +2,10 @@
 
 Source: `KafkaSource` reads one topic, one Bytewax partition per topic partition (named
 `kafka:{topic}:{partition}`), each with its own `KafkaConsumer` on an assigned partition (no
-consumer group, no offset commits). The position lives in Bytewax snapshots: the snapshot of a
-partition is the next offset to read. Each batch is one `RecordList` of raw values (bytes, or
-`None` for null values) and their offsets.
+consumer group membership). The position lives in Bytewax snapshots: the snapshot of a
+partition is the next offset to read; with `group_id` the snapshots' positions are also
+committed to that group, for monitoring only. Each batch is one `RecordList` of raw values
+(bytes, or `None` for null values) and their offsets.
 
 Sinks: `KafkaAlertSink` writes `Alert`s (key = account, value = JSON with the deterministic `id`,
 header `alert_id`) and `KafkaDeadLetterSink` writes `DeadLetter`s (value = the raw record, headers
@@ -18,9 +19,9 @@ Environment variables read by `KafkaSourceConfig.from_env()` / `KafkaSinkConfig.
 
 - `BROKERS` comma-separated `host:port` list (required)
 - `TOPIC` source topic; sinks read the variable named by `topic_var` (e.g. `ALERTS_TOPIC`)
-- source: `START` (`stored` | `earliest` | `latest`), `STOP_AT_END` (`1`/`0`), `BATCH_SIZE`,
-  `FETCH_MAX_BYTES`, `MAX_PARTITION_FETCH_BYTES`, `FETCH_MIN_BYTES`, `FETCH_MAX_WAIT_MS`,
-  `IDLE_WAIT_MS`
+- source: `START` (`stored` | `earliest` | `latest`), `STOP_AT_END` (`1`/`0`), `GROUP_ID`,
+  `BATCH_SIZE`, `FETCH_MAX_BYTES`, `MAX_PARTITION_FETCH_BYTES`, `FETCH_MIN_BYTES`,
+  `FETCH_MAX_WAIT_MS`, `IDLE_WAIT_MS`
 - sinks: `LINGER_MS`, `PRODUCER_BATCH_SIZE`, `COMPRESSION_TYPE`, `MAX_REQUEST_SIZE`
 - security, passed through to kafka-python: `SECURITY_PROTOCOL`, `SASL_MECHANISM`,
   `SASL_PLAIN_USERNAME`, `SASL_PLAIN_PASSWORD`, `SASL_KERBEROS_SERVICE_NAME`,
@@ -52,6 +53,7 @@ from bytewax.outputs import (
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.errors import TopicAlreadyExistsError
+from kafka.structs import OffsetAndMetadata
 from streamml.operators.records import Alert, DeadLetter, RecordList
 from streamml.operators.recovery_state import StoredStart
 from streamml.state.errors import RefusedError
@@ -224,6 +226,10 @@ class KafkaSourceConfig:
     partition starts, then finishes it (backfills, tests). `batch_size` caps records per
     `RecordList`. Fetch sizes are kafka-python's (large defaults for throughput).
     `security` is passed to kafka-python as-is (keys in `SECURITY_KEYS`).
+    `group_id`, for monitoring only: at each snapshot, the position of the snapshot before it is
+    committed to this consumer group (and the last position once a partition ends), so the usual
+    Kafka tools show the flow's lag, at most one snapshot interval behind. Reading never uses the
+    group: no group membership, and recovery resumes from snapshots, never from commits.
     `poll_timeout_ms` is how long one `next_batch` may wait for data (0 = never blocks);
     `idle_wait_ms` is the longest pause between polls while a partition is idle, and
     `fetch_max_wait_ms` how long the broker may hold a fetch while it has no data: both add to
@@ -245,10 +251,17 @@ class KafkaSourceConfig:
     check_crcs: bool = True
     client_id: str = "streamml"
     security: dict[str, str] = field(default_factory=dict)
+    group_id: str | None = None
 
     def __post_init__(self) -> None:
         """Validate and normalise the settings."""
         what = "KafkaSourceConfig"
+        if self.group_id is not None and (
+            not isinstance(self.group_id, str) or not self.group_id.strip()
+        ):
+            raise ValueError(
+                f"{what}.group_id: expected a non-empty name or None, got {self.group_id!r}"
+            )
         object.__setattr__(self, "brokers", _brokers_tuple(self.brokers, what))
         _check_topic(self.topic, what)
         if self.start not in _STARTS:
@@ -289,6 +302,7 @@ class KafkaSourceConfig:
             ),
             idle_wait_ms=_env_int(env, prefix + "IDLE_WAIT_MS", d["idle_wait_ms"].default),
             security=_env_security(env, prefix),
+            group_id=env.get(prefix + "GROUP_ID", "").strip() or None,
         )
 
     def consumer_kwargs(self) -> dict[str, Any]:
@@ -296,7 +310,7 @@ class KafkaSourceConfig:
         return {
             "bootstrap_servers": list(self.brokers),
             "client_id": self.client_id,
-            "group_id": None,
+            "group_id": self.group_id,  # commits only: partitions are assigned, never subscribed
             "enable_auto_commit": False,
             "auto_offset_reset": "earliest",
             "allow_auto_create_topics": False,
@@ -355,6 +369,10 @@ class _KafkaSourcePartition(StatefulSourcePartition[RecordList, int]):
         self._idle_max = config.idle_wait_ms / 1000.0
         self._idle = 0.0
         self._awake: datetime | None = None
+        self._group = config.group_id
+        self._previous: int | None = None  # position of the last snapshot taken
+        self._committed: int | None = None
+        self._ended = False
         try:
             self._consumer.assign([self._tp])
             begin = self._consumer.beginning_offsets([self._tp])[self._tp]
@@ -420,6 +438,7 @@ class _KafkaSourcePartition(StatefulSourcePartition[RecordList, int]):
         """Return `[RecordList]` with the records ready now, or `[]`; StopIteration at the end."""
         end = self._end
         if end is not None and self._next >= end:
+            self._ended = True
             raise StopIteration
         polled = self._consumer.poll(timeout_ms=self._poll_timeout_ms, max_records=self._batch_size)
         records = polled.get(self._tp) if polled else None
@@ -428,6 +447,7 @@ class _KafkaSourcePartition(StatefulSourcePartition[RecordList, int]):
                 position = self._consumer.position(self._tp)
                 if position is not None and position >= end:
                     self._next = max(self._next, min(position, end))
+                    self._ended = True
                     raise StopIteration
             self._idle = min(self._idle_max, self._idle * 2 if self._idle else 0.001)
             self._awake = datetime.now(UTC) + timedelta(seconds=self._idle)
@@ -438,6 +458,7 @@ class _KafkaSourcePartition(StatefulSourcePartition[RecordList, int]):
             records = [r for r in records if r.offset < end]
             if not records:
                 self._next = end
+                self._ended = True
                 raise StopIteration
         values = [r.value for r in records]
         positions = [r.offset for r in records]
@@ -449,18 +470,53 @@ class _KafkaSourcePartition(StatefulSourcePartition[RecordList, int]):
         return self._awake
 
     def snapshot(self) -> int:
-        """Return the offset of the next record to read."""
+        """Return the offset of the next record to read; commit the one before it to the group."""
+        if self._group is not None:
+            if self._previous is not None:
+                self._commit(self._previous, wait=False)
+            self._previous = self._next
         return self._next
 
+    def _commit(self, offset: int, *, wait: bool) -> None:
+        """Commit `offset` to the consumer group (monitoring only: a failure is logged)."""
+        if offset == self._committed:
+            return
+        offsets = {self._tp: OffsetAndMetadata(offset, "", -1)}
+        try:
+            if wait:
+                self._consumer.commit(offsets, timeout_ms=5_000)
+            else:
+                self._consumer.commit_async(offsets, callback=self._on_commit)
+        except Exception as exc:  # monitoring must never stop the flow
+            log.warning(
+                "%s: committing offset %d to group %r failed: %r",
+                self._name,
+                offset,
+                self._group,
+                exc,
+            )
+            return
+        self._committed = offset
+
+    def _on_commit(self, offsets: object, response: object) -> None:
+        if isinstance(response, Exception):
+            log.warning("%s: committing to group %r failed: %r", self._name, self._group, response)
+
     def close(self) -> None:
-        """Close the consumer."""
-        self._consumer.close()
+        """Commit the last position when the partition ended (with `group_id`); close."""
+        try:
+            if self._group is not None:
+                last = self._next if self._ended else self._previous
+                if last is not None:
+                    self._commit(last, wait=True)
+        finally:
+            self._consumer.close(autocommit=False)
 
 
 class KafkaSource(FixedPartitionedSource[RecordList, int]):
     """Read a topic as `RecordList` batches; one Bytewax partition per topic partition.
 
-    Offsets are kept in Bytewax snapshots (no consumer group, no commits); see
+    Offsets are kept in Bytewax snapshots (commits to `group_id` are for monitoring only); see
     `KafkaSourceConfig` for where each partition starts and when it stops. With a `state_dir`,
     `start="stored"` without a snapshot continues after the offsets the state dir has applied,
     and a partition whose offsets no longer fit them (the topic was created again) is refused;

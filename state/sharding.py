@@ -8,9 +8,12 @@ of accounts with numpy, `hash_account` for one account with zlib.
 from __future__ import annotations
 
 import zlib
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pyarrow as pa
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 __all__ = ["MAX_ACCOUNT_BYTES", "hash_account", "hash_many", "shard_many", "shard_of"]
 
@@ -37,6 +40,8 @@ def _mix(crc: np.ndarray) -> np.ndarray:
 
 def hash_many(accounts: pa.Array) -> np.ndarray:
     """Return the hash of every account of a binary or string array without nulls."""
+    import pyarrow as pa  # here, so reading one account's shard does not load pyarrow
+
     n = len(accounts)
     if n == 0:
         return np.empty(0, dtype=np.uint64)

@@ -11,12 +11,6 @@ from pathlib import Path
 import orjson
 
 from streamml.console import Progress, format_table, human
-from streamml.dataflows.features import FeaturesConfig, SourceInput
-from streamml.features_run_cli import run_features
-from streamml.generate_cli import write_events, write_speed_tests
-from streamml.operators.sources import GeneratorConfig
-from streamml.run_cli import summary_rows
-from streamml.state.online import OnlineStore
 
 __all__ = ["register", "run_demo"]
 
@@ -46,6 +40,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run_demo(args: argparse.Namespace) -> int:
     """Run the demo; returns the exit code."""
+    from streamml.dataflows.features import FeaturesConfig, SourceInput
+    from streamml.features_run_cli import run_features
+    from streamml.generate_cli import write_events, write_speed_tests
+    from streamml.operators.sources import GeneratorConfig
+    from streamml.run_cli import summary_rows
+    from streamml.state.online import OnlineStore
+
     root: Path = args.dir.resolve()
     for name in (
         "state",

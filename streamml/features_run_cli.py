@@ -7,15 +7,18 @@ import os
 import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from streamml.console import Progress, human
 from streamml.dataflows.environment import KAFKA_PREFIX
-from streamml.dataflows.features import FeaturesConfig, SourceInput, prepare_features_state
-from streamml.operators.sources import DEFAULT_SETTLE_MS, GeneratorConfig
-from streamml.recovery import ensure_recovery_dir, recovery_args
-from streamml.runner import RunResult, event_progress, report_run, run_flow_processes
+from streamml.run_cli import DEFAULT_SETTLE_MS
+from streamml.runner import report_run
 from streamml.state.definitions import DefinitionError
 from streamml.state.errors import RefusedError
+
+if TYPE_CHECKING:
+    from streamml.dataflows.features import FeaturesConfig
+    from streamml.runner import RunResult
 
 __all__ = ["add_backfill_parser", "add_run_parser", "run_features"]
 
@@ -141,6 +144,9 @@ def add_backfill_parser(fsub: argparse._SubParsersAction) -> None:
 
 def config_from_args(args: argparse.Namespace, stats_path: Path | None) -> FeaturesConfig:
     """Build the flow config from parsed arguments; raises ValueError on bad input."""
+    from streamml.dataflows.features import FeaturesConfig, SourceInput
+    from streamml.operators.sources import GeneratorConfig
+
     paths: dict[str, list[str]] = {}
     for name, path in _pairs(args.input, "--input"):
         if not Path(path).is_file():
@@ -205,6 +211,10 @@ def run_features(
     Raises `RefusedError` when the state dir, recovery dir, definitions and inputs disagree
     (nothing is applied then).
     """
+    from streamml.dataflows.features import prepare_features_state
+    from streamml.recovery import ensure_recovery_dir, recovery_args
+    from streamml.runner import event_progress, run_flow_processes
+
     extra: list[str] = []
     if config.recovery_dir is not None:
         ensure_recovery_dir(config.recovery_dir)

@@ -7,20 +7,16 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
-
-import numpy as np
-import orjson
-import pyarrow as pa
-import pyarrow.compute as pc
+from typing import TYPE_CHECKING
 
 from streamml.console import Progress, human
-from streamml.operators.sources import (
-    GeneratorConfig,
-    generate_events,
-    generate_speed_tests,
-    partition_sizes,
-)
 from streamml.state.definitions import parse_instant
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pyarrow as pa
+
+    from streamml.operators.sources import GeneratorConfig
 
 __all__ = ["JUNK_LINES", "register", "write_events"]
 
@@ -38,10 +34,13 @@ JUNK_LINES: tuple[bytes, ...] = (
     b"\xff\xfe\x00binary\x80junk",
     b'{"account": "' + b"k" * 300 + b'", "ts": 1}',
 )
-_CODES = np.array(["E101", "E204", "E305", "E999"])
+_CODES = ("E101", "E204", "E305", "E999")
 
 
 def _lines(accounts: pa.Array, ts: np.ndarray, codes: np.ndarray, fmt: str) -> bytes:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     acc = accounts.cast(pa.string())
     ts_s = pa.array(ts).cast(pa.string())
     code = pa.array(codes)
@@ -78,6 +77,11 @@ def write_events(
     else:
         paths = [path.with_name(f"{path.stem}-{i:02d}{path.suffix}") for i in range(files)]
     handles = [open(p, "wb") for p in paths]  # noqa: SIM115
+    import numpy as np
+
+    from streamml.operators.sources import generate_events, partition_sizes
+
+    code_names = np.array(_CODES)
     rng = np.random.default_rng([config.seed, 0x1A4C])
     sizes = partition_sizes(config)
     step = max(1_000, min(config.batch_size, config.events // (parts * 20) or 1))
@@ -93,7 +97,7 @@ def write_events(
                     continue
                 ev = generate_events(config, i, pos[i], step)
                 pos[i] += len(ev.ts)
-                codes = _CODES[rng.integers(0, len(_CODES), len(ev.ts))]
+                codes = code_names[rng.integers(0, len(code_names), len(ev.ts))]
                 data = _lines(ev.accounts, ev.ts, codes, fmt)
                 if junk_rate > 0:
                     lines = data.split(b"\n")[:-1]
@@ -116,6 +120,11 @@ def write_events(
 
 def write_speed_tests(path: Path, config: GeneratorConfig) -> Path:
     """Write generated speed tests (see `generate_speed_tests`) as JSON lines; return the path."""
+    import orjson
+    import pyarrow as pa
+
+    from streamml.operators.sources import generate_speed_tests
+
     accounts, ts, fields = generate_speed_tests(config)
     path.parent.mkdir(parents=True, exist_ok=True)
     table = pa.table({"account": accounts.cast(pa.string()), "ts": ts, **fields})
@@ -164,6 +173,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
+    from streamml.operators.sources import GeneratorConfig
+
     if args.events < 0 or args.accounts < 1 or not 0 <= args.junk_rate < 1:
         print(
             "streamml generate: need --events >= 0, --accounts >= 1, 0 <= --junk-rate < 1",

@@ -9,12 +9,12 @@ import argparse
 import sys
 import time
 
-from streamml.state.postgres_server import PostgresServerError, start_postgres
-
 __all__ = ["register"]
 
 
 def _start(args: argparse.Namespace) -> int:
+    from streamml.state.postgres_server import PostgresServerError, start_postgres
+
     try:
         server = start_postgres(args.data_dir, port=args.port, host=args.host, run_as=args.run_as)
     except PostgresServerError as exc:

@@ -8,19 +8,16 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from streamml.console import Progress, human
 from streamml.dataflows.environment import KAFKA_PREFIX
-from streamml.dataflows.predict import (
-    PredictFlowConfig,
-    RequestsConfig,
-    prepare,
-)
-from streamml.onnx_models.speedtests import RequestGeneratorConfig
-from streamml.recovery import ensure_recovery_dir, recovery_args
-from streamml.runner import RunResult, cost_rows, report_run, run_flow_processes
+from streamml.runner import cost_rows, report_run
 from streamml.state.errors import RefusedError
+
+if TYPE_CHECKING:
+    from streamml.dataflows.predict import PredictFlowConfig
+    from streamml.runner import RunResult
 
 __all__ = ["add_parser", "config_from_args", "run_predict", "summary_rows"]
 
@@ -90,6 +87,9 @@ def add_parser(flows: argparse._SubParsersAction) -> None:  # type: ignore[type-
 
 def config_from_args(args: argparse.Namespace, stats_path: Path | None) -> PredictFlowConfig:
     """Build the flow config from parsed arguments; raises ValueError on bad input."""
+    from streamml.dataflows.predict import PredictFlowConfig, RequestsConfig
+    from streamml.onnx_models.speedtests import RequestGeneratorConfig
+
     for path in args.input:
         if not Path(path).is_file():
             raise ValueError(f"input file not found: {path}")
@@ -155,6 +155,10 @@ def run_predict(
     snapshot_interval_s: int = 10,
 ) -> RunResult:
     """Run the prediction flow in worker processes; shows progress on a terminal."""
+    from streamml.dataflows.predict import prepare
+    from streamml.recovery import ensure_recovery_dir, recovery_args
+    from streamml.runner import run_flow_processes
+
     extra: list[str] = []
     if config.recovery_dir is not None:
         ensure_recovery_dir(config.recovery_dir)

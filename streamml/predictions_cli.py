@@ -6,16 +6,21 @@ import argparse
 import sys
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from streamml.console import format_table
 from streamml.onnx_models import REGISTRY_ENV, RegistryError, default_registry_dir
-from streamml.operators.explain import DEFAULT_TOLERANCE, Explanation, explain_request
-from streamml.state.predictions import read_predictions
 
-__all__ = ["register"]
+if TYPE_CHECKING:
+    from streamml.operators.explain import Explanation
+
+__all__ = ["DEFAULT_TOLERANCE", "register"]
+
+DEFAULT_TOLERANCE = 1e-6
+"""`streamml.operators.explain.DEFAULT_TOLERANCE`, repeated here so that building the parser does
+not import the explainer (ONNX Runtime, Bytewax); a test keeps the two equal."""
 
 
 def _fail(message: str) -> int:
@@ -62,6 +67,9 @@ def _iso(ts: datetime | None) -> str:
 
 def _cmd_explain(args: argparse.Namespace) -> int:
     """Re-score every stored variant of one request and print stored vs re-scored."""
+    from streamml.operators.explain import explain_request
+    from streamml.state.predictions import read_predictions
+
     if not args.prediction_store.is_dir():
         return _fail(f"prediction store {str(args.prediction_store)!r} is not a directory")
     try:

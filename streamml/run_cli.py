@@ -6,28 +6,56 @@ import argparse
 import os
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from streamml import features_run_cli, predict_cli
+from streamml.commands import Command, add_commands
 from streamml.console import Progress, human
 from streamml.dataflows.environment import KAFKA_PREFIX
-from streamml.dataflows.error_count import (
-    ErrorCountConfig,
-    SourceConfig,
-    prepare_state,
-)
-from streamml.operators.sources import (
-    DEFAULT_SETTLE_MS,
-    GeneratorConfig,
-    detect_format,
-    read_csv_header,
-)
-from streamml.recovery import ensure_recovery_dir, recovery_args
-from streamml.runner import RunResult, cost_rows, event_progress, report_run, run_flow_processes
+from streamml.runner import cost_rows, report_run
 from streamml.state.errors import RefusedError
 from streamml.state.layout import StateLayout
 
-__all__ = ["config_from_args", "register", "run_error_count", "summary_rows"]
+if TYPE_CHECKING:
+    from streamml.dataflows.error_count import ErrorCountConfig
+    from streamml.runner import RunResult
+
+__all__ = [
+    "FLOWS",
+    "add_error_count_options",
+    "add_error_count_parser",
+    "config_from_args",
+    "register",
+    "run_error_count",
+    "summary_rows",
+]
+
+DEFAULT_SETTLE_MS = 10_000
+"""`streamml.operators.sources.DEFAULT_SETTLE_MS`, repeated here so that building the parser
+does not import the sources (Bytewax, pyarrow); a test keeps the two equal."""
+
+FLOWS: tuple[Command, ...] = (
+    Command(
+        "error-count",
+        "rolling 24-hour signal-error count per account, with alerts",
+        "streamml.run_cli",
+        function="add_error_count_parser",
+    ),
+    Command(
+        "predict",
+        "answer prediction requests: select, assemble features, score, record",
+        "streamml.predict_cli",
+        function="add_parser",
+    ),
+    Command(
+        "features",
+        "every feature of a definition file, from its sources, in one flow",
+        "streamml.features_run_cli",
+        function="add_run_parser",
+    ),
+)
+"""The flows of `streamml run`, in the order its help lists them."""
 
 
 def add_error_count_options(p: argparse.ArgumentParser) -> None:
@@ -57,6 +85,11 @@ def add_error_count_options(p: argparse.ArgumentParser) -> None:
         "--stop-at-end",
         action="store_true",
         help="read up to the end offsets present at start, then finish (backfills)",
+    )
+    kafka.add_argument(
+        "--group-id",
+        help="commit the positions of each snapshot to this consumer group, so Kafka tools show "
+        "the flow's lag (monitoring only: the flow resumes from its snapshots, not from commits)",
     )
     kafka.add_argument("--alerts-topic", help="also write alerts to this topic")
     kafka.add_argument("--dead-letters-topic", help="also write dead letters to this topic")
@@ -103,14 +136,22 @@ def add_error_count_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    """Add `streamml run` and its flows."""
+def register(
+    sub: argparse._SubParsersAction,  # type: ignore[type-arg]
+    path: Sequence[str] | None = None,
+) -> None:
+    """Add `streamml run`: fully the flow `path` names (every one when None)."""
     run = sub.add_parser(
         "run",
         help="run a flow (error-count, features, predict)",
         description="Run a dataflow to its end.",
     )
     flows = run.add_subparsers(dest="flow", metavar="FLOW", required=True)
+    add_commands(flows, FLOWS, path)
+
+
+def add_error_count_parser(flows: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add `streamml run error-count`."""
     p = flows.add_parser(
         "error-count",
         help="rolling 24-hour signal-error count per account, with alerts",
@@ -134,6 +175,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     out.add_argument("--no-history", action="store_true", help="do not write the history store")
     out.add_argument("--processes", type=int, default=1, help="worker processes on this machine")
+    out.add_argument(
+        "--state-memory-mb",
+        type=int,
+        default=argparse.SUPPRESS,
+        help="RocksDB memory of each process: one block cache holding the memtables of all its "
+        "shards too (default: 256)",
+    )
     out.add_argument("--json", action="store_true", help="print the summary as JSON")
     rec = p.add_argument_group(
         "recovery",
@@ -148,12 +196,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--snapshot-interval", type=int, default=10, help="whole seconds between snapshots"
     )
     p.set_defaults(func=_cmd_error_count)
-    predict_cli.add_parser(flows)
-    features_run_cli.add_run_parser(flows)
 
 
 def config_from_args(args: argparse.Namespace, stats_path: Path | None) -> ErrorCountConfig:
     """Build the flow config from parsed arguments; raises ValueError on bad input."""
+    from streamml.dataflows.error_count import ErrorCountConfig, SourceConfig
+    from streamml.operators.sources import GeneratorConfig, detect_format, read_csv_header
+
     if args.source == "file":
         if not args.input:
             raise ValueError("--source file needs --input PATH (or use --source generate)")
@@ -173,6 +222,7 @@ def config_from_args(args: argparse.Namespace, stats_path: Path | None) -> Error
         ("brokers", "BROKERS"),
         ("topic", "TOPIC"),
         ("start", "START"),
+        ("group_id", "GROUP_ID"),
         ("alerts_topic", "ALERTS_TOPIC"),
         ("dead_letters_topic", "DEAD_LETTERS_TOPIC"),
     ):
@@ -191,6 +241,11 @@ def config_from_args(args: argparse.Namespace, stats_path: Path | None) -> Error
         raise ValueError("--processes must be >= 1")
     if args.settle_ms < 0:
         raise ValueError("--settle-ms must be >= 0")
+    memory = {}
+    if getattr(args, "state_memory_mb", None) is not None:
+        if args.state_memory_mb < 8:
+            raise ValueError("--state-memory-mb must be >= 8")
+        memory["state_memory_bytes"] = args.state_memory_mb << 20
     if getattr(args, "recovery_dir", None) is not None and args.snapshot_interval < 1:
         raise ValueError("--snapshot-interval must be >= 1 second")
     source = SourceConfig(
@@ -221,6 +276,7 @@ def config_from_args(args: argparse.Namespace, stats_path: Path | None) -> Error
         if getattr(args, "recovery_dir", None)
         else None,
         settle_ms=args.settle_ms,
+        **memory,
     )
 
 
@@ -238,6 +294,10 @@ def run_error_count(
     Raises `RefusedError` when the state dir, recovery dir and inputs disagree (nothing is
     written then).
     """
+    from streamml.dataflows.error_count import prepare_state
+    from streamml.recovery import ensure_recovery_dir, recovery_args
+    from streamml.runner import event_progress, run_flow_processes
+
     extra: list[str] = []
     if recovery_dir is not None:
         ensure_recovery_dir(recovery_dir)

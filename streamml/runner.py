@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from streamml.console import format_table, human
-from streamml.operators.sinks import read_stats
 from streamml.worker import REFUSED_EXIT
 
 __all__ = [
@@ -23,6 +22,8 @@ __all__ = [
     "cost_rows",
     "event_progress",
     "free_ports",
+    "own_peak_rss",
+    "process_memory",
     "report_run",
     "run_flow_processes",
 ]
@@ -53,6 +54,32 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
+def process_memory(pid: int, field: str = "VmRSS") -> int:
+    """Return a memory figure of process `pid` from ``/proc/PID/status`` in bytes (0: unknown).
+
+    `field` is ``VmRSS`` (resident now) or ``VmHWM`` (its peak since it started its program).
+    """
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def own_peak_rss(pid: int) -> int:
+    """Return the peak RSS of process `pid` since it started its program (0 when unknown).
+
+    Not `ru_maxrss`: Linux starts a child's `ru_maxrss` at the RSS of the parent that spawned it
+    (the child runs in the parent's memory until it execs), so a benchmark holding its input in
+    memory would see it in the peak of every flow process it starts. `VmHWM` is the high-water
+    mark of the process's own memory.
+    """
+    return process_memory(pid, "VmHWM")
+
+
 def run_flow_processes(
     import_str: str,
     env: Mapping[str, str],
@@ -67,8 +94,11 @@ def run_flow_processes(
 
     Workers run in Python's safe-path mode (``-P``) and never import from the current directory.
     Workers on one machine talk over loopback ports chosen here. `progress` is called about
-    twice a second with the counters read from `stats_path`.
+    twice a second with the counters read from `stats_path`. The peak RSS is the largest of the
+    workers' own peaks (`own_peak_rss`, sampled while they run).
     """
+    from streamml.operators.sinks import read_stats
+
     if processes < 1:
         raise ValueError(f"processes must be >= 1, got {processes}")
     base = [sys.executable, "-P", "-m", "streamml.worker", import_str, *(extra_args or [])]
@@ -87,17 +117,21 @@ def run_flow_processes(
     codes: dict[int, int] = {}
     cpu = 0.0
     peak = 0
+    own_peak: dict[int, int] = {}
     try:
         while len(codes) < len(procs):
             for p in procs:
                 if p.pid in codes:
                     continue
+                hwm = own_peak_rss(p.pid)
+                if hwm:
+                    own_peak[p.pid] = hwm
                 pid, status, usage = os.wait4(p.pid, os.WNOHANG)
                 if pid:
                     codes[p.pid] = os.waitstatus_to_exitcode(status)
                     p.returncode = codes[p.pid]
                     cpu += usage.ru_utime + usage.ru_stime
-                    peak = max(peak, usage.ru_maxrss * 1024)
+                    peak = max(peak, own_peak.get(p.pid) or usage.ru_maxrss * 1024)
             if any(c != 0 for c in codes.values()):
                 for p in procs:
                     if p.pid not in codes:

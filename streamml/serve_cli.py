@@ -6,7 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from streamml.server import SCOPES, ServeConfig, add_token, check_paths, serve
+from streamml.server.auth import SCOPES, add_token
+from streamml.server.config import ServeConfig
 
 __all__ = ["register"]
 
@@ -72,6 +73,8 @@ def _cmd_add_token(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    from streamml.server.runner import check_paths, serve  # the service's stack, only to run it
+
     try:
         if args.state_dir is None or args.registry is None:
             raise ValueError("--state-dir and --registry are required")

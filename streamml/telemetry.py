@@ -24,11 +24,12 @@ import threading
 import time
 from dataclasses import dataclass
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 import orjson
-from aiohttp import web
 
-from streamml.onnx_models.speedtests import account_profile, telemetry_document
+if TYPE_CHECKING:
+    from aiohttp import web
 
 __all__ = [
     "TelemetryConfig",
@@ -81,9 +82,6 @@ class TelemetryStats:
     rejected: int = 0
 
 
-_STATS = web.AppKey("stats", TelemetryStats)
-
-
 class _Chaos:
     """The seeded sequence of latencies and failures, drawn in arrival order."""
 
@@ -97,18 +95,20 @@ class _Chaos:
         return max(delay_ms, 0.0) / 1000.0, self.rng.random() < c.failure_rate
 
 
-def _json(status: int, body: object) -> web.Response:
-    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
-
-
 def build_app(config: TelemetryConfig, stats: TelemetryStats | None = None) -> web.Application:
     """Build the aiohttp application of the telemetry service (counting answers in `stats`)."""
+    from aiohttp import web  # here, so `streamml telemetry --help` loads neither of them
+
+    from streamml.onnx_models.speedtests import account_profile, telemetry_document
+
+    def _json(status: int, body: object) -> web.Response:
+        return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
+
     app = web.Application()
-    app[_STATS] = stats or TelemetryStats()
+    counts = stats or TelemetryStats()
     chaos = _Chaos(config)
 
     async def telemetry(request: web.Request) -> web.Response:
-        counts = request.app[_STATS]
         account = request.match_info.get("account", "")
         size = len(account.encode("utf-8", errors="surrogatepass"))
         if not account or size > MAX_ACCOUNT_BYTES:
@@ -183,6 +183,8 @@ class TelemetryServer:
             self._loop.close()
 
     async def _serve(self) -> None:
+        from aiohttp import web
+
         self._stop = asyncio.Event()
         runner = web.AppRunner(
             build_app(self.config, self.stats),

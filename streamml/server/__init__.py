@@ -11,10 +11,10 @@ Modules: `config` (ServeConfig), `auth` (tokens, rate limit), `http` (the lean A
 processes).
 """
 
-from streamml.server.app import create_app
-from streamml.server.auth import SCOPES, add_token
-from streamml.server.config import ServeConfig
-from streamml.server.runner import ServerThread, check_paths, serve, start_server_process
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __all__ = [
     "SCOPES",
@@ -26,3 +26,29 @@ __all__ = [
     "serve",
     "start_server_process",
 ]
+
+_HOMES: dict[str, tuple[str, ...]] = {
+    "app": ("create_app",),
+    "auth": ("SCOPES", "add_token"),
+    "config": ("ServeConfig",),
+    "runner": ("ServerThread", "check_paths", "serve", "start_server_process"),
+}
+"""Where each public name lives: imported on first use, so importing one submodule of
+this package does not load the others (and their dependencies)."""
+
+_HOME_OF = {name: module for module, names in _HOMES.items() for name in names}
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name from its submodule on first use."""
+    module = _HOME_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    """List the public names, imported or not."""
+    return sorted({*globals(), *__all__})

@@ -115,3 +115,30 @@ def test_kafka_in_alerts_and_dead_letters_out(kafka_broker, make_topic, tmp_path
         as_of = max(last.values()) * 3_600_000
         expected_value = oracle.value_as_of(row["account"], as_of)
         assert row["features"]["signal_errors_24h"]["value"] == expected_value
+
+
+def test_group_id_shows_the_flows_lag_to_kafka_tools(kafka_broker, make_topic, tmp_path):
+    from kafka import KafkaAdminClient
+
+    topic = make_topic(2)
+    producer = KafkaProducer(bootstrap_servers=kafka_broker, acks="all")
+    for i in range(400):
+        producer.send(topic, value=orjson.dumps({"account": f"a{i % 7}", "ts": i}), partition=i % 2)
+    producer.flush()
+    producer.close()
+    group = "streamml-lag-monitor"
+    args = ["run", "error-count", "--source", "kafka", "--brokers", kafka_broker]
+    args += ["--topic", topic, "--stop-at-end", "--group-id", group, "--json"]
+    args += ["--recovery-dir", str(tmp_path / "recovery"), "--snapshot-interval", "1"]
+    out = streamml(*args, "--state-dir", str(tmp_path / "state"))
+    assert orjson.loads(out.stdout)["counters"]["read"] == 400
+
+    admin = KafkaAdminClient(bootstrap_servers=kafka_broker)
+    try:
+        offsets = admin.list_group_offsets({group: None})[group]
+    finally:
+        admin.close()
+    assert {tp.partition: o.offset for tp, o in offsets.items() if tp.topic == topic} == {
+        0: 200,
+        1: 200,
+    }

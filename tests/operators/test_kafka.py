@@ -312,3 +312,60 @@ def test_ensure_topic_is_idempotent_and_names_parse(kafka_broker):
     assert ensure_topic([kafka_broker], "ensure-me", 4) == 4
     assert parse_kafka_partition_name("kafka:a.b-c:12") == ("a.b-c", 12)
     assert parse_kafka_partition_name("file:/x") is None
+
+
+def _committed(bootstrap: str, group: str, tp: TopicPartition) -> int | None:
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    try:
+        return consumer.committed(tp)
+    finally:
+        consumer.close(autocommit=False)
+
+
+def test_group_id_commits_the_snapshot_before_the_last_and_the_end(kafka_broker, filled_topic):
+    topic, acked = filled_topic
+    group = "monitor-snapshots"
+    tp = TopicPartition(topic, 2)
+    cfg = KafkaSourceConfig(
+        brokers=[kafka_broker], topic=topic, stop_at_end=True, batch_size=100, group_id=group
+    )
+    part = _KafkaSourcePartition(cfg, 2, None)
+
+    def read_past(offset: int) -> None:
+        nxt = 0
+        while nxt <= offset:
+            for rl in part.next_batch():
+                nxt = rl.positions[-1] + 1
+
+    try:
+        read_past(300)
+        first = part.snapshot()  # nothing committed yet: a snapshot commits the one before it
+        assert _committed(kafka_broker, group, tp) is None
+        read_past(first + 200)
+        second = part.snapshot()
+        deadline = time.monotonic() + 10
+        while _committed(kafka_broker, group, tp) != first and time.monotonic() < deadline:
+            part.next_batch()  # polling completes the asynchronous commit
+            time.sleep(0.05)
+        assert _committed(kafka_broker, group, tp) == first < second
+    except BaseException:
+        part.close()
+        raise
+    _drain(part)  # to the end, then close: the end position is committed
+    assert _committed(kafka_broker, group, tp) == len(acked[2])
+
+
+def test_group_id_is_not_where_reading_resumes(kafka_broker, filled_topic):
+    topic, acked = filled_topic
+    base = {"brokers": [kafka_broker], "topic": topic, "stop_at_end": True}
+    group = "monitor-not-resume"
+    _drain(_KafkaSourcePartition(KafkaSourceConfig(**base, group_id=group), 0, None))
+    assert _committed(kafka_broker, group, TopicPartition(topic, 0)) == len(acked[0])
+    # a new reader with the same group and no snapshot still starts from the beginning
+    again = _drain(_KafkaSourcePartition(KafkaSourceConfig(**base, group_id=group), 0, None))
+    assert again == acked[0]
+    with pytest.raises(ValueError, match="group_id"):
+        KafkaSourceConfig(**base, group_id=" ")
+    env = {"STREAMML_KAFKA_BROKERS": "b:1", "STREAMML_KAFKA_TOPIC": "t"}
+    assert KafkaSourceConfig.from_env(env={**env, "STREAMML_KAFKA_GROUP_ID": "g"}).group_id == "g"
+    assert KafkaSourceConfig.from_env(env=env).group_id is None
