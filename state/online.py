@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
 import numpy as np
-import pyarrow as pa
 from streamml.state.definitions import FeatureDef, count_feature
 from streamml.state.feature_manifest import StoredSource, read_sources
 from streamml.state.feature_records import RecordLayout, read_features
@@ -335,6 +334,8 @@ class OnlineStore:
         n = len(keys)
         shards = self.layout.shards
         if n > _SCALAR_READS:
+            import pyarrow as pa
+
             of = shard_many(pa.array(keys, type=pa.binary()), shards).tolist()
         else:
             of = [shard_of(key, shards) for key in keys]
