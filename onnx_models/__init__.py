@@ -85,7 +85,7 @@ _HOMES: dict[str, tuple[str, ...]] = {
         "MissingPolicy",
     ),
     "data": ("CLASSES", "FEATURE_NAMES", "TriageData", "generate_speedtests"),
-    "export": (
+    "exporter": (
         "INPUT_NAME",
         "LABEL_OUTPUT",
         "PROBABILITIES_OUTPUT",

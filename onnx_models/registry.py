@@ -61,7 +61,7 @@ from streamml.onnx_models._files import atomic_write
 from streamml.onnx_models._routing_store import REVISION_FILE, RoutingStore
 from streamml.onnx_models.contract import ContractError, FeatureContract
 from streamml.onnx_models.errors import ModelNotFoundError, RegistryError, UnsafeModelError
-from streamml.onnx_models.export import INPUT_NAME, read_metadata
+from streamml.onnx_models.exporter import INPUT_NAME, read_metadata
 
 __all__ = [
     "DEFAULT_REGISTRY_DIR",

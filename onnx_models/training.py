@@ -15,7 +15,7 @@ from streamml.onnx_models.contract import (
     MissingPolicy,
 )
 from streamml.onnx_models.data import CLASSES, FEATURE_NAMES, TriageData, generate_speedtests
-from streamml.onnx_models.export import ExportedModel, export
+from streamml.onnx_models.exporter import ExportedModel, export
 
 __all__ = [
     "TELEMETRY_SERVICE",

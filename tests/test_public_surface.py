@@ -8,6 +8,7 @@ import json
 import pkgutil
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -112,3 +113,18 @@ def test_only_state_imports_the_postgresql_driver():
         for path in (ROOT / package).rglob("*.py"):
             names = imported_names(path)
             assert not any(n.split(".")[0] in {"psycopg", "pgserver"} for n in names), path
+
+
+@pytest.mark.parametrize(
+    "package",
+    ["streamml.onnx_models", "streamml.state", "streamml.operators", "streamml.server"],
+)
+def test_lazy_exports_are_never_shadowed_by_their_submodules(package):
+    """A name exported lazily must not be a submodule's name: importing the submodule would
+    bind the module under that name, and `from package import name` would return it."""
+    pkg = importlib.import_module(package)
+    homes = getattr(pkg, "_HOMES", {})
+    for module, names in homes.items():
+        importlib.import_module(f"{package}.{module}")
+        for name in names:
+            assert not isinstance(getattr(pkg, name), types.ModuleType), f"{package}.{name}"

@@ -24,7 +24,7 @@ from streamml.onnx_models import (
 )
 
 PINNED = datetime(2025, 1, 1, tzinfo=UTC)
-export_mod = importlib.import_module("streamml.onnx_models.export")
+export_mod = importlib.import_module("streamml.onnx_models.exporter")
 
 
 def test_export_writes_checked_model_with_metadata(
