@@ -10,6 +10,7 @@ from pathlib import Path
 
 import orjson
 from streamml.dataflows.error_count import ErrorCountConfig, SourceConfig
+from streamml.operators.recovery_state import kept_snapshot_positions
 from streamml.operators.sources import GeneratorConfig
 from streamml.state.history import read_history
 from streamml.state.layout import StateLayout
@@ -126,6 +127,11 @@ def kill_group(proc: subprocess.Popen) -> None:
         time.sleep(0.05)
 
 
+def snapshotted(recovery_dir: Path) -> bool:
+    """Whether the recovery dir holds a snapshot of the flow's source."""
+    return bool(kept_snapshot_positions(recovery_dir, "error_count.source"))
+
+
 def run_with_kills(
     config: ErrorCountConfig,
     seed: int,
@@ -137,7 +143,9 @@ def run_with_kills(
     """Kill the flow `kills_wanted` times, then let it end; return the number of kills.
 
     Each kill comes at a random moment of its attempt's window (seconds after the flow starts
-    reading). With several processes the whole group is killed at once.
+    reading); a window starting at 1 s or later also waits for the source's first snapshot, so
+    some restart resumes from a snapshot however slow the machine. With several processes the
+    whole group is killed at once.
     """
     rng = random.Random(seed)
     rdir = config.recovery_dir
@@ -153,7 +161,11 @@ def run_with_kills(
             deadline = time.time() + 120
             while not started(stats) and proc.poll() is None and time.time() < deadline:
                 time.sleep(0.01)
-            time.sleep(rng.uniform(*windows[kills % len(windows)]))
+            window = windows[kills % len(windows)]
+            time.sleep(rng.uniform(*window))
+            while window[0] >= 1.0 and not snapshotted(rdir) and proc.poll() is None:
+                assert time.time() < deadline
+                time.sleep(0.05)
             if proc.poll() is None:
                 kill_group(proc)
                 kills += 1
