@@ -26,7 +26,7 @@ from streamml.state.feature_manifest import StoredSource, read_sources
 from streamml.state.feature_records import RecordLayout, read_features
 from streamml.state.layout import StateLayout
 from streamml.state.rolling_store import RollingStateStore
-from streamml.state.sharding import shard_many, shard_of
+from streamml.state.sharding import shard_of
 
 __all__ = ["FeatureRead", "FeatureValue", "OnlineStore", "freshness", "window_value"]
 
@@ -333,12 +333,7 @@ class OnlineStore:
             return self._postgres_records(stored, template, keys)
         n = len(keys)
         shards = self.layout.shards
-        if n > _SCALAR_READS:
-            import pyarrow as pa
-
-            of = shard_many(pa.array(keys, type=pa.binary()), shards).tolist()
-        else:
-            of = [shard_of(key, shards) for key in keys]
+        of = [shard_of(key, shards) for key in keys]
         by_shard: dict[int, list[int]] = {}
         for i, shard in enumerate(of):
             by_shard.setdefault(shard, []).append(i)
