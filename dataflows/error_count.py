@@ -243,7 +243,7 @@ def build_flow(config: ErrorCountConfig) -> Dataflow:
     streams = add_source(
         flow, "", inp, rolling, schema=None, settle_ms=config.settle_ms, kafka_env=config.kafka_env
     )
-    add_outputs("error_count", config, [streams], config.pipeline_version)
+    add_outputs(config, [streams], config.pipeline_version)
     return flow
 
 

@@ -331,7 +331,6 @@ _FILE_OUTPUTS = {
 
 
 def add_outputs(
-    flow_name: str,
     config,
     streams: list[SourceStreams],
     history_pipeline_version: str,
@@ -393,7 +392,6 @@ def add_outputs(
         op.map("update-stats", updates, _update_stats),
     )
     op.output("stats-out", _one_key("stats-key", stats), StatsSink(config.stats_path))
-    del flow_name
 
 
 def check_recovery(
@@ -514,7 +512,7 @@ def build_flow(config: FeaturesConfig) -> Dataflow:
                 kafka_env=config.kafka_env,
             )
         )
-    add_outputs("features", config, streams, config.pipeline_version)
+    add_outputs(config, streams, config.pipeline_version)
     return flow
 
 
