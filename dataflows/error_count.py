@@ -53,7 +53,7 @@ from pathlib import Path
 
 from bytewax.dataflow import Dataflow
 from streamml.dataflows.environment import KAFKA_PREFIX, Env
-from streamml.dataflows.features import (
+from streamml.dataflows.pipeline import (
     SourceInput,
     add_outputs,
     add_source,
