@@ -3,6 +3,7 @@
 import os
 import random
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -128,7 +129,19 @@ def kill_group(proc: subprocess.Popen) -> None:
 
 
 def snapshotted(recovery_dir: Path) -> bool:
-    """Whether the recovery dir holds a snapshot of the flow's source."""
+    """Whether a restart would resume from a snapshot: every recovery partition has committed
+    an epoch, and the flow's source has a snapshot."""
+    parts = sorted(recovery_dir.glob("part-*.sqlite3"))
+    if not parts:
+        return False
+    for part in parts:
+        try:
+            with sqlite3.connect(f"file:{part}?mode=ro", uri=True, timeout=1.0) as db:
+                (epoch,) = db.execute("SELECT max(commit_epoch) FROM commits").fetchone()
+        except sqlite3.Error:
+            return False
+        if epoch is None or epoch < 1:
+            return False
     return bool(kept_snapshot_positions(recovery_dir, "error_count.source"))
 
 
