@@ -34,6 +34,7 @@ __all__ = [
     "bind_recovery_dir",
     "check_output_file",
     "check_output_length",
+    "committed_positions",
     "first_start",
     "kept_snapshot_positions",
     "peek_first_start",
@@ -192,17 +193,57 @@ def bind_recovery_dir(
 def check_output_file(recovery_dir: Path | None, step_id: str, path: Path) -> None:
     """Refuse a run whose output file at `path` is gone or shorter than where it resumes.
 
-    The resume point is the file's length in the oldest snapshot Bytewax keeps for the sink
-    `step_id`, or, with none, its length when the flow first ran with the recovery dir.
+    The resume point is the file's length in the sink `step_id`'s snapshot at the epoch a
+    restart resumes from (see `committed_positions`), or, with none, its length when the flow
+    first ran with the recovery dir.
     """
     if recovery_dir is None:
         return
     key = str(Path(path).resolve())
-    resume = kept_snapshot_positions(recovery_dir, step_id).get(key)
+    resume = committed_positions(recovery_dir, step_id).get(key)
     if resume is None:
         resume = peek_first_start(recovery_dir, key)
     if resume:
         check_output_length(path, resume, recovery_dir)
+
+
+def committed_positions(recovery_dir: str | os.PathLike[str], step_id: str) -> dict[str, int]:
+    """Return, per partition of `step_id`, the oldest position snapshotted up to the resume epoch.
+
+    A restart resumes from the last epoch every recovery partition has committed; a snapshot
+    row of a later epoch was written by a run killed before it committed that epoch, and is not
+    where anything resumes (it is replaced when that epoch is reached again), so it is left out.
+    Of the rows kept up to the resume epoch the oldest is a lower bound of the resume point, as
+    in `kept_snapshot_positions`. Partitions with no such row are absent, and so is everything
+    when no epoch is committed.
+    """
+    epochs: list[int] = []
+    rows: list[tuple[str, int, bytes | None]] = []
+    parts = sorted(Path(recovery_dir).glob("part-*.sqlite3"))
+    for part in parts:
+        try:
+            with sqlite3.connect(f"file:{part}?mode=ro", uri=True, timeout=1.0) as db:
+                (epoch,) = db.execute("SELECT max(commit_epoch) FROM commits").fetchone()
+                rows += db.execute(
+                    "SELECT state_key, snap_epoch, ser_change FROM snaps WHERE step_id = ?",
+                    (step_id,),
+                ).fetchall()
+        except sqlite3.Error:
+            return {}
+        if epoch is None:
+            return {}
+        epochs.append(int(epoch))
+    if not epochs:
+        return {}
+    resume = min(epochs)
+    out: dict[str, int] = {}
+    for key, epoch, blob in rows:
+        if epoch > resume or blob is None:
+            continue
+        state = pickle.loads(blob)
+        if isinstance(state, int):
+            out[key] = min(out.get(key, state), state)
+    return out
 
 
 def kept_snapshot_positions(recovery_dir: str | os.PathLike[str], step_id: str) -> dict[str, int]:
