@@ -25,7 +25,7 @@ from streamml.state.definitions import FeatureDef, count_feature
 from streamml.state.feature_manifest import StoredSource, read_sources
 from streamml.state.feature_records import RecordLayout, read_features
 from streamml.state.layout import StateLayout
-from streamml.state.rolling_store import RollingStateStore
+from streamml.state.rolling_store import RollingStateStore, fill_records
 from streamml.state.sharding import shard_of
 
 __all__ = ["FeatureRead", "FeatureValue", "OnlineStore", "freshness", "window_value"]
@@ -83,12 +83,7 @@ def _records(template: np.ndarray, raw: list[bytes | None]) -> np.ndarray:
     """Return the records of `raw` (None: an entity never seen, given `template`); read-only."""
     if all(r is not None for r in raw):
         return np.frombuffer(b"".join(raw), dtype=template.dtype)  # type: ignore[arg-type]
-    out = np.repeat(template, len(raw))
-    found = [i for i, r in enumerate(raw) if r is not None]
-    if found:
-        joined = b"".join([raw[i] for i in found])  # type: ignore[misc]
-        out[np.asarray(found)] = np.frombuffer(joined, dtype=template.dtype)
-    return out
+    return fill_records(np.repeat(template, len(raw)), raw)
 
 
 def window_value(counts, max_bucket: int, as_of_bucket: int, window: int) -> int:

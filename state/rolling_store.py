@@ -35,6 +35,7 @@ __all__ = [
     "StoreTuning",
     "create_shard",
     "empty_records",
+    "fill_records",
     "record_dtype",
     "stored_positions",
 ]
@@ -219,29 +220,12 @@ class RollingStateStore:
             empty = empty_records(len(accounts), self.window)
         else:
             empty = np.repeat(self._template, len(accounts))
-        return self._fill(self._prefix, empty, accounts)
-
-    def load_as(self, feature: int, template: np.ndarray, accounts: list[bytes]) -> np.ndarray:
-        """Return the records of `accounts` stored under another record id, in `template`'s dtype.
-
-        Unknown accounts get copies of `template` (one record of an entity never seen).
-        """
-        return self._fill(
-            keys.account_prefix(feature), np.repeat(template, len(accounts)), accounts
-        )
+        return fill_records(empty, self._db.get([self._prefix + a for a in accounts]))
 
     def get_raw(self, feature: int, accounts: list[bytes]) -> list[bytes | None]:
         """Return the record bytes of `accounts` under record id `feature` (one multi-get)."""
         prefix = keys.account_prefix(feature)
         return self._db.get([prefix + a for a in accounts])
-
-    def _fill(self, prefix: bytes, out: np.ndarray, accounts: list[bytes]) -> np.ndarray:
-        raw = self._db.get([prefix + a for a in accounts])
-        found = [i for i, v in enumerate(raw) if v is not None]
-        if found:
-            joined = b"".join([raw[i] for i in found])
-            out[np.asarray(found)] = np.frombuffer(joined, dtype=out.dtype)
-        return out
 
     def load_one(self, account: bytes) -> np.void | None:
         """Return the record of one account, or None if it was never written."""
@@ -329,6 +313,15 @@ def primary_files(path: str | os.PathLike[str]) -> tuple[tuple[str, int, int], .
                 st = e.stat()
                 out.append((name, st.st_size, st.st_mtime_ns))
     return tuple(sorted(out))
+
+
+def fill_records(out: np.ndarray, raw: list[bytes | None]) -> np.ndarray:
+    """Set the records of `out` whose stored bytes `raw` holds (None: left as they are)."""
+    found = [i for i, v in enumerate(raw) if v is not None]
+    if found:
+        joined = b"".join([raw[i] for i in found])  # type: ignore[misc]
+        out[np.asarray(found)] = np.frombuffer(joined, dtype=out.dtype)
+    return out
 
 
 def create_shard(path: str | os.PathLike[str]) -> None:
