@@ -35,6 +35,9 @@ KAFKA_KILL_WINDOWS = [(0.0, 0.2), (0.9, 1.3)]
 # reading starts, before the run commits anything, so the later ones interrupt runs that are
 # emitting again what earlier runs applied. With Kafka the first commit comes within about
 # 0.3 s: a fourth of the kills come after a few snapshots.
+# A window starting at AFTER_SNAPSHOT seconds or later also waits for a committed snapshot, so
+# however slow the machine, some restart resumes from one.
+AFTER_SNAPSHOT = 0.5
 TWO_PROCESS_KILLS = 10
 TWO_PROCESS_FILE_WINDOWS = [(0.0, 0.3)] * 4 + [(1.7, 2.2)] + [(0.0, 0.3)] * 5
 TWO_PROCESS_KAFKA_WINDOWS = [(0.0, 0.2), (0.0, 0.2), (0.0, 0.2), (0.6, 1.0)]
@@ -156,8 +159,8 @@ def run_with_kills(
     """Kill the flow `kills_wanted` times, then let it end; return the number of kills.
 
     Each kill comes at a random moment of its attempt's window (seconds after the flow starts
-    reading); a window starting at 1 s or later also waits for the source's first snapshot, so
-    some restart resumes from a snapshot however slow the machine. With several processes the
+    reading); a window starting at AFTER_SNAPSHOT or later also waits for the source's first
+    snapshot, so some restart resumes from a snapshot however slow the machine. With several processes the
     whole group is killed at once.
     """
     rng = random.Random(seed)
@@ -176,7 +179,7 @@ def run_with_kills(
                 time.sleep(0.01)
             window = windows[kills % len(windows)]
             time.sleep(rng.uniform(*window))
-            while window[0] >= 1.0 and not snapshotted(rdir) and proc.poll() is None:
+            while window[0] >= AFTER_SNAPSHOT and not snapshotted(rdir) and proc.poll() is None:
                 assert time.time() < deadline
                 time.sleep(0.05)
             if proc.poll() is None:
