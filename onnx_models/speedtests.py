@@ -46,9 +46,11 @@ __all__ = [
     "CONTEXT_FIELDS",
     "AccountProfile",
     "GeneratedRequests",
+    "OutcomeConfig",
     "RequestGeneratorConfig",
     "RequestTruth",
     "account_profile",
+    "generate_outcomes",
     "generate_requests",
     "iter_truth",
     "partition_sizes",
@@ -352,3 +354,59 @@ def iter_truth(config: RequestGeneratorConfig) -> Iterator[RequestTruth]:
     for partition, size in enumerate(partition_sizes(config)):
         for start in range(0, size, _BLOCK):
             yield from generate_requests(config, partition, start, _BLOCK).truth
+
+
+@dataclass(frozen=True, slots=True)
+class OutcomeConfig:
+    """How the outcomes of generated requests are observed.
+
+    Each request's outcome (its hidden label) is observed after a delay drawn log-uniformly
+    between `min_delay_ms` and `max_delay_ms` (minutes to days by default); a share
+    `missing_rate` of requests never gets one. `seed` draws the delays, apart from the requests.
+    """
+
+    min_delay_ms: int = 5 * 60_000
+    max_delay_ms: int = 3 * 86_400_000
+    missing_rate: float = 0.1
+    seed: int = 1
+
+    def __post_init__(self) -> None:
+        if not 0 < self.min_delay_ms <= self.max_delay_ms:
+            raise ValueError(
+                f"outcome delays need 0 < min <= max (got {self.min_delay_ms}, {self.max_delay_ms})"
+            )
+        if not 0.0 <= self.missing_rate <= 1.0:
+            raise ValueError(f"missing_rate must be in [0, 1], got {self.missing_rate}")
+
+
+def generate_outcomes(
+    requests: RequestGeneratorConfig, config: OutcomeConfig | None = None
+) -> list[dict[str, Any]]:
+    """Return the outcomes of every request of `requests`, in order of `observed_at`.
+
+    Each is ``{"request_id", "account", "ts", "outcome", "observed_at"}``: the request's
+    hidden label, observed after its delay; the same configs always give the same outcomes.
+    """
+    config = config or OutcomeConfig()
+    out = []
+    lo, hi = np.log(config.min_delay_ms), np.log(config.max_delay_ms)
+    for partition, size in enumerate(partition_sizes(requests)):
+        for start in range(0, size, _BLOCK):
+            got = generate_requests(requests, partition, start, _BLOCK)
+            n = len(got)
+            rng = np.random.default_rng([config.seed, requests.seed, partition, start, 0x0C])
+            delays = np.exp(rng.uniform(lo, hi, n)).astype(np.int64)
+            observed = rng.random(n) >= config.missing_rate
+            for i in np.flatnonzero(observed).tolist():
+                request, truth = got.requests[i], got.truth[i]
+                out.append(
+                    {
+                        "request_id": request["request_id"],
+                        "account": request["account"],
+                        "ts": request["ts"],
+                        "outcome": truth.label,
+                        "observed_at": request["ts"] + int(delays[i]),
+                    }
+                )
+    out.sort(key=lambda o: (o["observed_at"], o["request_id"]))
+    return out
