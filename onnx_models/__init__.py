@@ -13,6 +13,7 @@ __all__ = [
     "LABEL_OUTPUT",
     "LIVE_VARIANT",
     "PROBABILITIES_OUTPUT",
+    "REFERENCE_BINS",
     "REGISTRY_ENV",
     "SOURCE_KINDS",
     "STAGES",
@@ -48,6 +49,7 @@ __all__ = [
     "bundled_contract",
     "bundled_contract_path",
     "bundled_model_path",
+    "bundled_reference",
     "check_parity",
     "create_session",
     "default_registry_dir",
@@ -64,6 +66,7 @@ __all__ = [
     "telemetry_document",
     "train_and_export",
     "train_triage",
+    "training_reference",
     "triage_contract",
 ]
 
@@ -74,6 +77,7 @@ _HOMES: dict[str, tuple[str, ...]] = {
         "bundled_contract",
         "bundled_contract_path",
         "bundled_model_path",
+        "bundled_reference",
         "ensure_demo_registry",
     ),
     "contract": (
@@ -98,6 +102,7 @@ _HOMES: dict[str, tuple[str, ...]] = {
         "fingerprint",
         "read_metadata",
     ),
+    "reference": ("REFERENCE_BINS", "training_reference"),
     "registry": (
         "REGISTRY_ENV",
         "STAGES",

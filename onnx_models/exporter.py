@@ -21,6 +21,7 @@ import numpy as np
 import onnx
 import orjson
 from streamml.onnx_models._files import atomic_write
+from streamml.onnx_models.reference import training_reference
 
 __all__ = [
     "INPUT_NAME",
@@ -265,7 +266,9 @@ def export(
     models, 1e-4 otherwise), else `ParityError` is raised and nothing is written. `out` is the
     target file, or a directory receiving `<name>-<version>.onnx` (default: current directory).
     `version` defaults to the UTC creation time as `YYYYMMDDTHHMMSSZ`. `created_at` must be
-    timezone-aware (pin it to make the bytes reproducible).
+    timezone-aware (pin it to make the bytes reproducible). With `training_data`, the model
+    also carries its fingerprint and its training reference (`streamml.onnx_models.reference`),
+    which live monitoring compares scored feature values against.
     """
     names = tuple(str(n) for n in feature_names)
     if not name or "/" in name or "\\" in name:
@@ -317,6 +320,9 @@ def export(
         if training_data is not None
         else None,
         "metrics": dict(metrics or {}),
+        "training_reference": training_reference(training_data, names)
+        if training_data is not None
+        else None,
         "created_at": created_at.isoformat(),
         "created_by": created_by,
         "estimator": type(model).__name__,

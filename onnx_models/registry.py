@@ -62,6 +62,7 @@ from streamml.onnx_models._routing_store import REVISION_FILE, RoutingStore
 from streamml.onnx_models.contract import ContractError, FeatureContract
 from streamml.onnx_models.errors import ModelNotFoundError, RegistryError, UnsafeModelError
 from streamml.onnx_models.exporter import INPUT_NAME, read_metadata
+from streamml.onnx_models.reference import validate_reference
 
 __all__ = [
     "DEFAULT_REGISTRY_DIR",
@@ -116,6 +117,9 @@ class ModelVersion:
     classes: tuple[str, ...]
     provenance: dict[str, Any] = field(default_factory=dict)
     external_data: dict[str, str] = field(default_factory=dict)
+    training_reference: dict[str, Any] | None = None
+    """Per-feature bins and training shares (`streamml.onnx_models.reference`); None when the
+    version was registered without one (live drift is then unavailable)."""
 
     @property
     def ref(self) -> str:
@@ -135,6 +139,7 @@ class ModelVersion:
             "contract": self.contract.to_json(),
             "provenance": self.provenance,
             "external_data": self.external_data,
+            "training_reference": self.training_reference,
         }
 
 
@@ -344,6 +349,7 @@ class ModelRegistry(RoutingStore):
             classes=tuple(manifest["classes"]),
             provenance=dict(manifest.get("provenance", {})),
             external_data=dict(manifest.get("external_data", {})),
+            training_reference=manifest.get("training_reference"),
         )
 
     def names(self) -> list[str]:
@@ -485,8 +491,12 @@ class ModelRegistry(RoutingStore):
         name: str | None = None,
         version: str | None = None,
         registered_by: str | None = None,
+        training_reference: Mapping[str, Any] | None = None,
     ) -> ModelVersion:
         """Copy an ONNX file into the registry as a new `candidate` version.
+
+        `training_reference` (see `streamml.onnx_models.reference`) defaults to the one in the
+        model's metadata; a version stored without one has no live drift figures.
 
         `name` and `version` default to the model's `streamml.name` / `streamml.version`
         metadata; a version that is missing or already used by different bytes falls back to the
@@ -523,6 +533,12 @@ class ModelRegistry(RoutingStore):
                 f"expected the model input to be named {INPUT_NAME!r}, got "
                 f"{model.graph.input[0].name!r}; export with streamml.onnx_models.export"
             )
+        reference = training_reference or meta.get("training_reference")
+        if reference is not None:
+            try:
+                reference = validate_reference(reference)
+            except ValueError as exc:
+                raise RegistryError(f"{src}: training reference: {exc}") from None
         classes = meta.get("classes")
         if not isinstance(classes, list):
             classes = []
@@ -566,6 +582,7 @@ class ModelRegistry(RoutingStore):
                 "feature_names": list(feature_names),
                 "classes": [str(c) for c in classes],
                 "contract": contract.to_json(),
+                "training_reference": reference,
                 "provenance": {
                     "training_data_sha256": meta.get("training_data_sha256"),
                     "training_rows": meta.get("training_rows"),

@@ -25,6 +25,7 @@ __all__ = [
     "train_and_export",
     "train_triage",
     "triage_contract",
+    "triage_split",
 ]
 
 TRIAGE_MODEL_NAME = "speedtest-triage"
@@ -130,6 +131,20 @@ def evaluate(model: Any, X: np.ndarray, y: np.ndarray) -> dict[str, float]:
     return metrics
 
 
+def triage_split(
+    rows: int, seed: int, holdout_fraction: float = 0.2
+) -> tuple[TriageData, np.ndarray, np.ndarray]:
+    """Generate `rows` speed tests from `seed`; return them and the training and held-out rows."""
+    if not 0.0 < holdout_fraction < 1.0:
+        raise ValueError(f"holdout_fraction must be in (0, 1), got {holdout_fraction}")
+    data = generate_speedtests(rows, seed)
+    n_hold = max(1, round(rows * holdout_fraction))
+    if rows - n_hold < 10:
+        raise ValueError(f"rows={rows} is too few to train; use at least 50")
+    order = np.random.default_rng(seed + 1).permutation(rows)
+    return data, order[n_hold:], order[:n_hold]
+
+
 def train_triage(
     rows: int = 20_000,
     seed: int = 7,
@@ -142,14 +157,7 @@ def train_triage(
     """Generate `rows` speed tests from `seed`, fit a GradientBoostingClassifier, evaluate it."""
     from sklearn.ensemble import GradientBoostingClassifier
 
-    if not 0.0 < holdout_fraction < 1.0:
-        raise ValueError(f"holdout_fraction must be in (0, 1), got {holdout_fraction}")
-    data = generate_speedtests(rows, seed)
-    n_hold = max(1, round(rows * holdout_fraction))
-    if rows - n_hold < 10:
-        raise ValueError(f"rows={rows} is too few to train; use at least 50")
-    order = np.random.default_rng(seed + 1).permutation(rows)
-    hold, train = order[:n_hold], order[n_hold:]
+    data, train, hold = triage_split(rows, seed, holdout_fraction)
     model = GradientBoostingClassifier(
         n_estimators=n_estimators,
         max_depth=max_depth,
