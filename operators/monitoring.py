@@ -100,8 +100,13 @@ class _Out:
         metric: str,
         value: np.ndarray,
         n: np.ndarray,
+        *,
+        keep: np.ndarray | None = None,
         **labels: str | None,
     ) -> None:
+        if keep is not None and not keep.all():
+            value, n = value[keep], n[keep]
+            starts = None if starts is None else starts[keep]
         self.blocks.append(
             {"key": key, "window": window, "starts": starts, "metric": metric, "value": value}
             | {"n": n, "labels": labels}
@@ -297,7 +302,7 @@ def _feature_metrics(
             tot = counts[:, f].sum(axis=1)
             out.add(
                 key, window, starts, "freshness", _div(counts[:, f, s], tot), tot,
-                feature=name, status=status,
+                keep=tot > 0, feature=name, status=status,
             )  # fmt: skip
     ref_features = (reference or {}).get("features", {})
     for f, name in enumerate(feats.names):
@@ -315,7 +320,7 @@ def _feature_metrics(
         )
         actual = np.maximum(_div(hist, tot[:, None]), PSI_EPSILON)
         psi = ((actual - expected) * np.log(actual / expected)).sum(axis=1)
-        out.add(key, window, starts, "psi", np.where(tot > 0, psi, np.nan), tot, feature=name)
+        out.add(key, window, starts, "psi", psi, tot, keep=tot > 0, feature=name)
 
 
 def _outcome_metrics(
