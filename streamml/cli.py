@@ -31,6 +31,11 @@ COMMANDS: tuple[Command, ...] = (
     Command(
         "predictions", "look into stored predictions (explain one)", "streamml.predictions_cli"
     ),
+    Command(
+        "monitor",
+        "live model performance per version and variant (compute, show)",
+        "streamml.monitor_cli",
+    ),
     Command("serve", "run the REST service (predictions, features, models)", "streamml.serve_cli"),
     Command(
         "broker",
