@@ -60,6 +60,11 @@ BENCHMARKS: tuple[Command, ...] = (
         "point-in-time training set: 1M spine rows x 10 features from the history store",
         "streamml.benchmarks.training_sets",
     ),
+    Command(
+        "monitor",
+        "live performance metrics: 1M predictions + 900k outcomes, cost per prediction",
+        "streamml.benchmarks.monitor",
+    ),
 )
 """Every benchmark, in the order `streamml bench --help` lists them."""
 

@@ -178,22 +178,67 @@ def _groups(table: pa.Table) -> dict[tuple[str, str, str], np.ndarray]:
     return out
 
 
-def _classes(table: pa.Table, key: tuple[str, str, str]) -> list[str]:
-    joined = pc.unique(pc.binary_join(table["classes"], "\x1f")).to_pylist()
-    if len(joined) != 1 or joined[0] is None:
-        raise ValueError(
-            f"{'@'.join(key[:2])} ({key[2]}): expected one class list per version, found "
-            f"{len(joined)}; the store mixes model files under one version"
+def _encode(col: pa.ChunkedArray) -> tuple[np.ndarray, list[str | None]]:
+    enc = pc.dictionary_encode(col).combine_chunks()
+    codes = pc.fill_null(enc.indices, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+    return codes, enc.dictionary.to_pylist()
+
+
+def _lookup(values: list[str | None], classes: list[str]) -> np.ndarray:
+    """Class index of each dictionary value (-1 when not a class), plus -1 for nulls at [-1]."""
+    where = {c: i for i, c in enumerate(classes)}
+    return np.array([where.get(v, -1) for v in values] + [-1], dtype=np.int64)
+
+
+class _Rows:
+    """A table's columns as numpy arrays, converted once and sliced per group."""
+
+    def __init__(self, table: pa.Table, *, features: bool) -> None:
+        self.ts = _ms(table["request_ts"])
+        probs = table["probabilities"].combine_chunks()
+        self.lengths = pc.list_value_length(probs).to_numpy(zero_copy_only=False)
+        self.starts = np.concatenate([[0], np.cumsum(self.lengths)[:-1]]).astype(np.int64)
+        self.flat = pc.list_flatten(probs).to_numpy(zero_copy_only=False).astype(np.float64)
+        self.label, self.label_values = _encode(table["label"])
+        joined = pc.binary_join(table["classes"], "\x1f")
+        self.classes, self.class_lists = _encode(joined)
+        self.outcome, self.outcome_values = (
+            _encode(table["outcome"]) if "outcome" in table.column_names else (None, [])
         )
-    return joined[0].split("\x1f")
+        self.features = _feature_rows(table["features"]) if features else None
 
+    def classes_of(self, rows: np.ndarray, key: tuple[str, str, str]) -> list[str]:
+        found = np.unique(self.classes[rows])
+        if len(found) != 1 or found[0] < 0:
+            raise ValueError(
+                f"{'@'.join(key[:2])} ({key[2]}): expected one class list per version, found "
+                f"{len(found)}; the store mixes model files under one version"
+            )
+        joined = self.class_lists[int(found[0])]
+        assert joined is not None
+        return joined.split("\x1f")
 
-def _probabilities(col: pa.ChunkedArray, k: int) -> np.ndarray:
-    arr = col.combine_chunks()
-    if not (pc.list_value_length(arr).to_numpy(zero_copy_only=False) == k).all():
-        raise ValueError(f"expected {k} probabilities per row (one per class)")
-    flat = pc.list_flatten(arr).to_numpy(zero_copy_only=False)
-    return flat.astype(np.float64).reshape(-1, k)
+    def probabilities(self, rows: np.ndarray, k: int) -> np.ndarray:
+        if not (self.lengths[rows] == k).all():
+            raise ValueError(f"expected {k} probabilities per row (one per class)")
+        return self.flat[self.starts[rows][:, None] + np.arange(k)]
+
+    def labels(self, rows: np.ndarray, classes: list[str]) -> np.ndarray:
+        return _lookup(self.label_values, classes)[self.label[rows]]
+
+    def outcomes(self, rows: np.ndarray, classes: list[str]) -> np.ndarray:
+        assert self.outcome is not None
+        return _lookup(self.outcome_values, classes)[self.outcome[rows]]
+
+    def correct(self, rows: np.ndarray) -> np.ndarray:
+        """Whether the stored label equals the outcome (as strings)."""
+        assert self.outcome is not None
+        values = {v: i for i, v in enumerate(self.label_values) if v is not None}
+        as_label = np.array(
+            [values.get(v, -2) if v is not None else -2 for v in self.outcome_values] + [-2],
+            dtype=np.int64,
+        )
+        return (as_label[self.outcome[rows]] == self.label[rows]).astype(np.float64)
 
 
 def _index_in(col: pa.ChunkedArray | pa.Array, values: Sequence[str]) -> np.ndarray:
@@ -216,18 +261,20 @@ def _windows(ts: np.ndarray, size: int | None) -> tuple[np.ndarray, np.ndarray |
 def _prediction_metrics(
     out: _Out,
     key: tuple[str, str, str],
-    sub: pa.Table,
+    data: _Rows,
+    idx: np.ndarray,
     classes: list[str],
     reference: Mapping[str, Any] | None,
 ) -> dict[str, tuple[np.ndarray | None, dict[str, np.ndarray]]]:
     k = len(classes)
-    P = _probabilities(sub["probabilities"], k)
-    lab = _index_in(sub["label"], classes)
-    ts = _ms(sub["request_ts"])
+    P = data.probabilities(idx, k)
+    lab = data.labels(idx, classes)
+    ts = data.ts[idx]
     known = lab >= 0
     conf = P.max(axis=1) if k else np.zeros(len(P))
     p_pred = np.where(known, P[np.arange(len(P)), np.maximum(lab, 0)], 0.0)
-    feats = _feature_rows(sub["features"])
+    assert data.features is not None
+    feats = data.features.of_rows(idx, len(data.ts))
     estimates: dict[str, tuple[np.ndarray | None, dict[str, np.ndarray]]] = {}
     for window, size in WINDOWS.items():
         w, starts = _windows(ts, size)
@@ -262,6 +309,16 @@ class _Features:
     names: list[str]
     value: np.ndarray
     status: np.ndarray
+
+    def of_rows(self, idx: np.ndarray, n_rows: int) -> _Features:
+        """Return the entries of rows `idx`, `parent` renumbered to positions in `idx`."""
+        pos = np.full(n_rows, -1, np.int64)
+        pos[idx] = np.arange(len(idx))
+        mine = pos[self.parent]
+        sel = mine >= 0
+        if sel.all():
+            return _Features(mine, self.code, self.names, self.value, self.status)
+        return _Features(mine[sel], self.code[sel], self.names, self.value[sel], self.status[sel])
 
 
 def _feature_rows(col: pa.ChunkedArray) -> _Features:
@@ -326,17 +383,17 @@ def _feature_metrics(
 def _outcome_metrics(
     out: _Out,
     key: tuple[str, str, str],
-    sub: pa.Table,
+    data: _Rows,
+    idx: np.ndarray,
     classes: list[str],
     estimates: Mapping[str, tuple[np.ndarray | None, dict[str, np.ndarray]]],
 ) -> None:
     k = len(classes)
-    P = _probabilities(sub["probabilities"], k)
-    lab = _index_in(sub["label"], classes)
-    truth = _index_in(sub["outcome"], classes)
-    correct = pc.fill_null(pc.equal(sub["label"], sub["outcome"]), False)
-    correct = correct.to_numpy(zero_copy_only=False).astype(np.float64)
-    ts = _ms(sub["request_ts"])
+    P = data.probabilities(idx, k)
+    lab = data.labels(idx, classes)
+    truth = data.outcomes(idx, classes)
+    correct = data.correct(idx)
+    ts = data.ts[idx]
     rows = np.arange(len(P))
     p_true = np.where(truth >= 0, P[rows, np.maximum(truth, 0)], 0.0)
     loss = -np.log(np.clip(p_true, LOG_LOSS_EPSILON, 1.0))
@@ -421,13 +478,17 @@ def compute_metrics(
     out = _Out()
     estimates: dict[tuple[str, str, str], Any] = {}
     class_lists: dict[tuple[str, str, str], list[str]] = {}
-    for key, rows in _groups(predictions).items():
-        sub = predictions.take(pa.array(rows))
-        classes = class_lists[key] = _classes(sub, key)
-        ref = references.get((key[0], key[1]))
-        estimates[key] = _prediction_metrics(out, key, sub, classes, ref)
-    for key, rows in _groups(outcomes).items():
-        sub = outcomes.take(pa.array(rows))
-        classes = class_lists.get(key) or _classes(sub, key)
-        _outcome_metrics(out, key, sub, classes, estimates.get(key, {}))
+    groups = _groups(predictions)
+    if groups:
+        data = _Rows(predictions, features=True)
+        for key, idx in groups.items():
+            classes = class_lists[key] = data.classes_of(idx, key)
+            ref = references.get((key[0], key[1]))
+            estimates[key] = _prediction_metrics(out, key, data, idx, classes, ref)
+    groups = _groups(outcomes)
+    if groups:
+        data = _Rows(outcomes, features=False)
+        for key, idx in groups.items():
+            classes = class_lists.get(key) or data.classes_of(idx, key)
+            _outcome_metrics(out, key, data, idx, classes, estimates.get(key, {}))
     return out.table()
