@@ -263,6 +263,7 @@ def _prediction_metrics(
     key: tuple[str, str, str],
     data: _Rows,
     idx: np.ndarray,
+    feats: _Features,
     classes: list[str],
     reference: Mapping[str, Any] | None,
 ) -> dict[str, tuple[np.ndarray | None, dict[str, np.ndarray]]]:
@@ -273,8 +274,7 @@ def _prediction_metrics(
     known = lab >= 0
     conf = P.max(axis=1) if k else np.zeros(len(P))
     p_pred = np.where(known, P[np.arange(len(P)), np.maximum(lab, 0)], 0.0)
-    assert data.features is not None
-    feats = data.features.of_rows(idx, len(data.ts))
+    drift = _drift_plan(feats, reference)
     estimates: dict[str, tuple[np.ndarray | None, dict[str, np.ndarray]]] = {}
     for window, size in WINDOWS.items():
         w, starts = _windows(ts, size)
@@ -298,7 +298,7 @@ def _prediction_metrics(
                     key, window, starts, f"estimated_{m}", est[f"{m}:{name}"], n, **{"class": name}
                 )
         estimates[window] = (starts, est)
-        _feature_metrics(out, key, window, w[feats.parent], starts, nw, feats, reference)
+        _feature_metrics(out, key, window, w[feats.parent], starts, nw, feats, drift)
     return estimates
 
 
@@ -310,30 +310,97 @@ class _Features:
     value: np.ndarray
     status: np.ndarray
 
-    def of_rows(self, idx: np.ndarray, n_rows: int) -> _Features:
-        """Return the entries of rows `idx`, `parent` renumbered to positions in `idx`."""
-        pos = np.full(n_rows, -1, np.int64)
-        pos[idx] = np.arange(len(idx))
-        mine = pos[self.parent]
-        sel = mine >= 0
-        if sel.all():
-            return _Features(mine, self.code, self.names, self.value, self.status)
-        return _Features(mine[sel], self.code[sel], self.names, self.value[sel], self.status[sel])
+    def split(self, groups: Sequence[np.ndarray], n_rows: int) -> list[_Features]:
+        """Return the entries of each group of rows, `parent` renumbered to positions in it."""
+        group = np.full(n_rows, -1, np.int16 if len(groups) < 2**15 else np.int64)
+        pos = np.empty(n_rows, np.int64)
+        for g, idx in enumerate(groups):
+            group[idx] = g
+            pos[idx] = np.arange(len(idx))
+        of_entry = group[self.parent]
+        order = np.argsort(of_entry, kind="stable")  # a radix sort for int16 groups
+        bounds = np.searchsorted(of_entry[order], np.arange(len(groups) + 1))
+        out = []
+        for g in range(len(groups)):
+            sel = order[bounds[g] : bounds[g + 1]]
+            parent, code, value = pos[self.parent[sel]], self.code[sel], self.value[sel]
+            out.append(_Features(parent, code, self.names, value, self.status[sel]))
+        return out
+
+
+def _codes(col: pa.Array, known: dict[str, int]) -> np.ndarray:
+    """Code of each string of `col` in `known` (new strings are added; nulls give -1)."""
+    enc = pc.dictionary_encode(col)
+    local = [
+        known.setdefault(v, len(known)) if v is not None else -1 for v in enc.dictionary.to_pylist()
+    ]
+    lookup = np.array([*local, -1], dtype=np.int64)
+    return lookup[pc.fill_null(enc.indices, -1).to_numpy(zero_copy_only=False)]
 
 
 def _feature_rows(col: pa.ChunkedArray) -> _Features:
-    arr = col.combine_chunks()
-    parent = pc.list_parent_indices(arr).to_numpy(zero_copy_only=False).astype(np.int64)
-    flat = pc.list_flatten(arr)
-    enc = pc.dictionary_encode(flat.field("name"))
-    value = pc.fill_null(flat.field("value"), np.nan).to_numpy(zero_copy_only=False)
+    """Return the logged feature values of every row, one chunk at a time (no column copy)."""
+    parents, codes, values, statuses = [], [], [], []
+    names: dict[str, int] = {}
+    status_codes = {s: i for i, s in enumerate(FEATURE_STATUSES)}
+    row0 = 0
+    for chunk in col.chunks:
+        lengths = pc.fill_null(pc.list_value_length(chunk), 0).to_numpy(zero_copy_only=False)
+        parents.append(np.repeat(np.arange(row0, row0 + len(chunk), dtype=np.int32), lengths))
+        row0 += len(chunk)
+        flat = pc.list_flatten(chunk)
+        codes.append(_codes(flat.field("name"), names))
+        value = pc.fill_null(flat.field("value"), np.nan).to_numpy(zero_copy_only=False)
+        values.append(np.asarray(value, np.float64))
+        found = dict(status_codes)
+        status = _codes(flat.field("status"), found)
+        statuses.append(np.where(status < len(FEATURE_STATUSES), status, -1))
+
+    def cat(parts: list[np.ndarray], dtype: type) -> np.ndarray:
+        return np.concatenate(parts, dtype=dtype) if parts else np.empty(0, dtype)
+
     return _Features(
-        parent=parent,
-        code=enc.indices.to_numpy(zero_copy_only=False).astype(np.int64),
-        names=enc.dictionary.to_pylist(),
-        value=np.asarray(value, np.float64),
-        status=_index_in(flat.field("status"), FEATURE_STATUSES),
+        parent=cat(parents, np.int32),
+        code=cat(codes, np.int16 if len(names) < 2**15 else np.int64),
+        names=list(names),
+        value=cat(values, np.float64),
+        status=cat(statuses, np.int8),
     )
+
+
+@dataclass(frozen=True)
+class _Drift:
+    """One referenced feature of a group: its entries, their bins and the training shares."""
+
+    name: str
+    entries: np.ndarray
+    bins: np.ndarray
+    nb: int
+    expected: np.ndarray
+
+
+def _drift_plan(feats: _Features, reference: Mapping[str, Any] | None) -> list[_Drift]:
+    ref_features = (reference or {}).get("features", {})
+    order = np.argsort(feats.code, kind="stable")  # a radix sort for int16 codes
+    bounds = np.searchsorted(feats.code[order], np.arange(len(feats.names) + 1))
+    plan = []
+    for f, name in enumerate(feats.names):
+        ref = ref_features.get(name)
+        if ref is None:
+            continue
+        edges = np.asarray(ref["edges"], np.float64)
+        entries = order[bounds[f] : bounds[f + 1]]
+        shares = np.array([*ref["shares"], ref.get("missing_share", 0.0)], np.float64)
+        plan.append(
+            _Drift(
+                name=name,
+                entries=entries,
+                bins=bin_index(edges, feats.value[entries]),
+                nb=len(edges) + 2,
+                expected=np.maximum(shares, PSI_EPSILON),
+            )
+        )
+    return plan
 
 
 def _feature_metrics(
@@ -344,13 +411,12 @@ def _feature_metrics(
     starts: np.ndarray | None,
     nw: int,
     feats: _Features,
-    reference: Mapping[str, Any] | None,
+    drift: list[_Drift],
 ) -> None:
     nf, ns = len(feats.names), len(FEATURE_STATUSES)
     ok = feats.status >= 0
-    counts = np.bincount(
-        (w[ok] * nf + feats.code[ok]) * ns + feats.status[ok], minlength=nw * nf * ns
-    ).reshape(nw, nf, ns)
+    cell = feats.code[ok].astype(np.int64) * ns + feats.status[ok]
+    counts = np.bincount(w[ok] * (nf * ns) + cell, minlength=nw * nf * ns).reshape(nw, nf, ns)
     overall = counts.sum(axis=1)
     for s, status in enumerate(FEATURE_STATUSES):
         tot = overall.sum(axis=1)
@@ -361,23 +427,13 @@ def _feature_metrics(
                 key, window, starts, "freshness", _div(counts[:, f, s], tot), tot,
                 keep=tot > 0, feature=name, status=status,
             )  # fmt: skip
-    ref_features = (reference or {}).get("features", {})
-    for f, name in enumerate(feats.names):
-        ref = ref_features.get(name)
-        if ref is None:
-            continue
-        edges = np.asarray(ref["edges"], np.float64)
-        nb = len(edges) + 2
-        mine = feats.code == f
-        bins = bin_index(edges, feats.value[mine])
-        hist = np.bincount(w[mine] * nb + bins, minlength=nw * nb).reshape(nw, nb)
+    for d in drift:
+        cells = w[d.entries] * d.nb + d.bins
+        hist = np.bincount(cells, minlength=nw * d.nb).reshape(nw, d.nb)
         tot = hist.sum(axis=1)
-        expected = np.maximum(
-            np.array([*ref["shares"], ref.get("missing_share", 0.0)]), PSI_EPSILON
-        )
         actual = np.maximum(_div(hist, tot[:, None]), PSI_EPSILON)
-        psi = ((actual - expected) * np.log(actual / expected)).sum(axis=1)
-        out.add(key, window, starts, "psi", psi, tot, keep=tot > 0, feature=name)
+        psi = ((actual - d.expected) * np.log(actual / d.expected)).sum(axis=1)
+        out.add(key, window, starts, "psi", psi, tot, keep=tot > 0, feature=d.name)
 
 
 def _outcome_metrics(
@@ -481,10 +537,12 @@ def compute_metrics(
     groups = _groups(predictions)
     if groups:
         data = _Rows(predictions, features=True)
-        for key, idx in groups.items():
+        assert data.features is not None
+        split = data.features.split(list(groups.values()), predictions.num_rows)
+        for (key, idx), feats in zip(groups.items(), split, strict=True):
             classes = class_lists[key] = data.classes_of(idx, key)
             ref = references.get((key[0], key[1]))
-            estimates[key] = _prediction_metrics(out, key, data, idx, classes, ref)
+            estimates[key] = _prediction_metrics(out, key, data, idx, feats, classes, ref)
     groups = _groups(outcomes)
     if groups:
         data = _Rows(outcomes, features=False)
