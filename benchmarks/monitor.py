@@ -5,7 +5,9 @@ writers lay them out): `--predictions` rows over seven days, three variants of t
 triage model (live, an A/B arm, a shadow), the bundled model's ten features per row with
 statuses drawn as a flow logs them, and outcomes for `--outcomes` of the rows. Then times the
 whole run (read the stores, compute every metric of every hour, day and cumulative window,
-write the metrics table) `--repeats` times and checks the counts and one accuracy against numpy.
+write the metrics table) `--repeats` times, all days computed, and checks the counts and one
+accuracy against numpy; then adds a file of 1% more predictions to the last day and times the
+incremental run (that one day computed again, the others' statistics summed from their files).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import argparse
 import shutil
 import sys
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -45,11 +48,16 @@ def _lists(values: pa.Array, width: int, n: int) -> pa.ListArray:
     return pa.ListArray.from_arrays(pa.array(np.arange(n + 1, dtype=np.int32) * width), values)
 
 
-def build_store(root: Path, predictions: int, outcomes: int, seed: int = 1) -> dict[str, float]:
-    """Write the synthetic stores under `root`; return the live variant's accuracy."""
+def build_store(
+    root: Path, predictions: int, outcomes: int, seed: int = 1, *, days: int = 7, part: int = 0
+) -> dict[str, float]:
+    """Write the synthetic stores under `root`; return the live variant's accuracy.
+
+    Requests fall in the last `days` of seven days; `part` numbers the files of each day.
+    """
     rng = np.random.default_rng(seed)
     n, k, nf = predictions, len(CLASSES), len(FEATURE_NAMES)
-    ts = np.sort(_T0 + rng.integers(0, 7 * _DAY_MS, n))
+    ts = np.sort(_T0 + (7 - days) * _DAY_MS + rng.integers(0, days * _DAY_MS, n))
     variant = rng.integers(0, len(_VARIANTS), n)
     probs = rng.dirichlet(np.ones(k) * 0.6, n).astype(np.float32)
     label = probs.argmax(axis=1)
@@ -102,33 +110,46 @@ def build_store(root: Path, predictions: int, outcomes: int, seed: int = 1) -> d
     out["correct"] = pa.array(label[chosen] == truth[chosen])
     out["pipeline_version"] = pa.array(["outcomes/1"] * outcomes)
     out_table = pa.table({f.name: out[f.name] for f in OUTCOME_SCHEMA}, OUTCOME_SCHEMA)
-    for table, folder, days in (
+    for table, folder, day_of in (
         (pred_table, PREDICTIONS_DIR, ts // _DAY_MS),
         (out_table, OUTCOMES_DIR, ts[chosen] // _DAY_MS),
     ):
-        for day in np.unique(days).tolist():
+        for day in np.unique(day_of).tolist():
             date = np.datetime64(day, "D").astype(str)
             where = root / folder / f"date={date}"
             where.mkdir(parents=True, exist_ok=True)
-            pq.write_table(table.filter(pa.array(days == day)), where / "part-bench-000000.parquet")
+            rows = table.filter(pa.array(day_of == day))
+            pq.write_table(rows, where / f"part-bench-{part:06d}.parquet")
     live = variant[chosen] == 0
     return {"live_accuracy": float(np.mean(label[chosen][live] == truth[chosen][live]))}
 
 
 def run_monitor(*, predictions: int, outcomes: int, repeats: int) -> dict[str, float]:
-    """Return the run's seconds (median, min, max), its parts and microseconds per prediction."""
+    """Return the seconds of full runs and of an incremental run after one more file.
+
+    Full runs: median, min, max, their parts and microseconds per prediction; the incremental
+    run follows a file of 1% more predictions written into the last day.
+    """
     root = Path(tempfile.mkdtemp(prefix="streamml-bench-monitor-"))
     try:
         expected = build_store(root, predictions, outcomes)
         ensure_demo_registry(root / "registry")
         runs = []
         for _ in range(repeats):
-            run = compute_store_metrics(root, root / "registry")
-            table = read_metrics(run.path)
-            _check(table, predictions, outcomes, expected["live_accuracy"])
+            run = compute_store_metrics(root, root / "registry", full=True)
+            _check(read_metrics(run.path), predictions, outcomes, expected["live_accuracy"])
             runs.append(run)
         took = [r.seconds for r in runs]
         best = runs[int(np.argsort(took)[len(took) // 2])]
+        extra = max(1, predictions // 100)
+        build_store(root, extra, extra * outcomes // predictions, seed=2, days=1, part=1)
+        t0 = time.perf_counter()
+        inc = compute_store_metrics(root, root / "registry")
+        inc_s = time.perf_counter() - t0
+        if inc.days_computed != 1:
+            raise AssertionError(f"{inc.days_computed} days computed after one new file")
+        table = read_metrics(inc.path)
+        _check(table, predictions + extra, outcomes + extra * outcomes // predictions, None)
         return {
             "predictions": predictions,
             "outcomes": outcomes,
@@ -140,19 +161,22 @@ def run_monitor(*, predictions: int, outcomes: int, repeats: int) -> dict[str, f
             "compute_s": best.compute_s,
             "write_s": best.write_s,
             "us_per_prediction": float(np.median(took)) / predictions * 1e6,
+            "incremental_new_predictions": extra,
+            "incremental_rows_read": inc.predictions,
+            "incremental_s": inc_s,
         }
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def _check(table: pa.Table, predictions: int, outcomes: int, live_accuracy: float) -> None:
+def _check(table: pa.Table, predictions: int, outcomes: int, live_accuracy: float | None) -> None:
     cum = table.filter(pc.field("window") == "all")
     for metric, want in (("predictions", predictions), ("outcomes", outcomes)):
         got = pc.sum(cum.filter(pc.field("metric") == metric)["value"]).as_py()
         if got != want:
             raise AssertionError(f"cumulative {metric}: {got} != {want}")
     acc = cum.filter((pc.field("metric") == "accuracy") & (pc.field("variant") == "live"))
-    if abs(acc["value"][0].as_py() - live_accuracy) > 1e-12:
+    if live_accuracy is not None and abs(acc["value"][0].as_py() - live_accuracy) > 1e-12:
         raise AssertionError(f"live accuracy {acc['value'][0]} != {live_accuracy}")
     if cum.filter(pc.field("metric") == "psi").num_rows != 3 * len(FEATURE_NAMES):
         raise AssertionError("expected a cumulative PSI per feature and variant")
@@ -167,7 +191,10 @@ def _cmd(args: argparse.Namespace) -> int:
         f"{f['predictions']:,} predictions + {f['outcomes']:,} outcomes -> {f['metric_rows']:,} "
         f"metric rows: {f['seconds']:.2f} s (min {f['min']:.2f}, max {f['max']:.2f}; read "
         f"{f['read_s']:.2f}, compute {f['compute_s']:.2f}, write {f['write_s']:.2f}), "
-        f"{f['us_per_prediction']:.2f} us per prediction"
+        f"{f['us_per_prediction']:.2f} us per prediction; then "
+        f"{f['incremental_new_predictions']:,} more in the last day: "
+        f"{f['incremental_s']:.2f} s (that day's {f['incremental_rows_read']:,} predictions "
+        "read again)"
     )
     return 0
 

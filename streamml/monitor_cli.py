@@ -61,12 +61,14 @@ def _cmd_compute(args: argparse.Namespace) -> int:
     progress = Progress()
     progress.update(f"reading {args.prediction_store} and computing metrics ...")
     try:
-        run = compute_store_metrics(args.prediction_store, args.registry, args.out)
+        run = compute_store_metrics(args.prediction_store, args.registry, args.out, full=args.full)
     except (OSError, ValueError) as exc:
         progress.done()
         return _fail("compute", str(exc))
     progress.done()
     rows = [
+        ["days in the stores", human(run.days)],
+        ["days computed (files changed)", human(run.days_computed)],
         ["predictions read", human(run.predictions)],
         ["outcomes read", human(run.outcomes)],
         ["model/version/variant groups", human(run.groups)],
@@ -74,7 +76,7 @@ def _cmd_compute(args: argparse.Namespace) -> int:
         ["read s", f"{run.read_s:.2f}"],
         ["compute s", f"{run.compute_s:.2f}"],
         ["write s", f"{run.write_s:.2f}"],
-        ["us per prediction", f"{run.seconds / max(run.predictions, 1) * 1e6:.2f}"],
+        ["us per prediction read", f"{run.seconds / max(run.predictions, 1) * 1e6:.2f}"],
     ]
     print(format_table(rows, ("", "VALUE")))
     print(f"wrote {run.path}")
@@ -239,7 +241,8 @@ def _add_compute(sub: argparse._SubParsersAction) -> None:
         description=(
             "Read the prediction store and the outcome store beside it, compute every metric per "
             "model, version and variant over hour, day and cumulative windows (request time), "
-            "and write the metrics table (Parquet, replaced atomically). A full recompute."
+            "and write the metrics table (Parquet, replaced atomically). Only the days whose "
+            "files changed since the last run into the same folder are computed again."
         ),
     )
     p.add_argument(
@@ -259,6 +262,7 @@ def _add_compute(sub: argparse._SubParsersAction) -> None:
         metavar="DIR",
         help="folder of the metrics table (default: PREDICTION_STORE/metrics)",
     )
+    p.add_argument("--full", action="store_true", help="compute every day again")
     p.set_defaults(func=_cmd_compute)
 
 
