@@ -76,7 +76,10 @@ def _cmd_compute(args: argparse.Namespace) -> int:
         ["read s", f"{run.read_s:.2f}"],
         ["compute s", f"{run.compute_s:.2f}"],
         ["write s", f"{run.write_s:.2f}"],
-        ["us per prediction read", f"{run.seconds / max(run.predictions, 1) * 1e6:.2f}"],
+        [
+            "us per prediction read",
+            f"{run.seconds / run.predictions * 1e6:.2f}" if run.predictions else "-",
+        ],
     ]
     print(format_table(rows, ("", "VALUE")))
     print(f"wrote {run.path}")
