@@ -54,6 +54,12 @@ FLOWS: tuple[Command, ...] = (
         "streamml.features_run_cli",
         function="add_run_parser",
     ),
+    Command(
+        "outcomes",
+        "join outcomes to their predictions (every variant) into the outcome store",
+        "streamml.outcomes_cli",
+        function="add_parser",
+    ),
 )
 """The flows of `streamml run`, in the order its help lists them."""
 
@@ -143,7 +149,7 @@ def register(
     """Add `streamml run`: fully the flow `path` names (every one when None)."""
     run = sub.add_parser(
         "run",
-        help="run a flow (error-count, features, predict)",
+        help="run a flow (error-count, predict, features, outcomes)",
         description="Run a dataflow to its end.",
     )
     flows = run.add_subparsers(dest="flow", metavar="FLOW", required=True)
