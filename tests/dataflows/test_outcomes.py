@@ -24,11 +24,11 @@ from streamml.onnx_models.speedtests import (
     iter_truth,
 )
 from streamml.operators.sinks import read_stats
-from streamml.recovery import ensure_recovery_dir, recovery_args
 from streamml.state.errors import RefusedError
 from streamml.state.outcomes import read_outcomes
 from streamml.state.predictions import read_predictions
 
+from streamml.recovery import ensure_recovery_dir, recovery_args
 from tests.predict_support import MODEL, read_lines, run_predict_flow
 
 NOW = 1_790_000_000_000
