@@ -60,6 +60,11 @@ BENCHMARKS: tuple[Command, ...] = (
         "point-in-time training set: 1M spine rows x 10 features from the history store",
         "streamml.benchmarks.training_sets",
     ),
+    Command(
+        "outcomes",
+        "outcome join: outcomes/s and memory with many pending predictions",
+        "streamml.benchmarks.outcomes",
+    ),
 )
 """Every benchmark, in the order `streamml bench --help` lists them."""
 
