@@ -7,10 +7,14 @@ import shutil
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import orjson
 
 from streamml.console import Progress, format_table, human
+
+if TYPE_CHECKING:
+    from streamml.onnx_models.speedtests import RequestGeneratorConfig
 
 __all__ = ["register", "run_demo"]
 
@@ -56,6 +60,7 @@ def run_demo(args: argparse.Namespace) -> int:
         "predictions",
         "predictions.jsonl",
         "timeouts.jsonl",
+        "outcomes.jsonl",
     ):
         target = root / name
         if target.is_dir():
@@ -181,4 +186,45 @@ def _predict_demo(root: Path, accounts: int, seed: int, as_of: int, requests: in
         f"   reproduce one: streamml predictions explain {first} --prediction-store "
         f"{root / 'predictions'} --registry {root / 'models'}"
     )
+    return _outcomes_demo(root, gen)
+
+
+def _outcomes_demo(root: Path, gen: RequestGeneratorConfig) -> bool:
+    """Join the requests' outcomes (the generator's hidden truth) to the predictions."""
+    from streamml.dataflows.outcomes import OutcomesFlowConfig
+    from streamml.generate_cli import write_outcomes
+    from streamml.outcomes_cli import run_outcomes
+    from streamml.outcomes_cli import summary_rows as outcome_rows
+    from streamml.state.outcomes import read_outcomes
+
+    path = write_outcomes(root / "outcomes.jsonl", gen, missing_rate=0.1, seed=1)
+    print(
+        f"7. outcomes observed minutes to days later ({path}; 10% never observed), joined to "
+        "every scored variant (streamml run outcomes --drain):"
+    )
+    config = OutcomesFlowConfig(
+        prediction_store=root / "predictions",
+        paths=(str(path),),
+        drain=True,
+        stats_path=root / "outcome-stats.json",
+    )
+    result = run_outcomes(config)
+    if result.returncode != 0:
+        print("the outcome flow failed", file=sys.stderr)
+        return False
+    print(format_table(outcome_rows(result)[:6], headers=["outcomes", "value"]))
+    rows = read_outcomes(config.prediction_store).to_pylist()
+    by_variant: dict[tuple[str, str], list[bool]] = {}
+    for r in rows:
+        by_variant.setdefault((r["version"], r["variant"]), []).append(r["correct"])
+    print(
+        format_table(
+            [
+                (v, variant, len(c), f"{sum(c) / len(c):.1%}")
+                for (v, variant), c in sorted(by_variant.items())
+            ],
+            headers=["version", "variant", "outcomes", "accuracy"],
+        )
+    )
+    print(f"   matched rows: {config.prediction_store / 'outcomes'} (Parquet by day)")
     return True
