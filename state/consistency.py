@@ -272,17 +272,28 @@ def _logged_values(root, since: int | None, until: int | None) -> dict[str, Any]
 
 
 def _history_versions(root, feature: str) -> set[str]:
-    """Return the feature versions the history of `feature` holds rows of."""
-    import duckdb
+    """Return the feature versions the history of `feature` holds rows of.
 
-    files = sorted(str(p) for p in (Path(root) / feature).glob("day=*/*.parquet"))
-    if not files:
-        return set()
-    query = (
-        "SELECT DISTINCT feature_version FROM "
-        "read_parquet(?, hive_partitioning = false, union_by_name = true)"
-    )
-    return {r[0] for r in duckdb.connect().sql(query, params=[files]).fetchall()}
+    Read from each file's column statistics where a row group holds one version (the writers
+    write one version per file), else from the column itself.
+    """
+    import pyarrow.parquet as pq
+
+    found: set[str] = set()
+    for path in sorted((Path(root) / feature).glob("day=*/*.parquet")):
+        meta = pq.read_metadata(path)
+        names = meta.schema.to_arrow_schema().names
+        if "feature_version" not in names:
+            continue
+        col = names.index("feature_version")
+        for g in range(meta.num_row_groups):
+            stats = meta.row_group(g).column(col).statistics
+            if stats is not None and stats.has_min_max and stats.min == stats.max:
+                found.add(stats.min)
+            elif meta.row_group(g).num_rows:
+                part = pq.ParquetFile(path).read_row_group(g, columns=["feature_version"])
+                found.update(v for v in pc.unique(part.column(0)).to_pylist() if v is not None)
+    return found
 
 
 def _compare(
