@@ -13,12 +13,14 @@ field's value) and source position, so every aggregation is recomputed exactly: 
 point as the stream keeps them (`SUM_SCALE`), `last` by the latest event time, then the later
 position. DuckDB joins the spine to the history with one range join per feature.
 
-With `applied`, each row also names the event time up to which the online store had applied the
-accepted events (null: none yet), and the value is what an online read as of T gives after
-exactly those events: the window still ends at T's bucket, but holds the applied events of T's
-whole bucket (a store ahead of T has applied events later than T in it) and only the buckets the
-store still kept after its latest applied event (a window ends at that event's bucket at most).
-Without it, the applied events are those with event time <= T, the point-in-time value.
+With `applied`, each row also names the event time of the entity's latest event the online store
+had applied (its `updated_at`; null: none yet), and the value is what an online read as of T
+gives after exactly the accepted events up to then: the window still ends at T's bucket, but
+holds the applied events of T's whole bucket (a store ahead of T has applied events later than T
+in it) and only the buckets the store still kept: those of the window ending at that latest
+event's bucket. This holds when each entity's events were applied in event-time order (or all
+of them were). Without it, the applied events are those with event time <= T: the
+point-in-time value.
 """
 
 from __future__ import annotations
@@ -58,8 +60,8 @@ def build_training_set(
     `spine` needs a string `entity` column and an integer `time` column (epoch ms). The feature
     columns are float64, null where missing; the schema's metadata maps each feature to its
     version (``feature_versions``). Rows keep the spine's order. `applied` names an optional
-    integer column: the event time up to which the online store had applied events (see the
-    module docstring).
+    integer column: the event time of the entity's latest event the online store had applied
+    (see the module docstring).
     """
     import duckdb
 
