@@ -121,6 +121,9 @@ def _print_report(report, args: argparse.Namespace, took: float) -> None:
         f"{human(report.predictions)} predictions ({human(report.requests)} requests) in "
         f"{args.prediction_store}, recomputed from {args.history} in {took:.1f} s"
     )
+    if not report.predictions:
+        print("no predictions to verify (none stored, or none in --since/--until)")
+        return
     rows = []
     for c in report.features.values():
         reasons = ", ".join(f"{k} {v}" for k, v in sorted(c.not_checkable.items()))
