@@ -29,7 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
             "bundled features over them (the rolling 24-hour error count and five speed-test "
             "features) and show the summary, alerts and online feature values; then "
             "start the telemetry service and answer generated slow speed tests with the "
-            "prediction flow (selection, feature assembly, on-demand fetches, ONNX scoring). "
+            "prediction flow (selection, feature assembly, on-demand fetches, ONNX scoring), and "
+            "recompute the online features the predictions logged from the history store. "
             "Everything is written under --dir and replaced on each run."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -186,7 +187,7 @@ def _predict_demo(root: Path, accounts: int, seed: int, as_of: int, requests: in
         f"   reproduce one: streamml predictions explain {first} --prediction-store "
         f"{root / 'predictions'} --registry {root / 'models'}"
     )
-    return _outcomes_demo(root, gen)
+    return _verify_demo(root) and _outcomes_demo(root, gen)
 
 
 def _outcomes_demo(root: Path, gen: RequestGeneratorConfig) -> bool:
@@ -199,7 +200,7 @@ def _outcomes_demo(root: Path, gen: RequestGeneratorConfig) -> bool:
 
     path = write_outcomes(root / "outcomes.jsonl", gen, missing_rate=0.1, seed=1)
     print(
-        f"7. outcomes observed minutes to days later ({path}; 10% never observed), joined to "
+        f"8. outcomes observed minutes to days later ({path}; 10% never observed), joined to "
         "every scored variant (streamml run outcomes --drain):"
     )
     config = OutcomesFlowConfig(
@@ -227,4 +228,34 @@ def _outcomes_demo(root: Path, gen: RequestGeneratorConfig) -> bool:
         )
     )
     print(f"   matched rows: {config.prediction_store / 'outcomes'} (Parquet by day)")
+    return True
+
+
+def _verify_demo(root: Path) -> bool:
+    """Recompute the online features the predictions logged from the history store."""
+    from streamml.state.consistency import verify_predictions
+    from streamml.state.definitions import default_definitions
+
+    store, history = root / "predictions", root / "state" / "history"
+    report = verify_predictions(store, history, dict(default_definitions().features))
+    print(
+        "7. training/serving consistency (streamml features verify --prediction-store "
+        f"{store} --history {history}): online values logged by the predictions, recomputed "
+        "from the history store as of each request"
+    )
+    rows = [
+        (c.feature, c.checked, c.exact, c.lagged, c.mismatched, c.version_mismatch)
+        for c in report.features.values()
+        if c.checked or c.version_mismatch
+    ]
+    headers = ["feature", "checked", "exact", "by lag", "mismatched", "version mismatch"]
+    print(format_table(rows, headers=headers))
+    print(
+        "   by lag: the value an online read as of the request gives after the events the flow "
+        "had applied (here every event, some later than the request in its hour: the requests "
+        "were answered after the whole stream)"
+    )
+    if report.mismatched:
+        print(f"{report.mismatched} logged values differ from the history", file=sys.stderr)
+        return False
     return True
