@@ -20,11 +20,11 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pyarrow as pa
-from streamml.dataflows.outcomes import OutcomesFlowConfig
+from streamml.dataflows.outcomes import OutcomesFlowConfig, prepare
 from streamml.state._parquet import write_part
 from streamml.state.predictions import FEATURE_TYPE, LATENCY_TYPE, PREDICTION_SCHEMA
 
-from streamml.outcomes_cli import run_outcomes
+from streamml.runner import run_flow_processes
 
 __all__ = ["register", "run_outcome_bench"]
 
@@ -101,7 +101,10 @@ def run_outcome_bench(
                 reports_out=root / f"reports-{i}.jsonl",
                 stats_path=root / f"stats-{i}.json",
             )
-            result = run_outcomes(config, show_progress=False)
+            prepare(config)
+            result = run_flow_processes(
+                "streamml.dataflows.outcomes:flow", config.to_env(), stats_path=config.stats_path
+            )
             if result.returncode != 0:
                 raise RuntimeError(f"the outcome flow failed (exit {result.returncode})")
             walls.append(result.wall_s)
