@@ -6,11 +6,13 @@ its `env`, its host name (`NAME-ORDINAL`, as Kubernetes sets it) and its mounts.
 cluster provides is replaced: the pods' DNS names under the headless Service by loopback ports,
 each pod's volume by a directory of its own, and the ConfigMap's mount by its files. The
 processes read a real broker until the flow's consumer group shows no lag (as an operator
-watches it), are stopped with SIGTERM (as Kubernetes stops a pod), then started again with
-more input (as after a rescheduling); the alerts topic and both pods' state hold the oracle's
-values.
+watches it) and are stopped with SIGTERM (as Kubernetes stops a pod); they run again with more
+input (as after a rescheduling), one pod's processes are killed (a node failure: the other pod's
+process must end by itself so that its container restarts too), and all run once more. The
+alerts topic and the two pods' state then hold the oracle's values.
 """
 
+import contextlib
 import json
 import os
 import random
@@ -155,40 +157,50 @@ def wait_for_no_lag(bootstrap: str, group: str, topic: str, records: int, procs)
 
 
 def start(pods, logs: Path, run: int) -> list[subprocess.Popen]:
+    """Start every pod's process, each in its own process group (its container)."""
     procs = []
     for i, (cmd, env) in enumerate(pods):
         log = (logs / f"pod-{i}-run-{run}.log").open("wb")
-        procs.append(subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT))
+        procs.append(
+            subprocess.Popen(
+                cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        )
     return procs
 
 
-def stop(procs, logs: Path) -> None:
-    """SIGTERM every pod's process, as Kubernetes does, and wait for them to end."""
-    for p in procs:
-        p.send_signal(signal.SIGTERM)
-    for p in procs:
-        try:
-            p.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            raise
-    text = "".join(f.read_text(errors="replace") for f in sorted(logs.glob("*.log")))
-    assert all(p.returncode == 130 for p in procs), (
-        [p.returncode for p in procs],
-        text[-4000:],
-    )
+def kill_container(proc: subprocess.Popen) -> None:
+    """Kill every process of a pod's container at once, as when its node fails."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
 
 
-def run_until_no_lag(pods, logs: Path, run: int, bootstrap: str, group: str, topic: str, n: int):
+def log_tail(logs: Path) -> str:
+    return "".join(f.read_text(errors="replace") for f in sorted(logs.glob("*.log")))[-4000:]
+
+
+def run_until_no_lag(pods, logs: Path, run: int, kafka, *, records: int, fail_pod=None) -> None:
+    """Run the pods until the flow shows no lag, then stop them with SIGTERM (as Kubernetes
+    stops a pod), or with `fail_pod`, kill that pod's container and see the others end."""
+    bootstrap, group, topic = kafka
     procs = start(pods, logs, run)
     try:
-        wait_for_no_lag(bootstrap, group, topic, n, procs)
-        stop(procs, logs)
+        wait_for_no_lag(bootstrap, group, topic, records, procs)
+        if fail_pod is None:
+            for p in procs:
+                p.send_signal(signal.SIGTERM)  # to the container's first process
+            codes = [p.wait(timeout=30) for p in procs]
+            assert codes == [130] * len(procs), (codes, log_tail(logs))
+        else:
+            kill_container(procs[fail_pod])
+            # The others end by themselves, so Kubernetes restarts their containers too.
+            others = [p for i, p in enumerate(procs) if i != fail_pod]
+            codes = [p.wait(timeout=30) for p in others]
+            assert all(c not in (0, 130) for c in codes), (codes, log_tail(logs))
     finally:
         for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+            kill_container(p)
 
 
 def events_for(rng: random.Random, accounts: list[str], n: int, start_hour: int):
@@ -232,22 +244,28 @@ def test_statefulset_pods_run_as_local_processes_give_the_oracles_values(
 
     rng = random.Random(12)
     accounts = [f"acct-{i:02d}" for i in range(30)]
-    first = events_for(rng, accounts, 2500, 1000)
-    second = events_for(rng, accounts, 1500, 1000 + 2500 // 80)
+    first = events_for(rng, accounts, 2000, 1000)
+    second = events_for(rng, accounts, 1000, 1000 + 2000 // 80)
+    third = events_for(rng, accounts, 1000, 1000 + 3000 // 80)
     malformed = [b"not json", b'{"account": ""}', b'{"account": "a", "ts": -1}']
-    produce(kafka_broker, topic, first, malformed=malformed)
+    kafka = (kafka_broker, group, topic)
 
-    produced = len(first) + len(malformed)
-    run_until_no_lag(pods, logs, 1, kafka_broker, group, topic, produced)
-    # Rescheduled pods: the same commands on the same volumes continue where they stopped.
+    produce(kafka_broker, topic, first, malformed=malformed)
+    records = len(first) + len(malformed)
+    run_until_no_lag(pods, logs, 1, kafka, records=records)
+    # Pods deleted and scheduled again: the same commands on the same volumes continue.
     produce(kafka_broker, topic, second)
-    produced += len(second)
-    run_until_no_lag(pods, logs, 2, kafka_broker, group, topic, produced)
+    records += len(second)
+    run_until_no_lag(pods, logs, 2, kafka, records=records, fail_pod=1)
+    # A pod's node failed: every container restarts and the cluster resumes from its snapshots.
+    produce(kafka_broker, topic, third)
+    records += len(third)
+    run_until_no_lag(pods, logs, 3, kafka, records=records)
 
     # Kafka keeps each account's records in order (keyed), so the oracle sees them in order.
     oracle = RollingOracle(threshold=THRESHOLD)
     expected_alerts = set()
-    for account, ts in first + second:
+    for account, ts in first + second + third:
         _kind, value, fired = oracle.apply(account, ts)
         if fired:
             expected_alerts.add((account, ts, value))
@@ -317,3 +335,12 @@ def test_cluster_options_are_checked_before_anything_runs(tmp_path):
     )
     assert proc.returncode == 2 and "-ORDINAL" in proc.stderr
     assert not (tmp_path / "s").exists()
+
+
+def test_deploy_commands_load_no_heavy_module():
+    from tests.streamml.test_fast_start import heavy_in, loaded_modules
+
+    assert heavy_in(loaded_modules("deploy", "render", "--help")) == []
+    modules = loaded_modules("deploy", "render")
+    assert heavy_in(modules) == []
+    assert not any(m == "streamml.state" or m.startswith("streamml.state.") for m in modules)
