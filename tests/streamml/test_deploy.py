@@ -55,6 +55,16 @@ def test_render_command_prints_the_rendering(tmp_path):
     assert out.read_text() == render_manifest(expected)
 
 
+def test_pods_run_as_the_images_user():
+    dockerfile = (ROOT / "deploy" / "Dockerfile").read_text()
+    (user,) = re.findall(r"^USER (\d+):(\d+)$", dockerfile, re.MULTILINE)
+    docs = {d["kind"]: d for d in yaml.safe_load_all(render_manifest(DeployConfig()))}
+    security = docs["StatefulSet"]["spec"]["template"]["spec"]["securityContext"]
+    assert (str(security["runAsUser"]), str(security["runAsGroup"])) == user
+    assert str(security["fsGroup"]) == user[1]  # the volumes are writable by the image's user
+    assert f"mkdir -p {DATA_MOUNT}" in dockerfile
+
+
 def entrypoint() -> list[str]:
     """The image's ENTRYPOINT, with `streamml` as installed beside this Python."""
     for line in (ROOT / "deploy" / "Dockerfile").read_text().splitlines():
