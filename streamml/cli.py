@@ -48,6 +48,11 @@ COMMANDS: tuple[Command, ...] = (
         "streamml.telemetry",
     ),
     Command("recovery", "manage Bytewax recovery directories", "streamml.recovery"),
+    Command(
+        "deploy",
+        "render the Kubernetes manifests (a StatefulSet of flow processes)",
+        "streamml.deploy_cli",
+    ),
     Command("bench", "run a benchmark", "streamml.benchmarks.cli", nested=True),
 )
 """Every subcommand, in the order `streamml --help` lists them."""
