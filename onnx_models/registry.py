@@ -485,8 +485,12 @@ class ModelRegistry(RoutingStore):
         name: str | None = None,
         version: str | None = None,
         registered_by: str | None = None,
+        lineage: Mapping[str, Any] | None = None,
     ) -> ModelVersion:
         """Copy an ONNX file into the registry as a new `candidate` version.
+
+        `lineage` (JSON-ready: the training set's fingerprint, parent version, ...) is kept in
+        the version's provenance.
 
         `name` and `version` default to the model's `streamml.name` / `streamml.version`
         metadata; a version that is missing or already used by different bytes falls back to the
@@ -579,6 +583,7 @@ class ModelRegistry(RoutingStore):
                     "source_path": str(src.resolve()),
                     "registered_at": now,
                     "registered_by": registered_by or os.environ.get("USER") or "unknown",
+                    **({"lineage": dict(lineage)} if lineage else {}),
                 },
             }
             tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=ndir / "versions"))
