@@ -18,6 +18,7 @@ __all__ = [
     "SOURCE_KINDS",
     "STAGES",
     "TELEMETRY_SERVICE",
+    "TRAINERS",
     "TRIAGE_MODEL_NAME",
     "VALUE_OUTPUT",
     "AccountProfile",
@@ -147,6 +148,7 @@ _HOMES: dict[str, tuple[str, ...]] = {
     ),
     "training": (
         "TELEMETRY_SERVICE",
+        "TRAINERS",
         "TRIAGE_MODEL_NAME",
         "TrainedTriage",
         "evaluate",
