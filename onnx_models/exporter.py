@@ -29,27 +29,23 @@ from streamml.onnx_models.model_format import (
     INPUT_NAME,
     LABEL_OUTPUT,
     METADATA_PREFIX,
-    OUTPUT_KINDS,
     PROBABILITIES_OUTPUT,
     VALUE_OUTPUT,
     ExportError,
     OutputKind,
     fingerprint,
     library_versions,
-    output_kind_of,
     read_metadata,
 )
 
+# The model-format names most callers need are importable from here too.
 __all__ = [
     "INPUT_NAME",
     "LABEL_OUTPUT",
     "METADATA_PREFIX",
-    "OUTPUT_KINDS",
     "PROBABILITIES_OUTPUT",
-    "VALUE_OUTPUT",
     "ExportError",
     "ExportedModel",
-    "OutputKind",
     "ParityError",
     "ParityReport",
     "ValueParityReport",
@@ -58,7 +54,6 @@ __all__ = [
     "export",
     "fingerprint",
     "library_versions",
-    "output_kind_of",
     "read_metadata",
 ]
 
