@@ -61,7 +61,7 @@ from streamml.onnx_models._files import atomic_write
 from streamml.onnx_models._routing_store import REVISION_FILE, RoutingStore
 from streamml.onnx_models.contract import ContractError, FeatureContract
 from streamml.onnx_models.errors import ModelNotFoundError, RegistryError, UnsafeModelError
-from streamml.onnx_models.exporter import INPUT_NAME, read_metadata
+from streamml.onnx_models.model_format import INPUT_NAME, read_metadata
 
 __all__ = [
     "DEFAULT_REGISTRY_DIR",
@@ -121,6 +121,11 @@ class ModelVersion:
     def ref(self) -> str:
         """`name@version`."""
         return f"{self.name}@{self.version}"
+
+    @property
+    def output_kind(self) -> str:
+        """`classifier` (label and probabilities) or `regressor` (one value), from provenance."""
+        return str(self.provenance.get("output_kind") or "classifier")
 
     def to_json(self) -> dict[str, Any]:
         """Return a JSON-ready dict."""
@@ -578,6 +583,7 @@ class ModelRegistry(RoutingStore):
                     "created_at": meta.get("created_at"),
                     "created_by": meta.get("created_by"),
                     "estimator": meta.get("estimator"),
+                    "output_kind": meta.get("output_kind", "classifier"),
                     "libraries": meta.get("libraries", {}),
                     "export_version": meta.get("version"),
                     "source_path": str(src.resolve()),

@@ -14,6 +14,7 @@ import orjson
 from streamml.onnx_models import (
     REGISTRY_ENV,
     STAGES,
+    TRAINERS,
     TRIAGE_MODEL_NAME,
     ContractError,
     ExportError,
@@ -106,7 +107,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if progress:
         print(
             f"training {args.name}@{version} on {args.rows} generated speed tests "
-            f"(seed {args.seed}, {args.estimators} trees of depth {args.depth})...",
+            f"(seed {args.seed}, {args.trainer}, {args.estimators} trees of depth "
+            f"{args.depth})...",
             file=progress,
         )
     with tempfile.TemporaryDirectory() as tmp:
@@ -119,6 +121,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             n_estimators=args.estimators,
             max_depth=args.depth,
             created_by="streamml models train",
+            trainer=args.trainer,
         )
         registered = registry.register(
             exported.path,
@@ -467,10 +470,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         "train",
         help="generate speed-test data, train the triage model, export and register it",
         description=(
-            "Generate seeded speed-test data, train a GradientBoostingClassifier that says "
+            "Generate seeded speed-test data, train a gradient-boosted classifier that says "
             "whether the trouble is wifi, modem or network, export it to ONNX (refused unless "
-            "ONNX Runtime matches scikit-learn on held-out rows) and register it as a candidate."
+            "ONNX Runtime matches the native model on held-out rows) and register it as a "
+            "candidate."
         ),
+    )
+    p.add_argument(
+        "--trainer",
+        choices=TRAINERS,
+        default="sklearn",
+        help="sklearn: GradientBoostingClassifier; lightgbm: LGBMClassifier, needs "
+        "streamml[train] (default: %(default)s)",
     )
     p.add_argument("--name", default=TRIAGE_MODEL_NAME, help="model name (default: %(default)s)")
     p.add_argument(
