@@ -23,6 +23,7 @@ __all__ = [
     "TRIAGE_MODEL_NAME",
     "TrainedTriage",
     "evaluate",
+    "make_classifier",
     "train_and_export",
     "train_triage",
     "triage_contract",
@@ -134,9 +135,10 @@ def evaluate(model: Any, X: np.ndarray, y: np.ndarray) -> dict[str, float]:
     return metrics
 
 
-def _classifier(
+def make_classifier(
     trainer: str, *, n_estimators: int, max_depth: int, learning_rate: float, seed: int
 ) -> Any:
+    """Return an unfitted classifier of `trainer`'s library (one of `TRAINERS`)."""
     if trainer == "sklearn":
         from sklearn.ensemble import GradientBoostingClassifier
 
@@ -181,7 +183,7 @@ def train_triage(
     `trainer` picks the library: `sklearn` (GradientBoostingClassifier) or `lightgbm`
     (LGBMClassifier with at most 2**max_depth leaves per tree; needs `streamml[train]`).
     """
-    model = _classifier(
+    model = make_classifier(
         trainer,
         n_estimators=n_estimators,
         max_depth=max_depth,

@@ -26,7 +26,6 @@ from typing import Any
 import numpy as np
 
 __all__ = [
-    "TRAINERS",
     "Comparison",
     "RetrainResult",
     "auto_promote",
@@ -34,8 +33,6 @@ __all__ = [
     "retrain",
 ]
 
-TRAINERS = ("sklearn", "lightgbm")
-"""Model families `retrain` can fit."""
 _MIN_ROWS = 50
 
 
@@ -51,29 +48,6 @@ class RetrainResult:
     metrics: dict[str, float]
     parent_holdout_accuracy: float
     lineage: dict[str, Any] = field(default_factory=dict)
-
-
-def _fit(trainer: str, X: np.ndarray, y: np.ndarray, seed: int, estimators: int, depth: int):
-    if trainer == "sklearn":
-        from sklearn.ensemble import GradientBoostingClassifier
-
-        model = GradientBoostingClassifier(
-            n_estimators=estimators, max_depth=depth, learning_rate=0.2, random_state=seed
-        )
-    elif trainer == "lightgbm":
-        try:
-            import lightgbm
-        except ImportError as exc:
-            raise ValueError(
-                "--trainer lightgbm needs LightGBM: pip install 'streamml[train]'"
-            ) from exc
-        model = lightgbm.LGBMClassifier(
-            n_estimators=estimators, max_depth=depth, random_state=seed, verbose=-1
-        )
-    else:
-        raise ValueError(f"trainer must be one of {TRAINERS}, got {trainer!r}")
-    model.fit(X, y)
-    return model
 
 
 def retrain(
@@ -98,7 +72,7 @@ def retrain(
     or too few labelled rows.
     """
     from streamml.onnx_models import ModelRegistry, export
-    from streamml.onnx_models.training import evaluate
+    from streamml.onnx_models.training import evaluate, make_classifier
     from streamml.state.outcomes import labelled_rows
 
     registry = ModelRegistry(registry_dir)
@@ -120,7 +94,10 @@ def retrain(
     cut = n - max(1, round(n * holdout_fraction))
     X_train, y_train = data.X[:cut], data.y[:cut]
     X_hold, y_hold = data.X[cut:], data.y[cut:]
-    model = _fit(trainer, X_train, y_train.astype(str), seed, estimators, depth)
+    model = make_classifier(
+        trainer, n_estimators=estimators, max_depth=depth, learning_rate=0.2, seed=seed
+    )
+    model.fit(X_train, y_train.astype(str))
     metrics = evaluate(model, X_hold, y_hold.astype(str))
     parent_accuracy = float(np.mean(data.logged_labels[cut:] == y_hold))
     metrics["answering_model_accuracy"] = parent_accuracy
