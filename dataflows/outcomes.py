@@ -26,6 +26,7 @@ STREAMML_SEED                 the requests' seed                                
 STREAMML_NOW_MS               time of the last generated request (epoch ms)          (required
                                                                                      for
                                                                                      generate)
+STREAMML_DRIFT_AT_MS          the world's change, as given to the predict flow       never
 STREAMML_OUTCOME_SEED         seed of the outcome delays                             1
 STREAMML_MISSING_RATE         share of generated requests with no outcome            0.1
 STREAMML_JOIN_DIR             the join's pending state (RocksDB, one per shard)      STORE/
@@ -157,6 +158,7 @@ class OutcomesFlowConfig:
                 accounts=int(get("ACCOUNTS", "100000") or 0),
                 seed=int(get("SEED", "7") or 0),
                 now_ms=int(get("NOW_MS", str(RequestGeneratorConfig().now_ms)) or 0),
+                drift_at_ms=int(drift) if (drift := get("DRIFT_AT_MS")) else None,
             ),
             outcomes=OutcomeConfig(
                 seed=int(get("OUTCOME_SEED", "1") or 0),
@@ -189,6 +191,7 @@ class OutcomesFlowConfig:
             "ACCOUNTS": str(r.accounts),
             "SEED": str(r.seed),
             "NOW_MS": str(r.now_ms),
+            "DRIFT_AT_MS": "" if r.drift_at_ms is None else str(r.drift_at_ms),
             "OUTCOME_SEED": str(o.seed),
             "MISSING_RATE": repr(o.missing_rate),
             "JOIN_DIR": str(self.join_dir or ""),

@@ -178,6 +178,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--missing-rate", type=float, default=0.1, help="outcomes: share of requests with none"
     )
     p.add_argument("--outcome-seed", type=int, default=1, help="outcomes: seed of the delays")
+    p.add_argument("--drift-at", help="outcomes: the requests' --drift-at (epoch ms or ISO-8601)")
     p.add_argument("--events", type=int, default=1_000_000)
     p.add_argument("--accounts", type=int, default=100_000)
     p.add_argument("--seed", type=int, default=7)
@@ -232,8 +233,17 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         if not 0 <= args.missing_rate <= 1:
             print("streamml generate: --missing-rate must be in [0, 1]", file=sys.stderr)
             return 2
+        try:
+            drift = None if args.drift_at is None else parse_instant(args.drift_at)
+        except ValueError as exc:
+            print(f"streamml generate: --drift-at: {exc}", file=sys.stderr)
+            return 2
         requests = RequestGeneratorConfig(
-            requests=args.events, accounts=args.accounts, seed=args.seed, now_ms=end
+            requests=args.events,
+            accounts=args.accounts,
+            seed=args.seed,
+            now_ms=end,
+            drift_at_ms=drift,
         )
         print(write_outcomes(args.out, requests, args.missing_rate, args.outcome_seed))
         return 0

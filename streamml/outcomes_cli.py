@@ -63,6 +63,7 @@ def add_parser(flows: argparse._SubParsersAction) -> None:  # type: ignore[type-
     src.add_argument("--accounts", type=int, default=100_000, help="their distinct accounts")
     src.add_argument("--seed", type=int, default=7, help="the requests' seed")
     src.add_argument("--now", help="time of the last generated request (epoch ms or ISO-8601)")
+    src.add_argument("--drift-at", help="the requests' --drift-at (epoch ms or ISO-8601)")
     src.add_argument("--missing-rate", type=float, default=0.1, help="share with no outcome")
     kafka = p.add_argument_group("kafka")
     kafka.add_argument("--brokers", help="bootstrap servers HOST:PORT[,HOST:PORT...]")
@@ -147,7 +148,11 @@ def config_from_args(args: argparse.Namespace, stats_path: Path | None) -> Outco
         source=args.outcomes_source,
         paths=tuple(str(Path(p).resolve()) for p in args.input),
         requests=RequestGeneratorConfig(
-            requests=args.requests, accounts=args.accounts, seed=args.seed, now_ms=now
+            requests=args.requests,
+            accounts=args.accounts,
+            seed=args.seed,
+            now_ms=now,
+            drift_at_ms=None if args.drift_at is None else parse_instant(args.drift_at),
         ),
         outcomes=OutcomeConfig(missing_rate=args.missing_rate),
         join_dir=args.join_dir.resolve() if args.join_dir else None,

@@ -55,6 +55,11 @@ def add_parser(flows: argparse._SubParsersAction) -> None:  # type: ignore[type-
         "--now",
         help="time of the last generated request, epoch ms or ISO-8601 (default: the wall clock)",
     )
+    src.add_argument(
+        "--drift-at",
+        help="generated requests: a modem firmware rollout changes the world at this time "
+        "(epoch ms or ISO-8601)",
+    )
     kafka = p.add_argument_group("kafka")
     kafka.add_argument("--brokers", help="bootstrap servers HOST:PORT[,HOST:PORT...]")
     kafka.add_argument("--requests-topic", help="topic of prediction requests")
@@ -126,7 +131,11 @@ def config_from_args(args: argparse.Namespace, stats_path: Path | None) -> Predi
 
     now = time.time_ns() // 1_000_000 if args.now is None else parse_instant(args.now)
     generator = RequestGeneratorConfig(
-        requests=args.requests, accounts=args.accounts, seed=args.seed, now_ms=now
+        requests=args.requests,
+        accounts=args.accounts,
+        seed=args.seed,
+        now_ms=now,
+        drift_at_ms=None if args.drift_at is None else parse_instant(args.drift_at),
     )
     return PredictFlowConfig(
         requests=RequestsConfig(
