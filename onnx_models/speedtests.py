@@ -315,6 +315,7 @@ def _block(config: RequestGeneratorConfig, partition: int, block: int) -> Genera
     ts = config.now_ms - config.span_ms + ((index + 1) * config.span_ms) // max(size, 1)
     updated = _updated_modems(config, accounts, ts)
     cols["latency_ms"] = cols["latency_ms"] + updated * FIRMWARE_EFFECT["latency_ms"]
+    cols["packet_loss_pct"] = cols["packet_loss_pct"] + updated * FIRMWARE_EFFECT["packet_loss_pct"]
     scores = hidden_scores(cols)
     scores[:, CLASSES.index("modem")] += updated * FIRMWARE_EFFECT["modem_score"]
     gumbel = np.array([p.label_noise for p in profiles]).reshape(n, len(CLASSES))
@@ -339,7 +340,7 @@ def _block(config: RequestGeneratorConfig, partition: int, block: int) -> Genera
     return GeneratedRequests(requests, truth)
 
 
-FIRMWARE_EFFECT = {"latency_ms": 45.0, "modem_score": 2.5}
+FIRMWARE_EFFECT = {"latency_ms": 45.0, "packet_loss_pct": 0.0, "modem_score": 2.5}
 """What the firmware rollout does to a slow test on an updated modem: the latency it adds, and
 what it adds to the hidden modem score (enough to make it modem trouble nearly always)."""
 

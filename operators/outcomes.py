@@ -369,7 +369,7 @@ class PredictionStoreSource(FixedPartitionedSource[list[ScoredVariant], dict[str
 
     def list_parts(self) -> list[str]:
         """Return the one partition."""
-        return [f"store:{self.root}"]
+        return ["prediction-store"]
 
     def build_part(
         self, step_id: str, for_part: str, resume_state: dict[str, Any] | None

@@ -109,7 +109,9 @@ def add_parser(flows: argparse._SubParsersAction) -> None:  # type: ignore[type-
     out.add_argument("--processes", type=int, default=1, help="worker processes on this machine")
     out.add_argument("--json", action="store_true", help="print the summary as JSON")
     rec = p.add_argument_group("recovery")
-    rec.add_argument("--recovery-dir", type=Path, help="Bytewax recovery directory")
+    rec.add_argument(
+        "--recovery-dir", type=Path, help="Bytewax recovery directory (default JOIN_DIR/recovery)"
+    )
     rec.add_argument("--snapshot-interval", type=int, default=10, help="seconds between snapshots")
     p.set_defaults(func=_cmd_outcomes)
 
@@ -182,11 +184,9 @@ def run_outcomes(
     from streamml.recovery import ensure_recovery_dir, recovery_args
     from streamml.runner import run_flow_processes
 
-    extra: list[str] = []
-    if config.recovery_dir is not None:
-        ensure_recovery_dir(config.recovery_dir)
-        extra = recovery_args(config.recovery_dir, snapshot_interval_s)
     prepare(config)
+    ensure_recovery_dir(config.recovery)
+    extra = recovery_args(config.recovery, snapshot_interval_s)
     bar = Progress(enabled=show_progress)
 
     def progress(counters: dict[str, Any], elapsed: float) -> None:

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import orjson
 import pytest
-from bytewax.testing import run_main
 from streamml.dataflows.outcomes import OutcomesFlowConfig, build_flow
 from streamml.dataflows.predict import RequestsConfig
 from streamml.onnx_models.speedtests import (
@@ -29,7 +28,7 @@ from streamml.state.outcomes import read_outcomes
 from streamml.state.predictions import read_predictions
 
 from streamml.recovery import ensure_recovery_dir, recovery_args
-from tests.predict_support import MODEL, read_lines, run_predict_flow
+from tests.predict_support import MODEL, read_lines, run_outcome_flow, run_predict_flow
 
 NOW = 1_790_000_000_000
 DAY = 86_400_000
@@ -103,7 +102,7 @@ def test_outcomes_join_every_variant_and_report_the_rest(tmp_path: Path, registr
         dead_letters_out=tmp_path / "outcome-dead.jsonl",
         stats_path=tmp_path / "outcome-stats.json",
     )
-    run_main(build_flow(config))
+    run_outcome_flow(config)
     want = oracle(store, outcomes + strays, TTL)
     assert got(config) == want
     matched, unresolved, orphans = want
@@ -127,25 +126,27 @@ def test_a_second_run_resolves_what_waited(tmp_path: Path, registry) -> None:
     config = OutcomesFlowConfig(
         prediction_store=store, paths=(str(write_outcomes(tmp_path / "a.jsonl", outcomes[:half])),)
     )
-    run_main(build_flow(config))
+    run_outcome_flow(config)
     first = read_outcomes(store).num_rows
     assert 0 < first < 2 * len(outcomes)
-    # The second run reads the store again: the variants it already holds are not doubled.
+    # The second run resumes where the first ended: each variant is read and matched once.
     second = OutcomesFlowConfig(
         prediction_store=store,
         paths=(str(write_outcomes(tmp_path / "b.jsonl", outcomes[half:])),),
         drain=True,
     )
-    run_main(build_flow(second))
+    run_outcome_flow(second)
     rows = read_outcomes(store).to_pylist()
     assert len(rows) == len({(r["request_id"], r["variant"]) for r in rows})
     assert len(rows) == 2 * len(outcomes)
+    # The second run resumed after what the first read: nothing is left waiting or reported.
+    assert [r for r in read_lines(second.reports) if r["kind"] == "unresolved"] == []
 
 
 def test_the_join_state_refuses_other_shards(tmp_path: Path, registry) -> None:
     store, gen = predicted(tmp_path, registry, 50)
     path = write_outcomes(tmp_path / "o.jsonl", generate_outcomes(gen))
-    run_main(build_flow(OutcomesFlowConfig(prediction_store=store, paths=(str(path),))))
+    run_outcome_flow(OutcomesFlowConfig(prediction_store=store, paths=(str(path),)))
     with pytest.raises(RefusedError, match="shards"):
         build_flow(OutcomesFlowConfig(prediction_store=store, paths=(str(path),), shards=4))
 
@@ -167,7 +168,7 @@ def test_kill_9_with_recovery_matches_each_variant_once(tmp_path: Path, registry
         prediction_store=crashed_store, stats_path=tmp_path / "stats.json",
         recovery_dir=rdir, **base,
     )  # fmt: skip
-    run_main(build_flow(clean))
+    run_outcome_flow(clean)
     ensure_recovery_dir(rdir)
     extra = recovery_args(rdir, 1)
     rng = random.Random(3)

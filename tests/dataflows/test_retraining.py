@@ -7,8 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from bytewax.testing import run_main
-from streamml.dataflows.outcomes import OutcomesFlowConfig, build_flow
+from streamml.dataflows.outcomes import OutcomesFlowConfig
 from streamml.dataflows.predict import RequestsConfig
 from streamml.onnx_models import ModelRegistry
 from streamml.onnx_models.speedtests import OutcomeConfig, RequestGeneratorConfig, generate_outcomes
@@ -16,7 +15,7 @@ from streamml.state.outcomes import labelled_rows, read_outcomes
 from streamml.state.predictions import read_predictions
 
 from streamml.retraining import auto_promote, compare, retrain
-from tests.predict_support import MODEL, run_predict_flow
+from tests.predict_support import MODEL, run_outcome_flow, run_predict_flow
 
 NOW = 1_790_000_000_000
 HOUR = 3_600_000
@@ -38,7 +37,7 @@ def scored_and_joined(tmp: Path, registry, telemetry, n: int, seed: int, now: in
     import orjson
 
     path.write_bytes(b"".join(orjson.dumps(o) + b"\n" for o in outcomes))
-    run_main(build_flow(OutcomesFlowConfig(prediction_store=config.store, paths=(str(path),))))
+    run_outcome_flow(OutcomesFlowConfig(prediction_store=config.store, paths=(str(path),)))
     return config.store
 
 
