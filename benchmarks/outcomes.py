@@ -3,7 +3,7 @@
 A prediction store of `--predictions` rows (one answering variant per request, the prediction
 store's real schema, requests spread over a day) is written directly as Parquet; the outcomes
 of a share `--observed` of them, observed minutes to hours later, go to a JSON lines file. The
-flow runs as the CLI runs it (worker process, default settings, no recovery), `--repeats` times
+flow runs as the CLI runs it (worker process, default settings, its recovery dir), `--repeats` times
 on a fresh join state: figures are medians with min and max. Without outcomes (`--observed 0`)
 every prediction stays pending in RocksDB, which shows the memory the wait costs.
 """
@@ -24,6 +24,7 @@ from streamml.dataflows.outcomes import OutcomesFlowConfig, prepare
 from streamml.state._parquet import write_part
 from streamml.state.predictions import FEATURE_TYPE, LATENCY_TYPE, PREDICTION_SCHEMA
 
+from streamml.recovery import ensure_recovery_dir, recovery_args
 from streamml.runner import run_flow_processes
 
 __all__ = ["register", "run_outcome_bench"]
@@ -102,8 +103,12 @@ def run_outcome_bench(
                 stats_path=root / f"stats-{i}.json",
             )
             prepare(config)
+            ensure_recovery_dir(config.recovery)
             result = run_flow_processes(
-                "streamml.dataflows.outcomes:flow", config.to_env(), stats_path=config.stats_path
+                "streamml.dataflows.outcomes:flow",
+                config.to_env(),
+                stats_path=config.stats_path,
+                extra_args=recovery_args(config.recovery, 10),
             )
             if result.returncode != 0:
                 raise RuntimeError(f"the outcome flow failed (exit {result.returncode})")
