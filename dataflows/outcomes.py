@@ -27,6 +27,8 @@ STREAMML_NOW_MS               time of the last generated request (epoch ms)     
                                                                                      for
                                                                                      generate)
 STREAMML_DRIFT_AT_MS          the world's change, as given to the predict flow       never
+STREAMML_STREAM               the requests' stream, as given to the predict flow     0
+STREAMML_SPAN_MS              the requests' span, as given to the predict flow       1 hour
 STREAMML_OUTCOME_SEED         seed of the outcome delays                             1
 STREAMML_MISSING_RATE         share of generated requests with no outcome            0.1
 STREAMML_JOIN_DIR             the join's pending state (RocksDB, one per shard)      STORE/
@@ -170,6 +172,8 @@ class OutcomesFlowConfig:
                 seed=int(get("SEED", "7") or 0),
                 now_ms=int(get("NOW_MS", str(RequestGeneratorConfig().now_ms)) or 0),
                 drift_at_ms=int(drift) if (drift := get("DRIFT_AT_MS")) else None,
+                stream=int(get("STREAM", "0") or 0),
+                span_ms=int(get("SPAN_MS", "3600000") or 0),
             ),
             outcomes=OutcomeConfig(
                 seed=int(get("OUTCOME_SEED", "1") or 0),
@@ -203,6 +207,8 @@ class OutcomesFlowConfig:
             "SEED": str(r.seed),
             "NOW_MS": str(r.now_ms),
             "DRIFT_AT_MS": "" if r.drift_at_ms is None else str(r.drift_at_ms),
+            "STREAM": str(r.stream),
+            "SPAN_MS": str(r.span_ms),
             "OUTCOME_SEED": str(o.seed),
             "MISSING_RATE": repr(o.missing_rate),
             "JOIN_DIR": str(self.join_dir or ""),

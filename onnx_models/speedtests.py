@@ -222,6 +222,9 @@ class RequestGeneratorConfig:
     requests and the account profiles, so a telemetry service started with the same seed answers
     the same truth. `batch_size` is how many requests a source partition emits at a time.
 
+    `stream` draws another stream of requests from the same accounts (a later day, say): its
+    request ids are ``st-SEED-sSTREAM-PARTITION-INDEX``; stream 0 is ``st-SEED-PARTITION-INDEX``.
+
     `drift_at_ms` changes the world at that time: a modem firmware rollout reaches a share
     `drift_share` of the accounts (drawn from the account id), and from then on a slow test on
     an updated modem is modem trouble that looks like network trouble (see `FIRMWARE_EFFECT`).
@@ -238,6 +241,7 @@ class RequestGeneratorConfig:
     batch_size: int = 1024
     drift_at_ms: int | None = None
     drift_share: float = 0.5
+    stream: int = 0
 
     def __post_init__(self) -> None:
         problems = []
@@ -303,7 +307,9 @@ def _block(config: RequestGeneratorConfig, partition: int, block: int) -> Genera
     size = partition_sizes(config)[partition]
     first = block * _BLOCK
     n = min(_BLOCK, size - first)
-    rng = np.random.default_rng([config.seed, partition, block, 0x5EED])
+    key = [config.seed, partition, block, 0x5EED] + ([config.stream] if config.stream else [])
+    rng = np.random.default_rng(key)
+    prefix = f"st-{config.seed}-s{config.stream}" if config.stream else f"st-{config.seed}"
     cdf, perm = _popularity(config.seed, config.accounts, config.zipf)
     ids = perm[np.minimum(np.searchsorted(cdf, rng.random(n)), config.accounts - 1)]
     accounts = [f"acct-{i:08d}" for i in ids.tolist()]
@@ -326,7 +332,7 @@ def _block(config: RequestGeneratorConfig, partition: int, block: int) -> Genera
     context = np.stack([cols[name] for name in CONTEXT_FIELDS], axis=1).tolist()
     requests, truth = [], []
     for i in range(n):
-        request_id = f"st-{config.seed}-{partition}-{first + i}"
+        request_id = f"{prefix}-{partition}-{first + i}"
         requests.append(
             {
                 "request_id": request_id,
@@ -340,9 +346,10 @@ def _block(config: RequestGeneratorConfig, partition: int, block: int) -> Genera
     return GeneratedRequests(requests, truth)
 
 
-FIRMWARE_EFFECT = {"latency_ms": 45.0, "packet_loss_pct": 0.0, "modem_score": 2.5}
-"""What the firmware rollout does to a slow test on an updated modem: the latency it adds, and
-what it adds to the hidden modem score (enough to make it modem trouble nearly always)."""
+FIRMWARE_EFFECT = {"latency_ms": 20.0, "packet_loss_pct": 5.0, "modem_score": 2.5}
+"""What the firmware rollout does to a slow test on an updated modem: the latency and packet
+loss it adds, and what it adds to the hidden modem score (enough to make it modem trouble
+nearly always)."""
 
 
 def firmware_updated(account: str, share: float) -> bool:

@@ -30,10 +30,17 @@ def register(sub: argparse._SubParsersAction) -> None:
             "features) and show the summary, alerts and online feature values; then "
             "start the telemetry service and answer generated slow speed tests with the "
             "prediction flow (selection, feature assembly, on-demand fetches, ONNX scoring), and "
-            "recompute the online features the predictions logged from the history store. "
+            "recompute the online features the predictions logged from the history store, and "
+            "join the requests' outcomes to every prediction. `streamml demo lifecycle` runs "
+            "four days instead: a modem firmware rollout changes the world on day 2, the live "
+            "model's accuracy falls (estimated before outcomes, realised after), a model "
+            "retrained on day 2 runs as a shadow on day 3 and is promoted for day 4. "
             "Everything is written under --dir and replaced on each run."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "which", nargs="?", choices=["main", "lifecycle"], default="main", help="which demo"
     )
     p.add_argument("--dir", type=Path, default=Path(".demo"), help="working folder")
     p.add_argument("--events", type=int, default=300_000)
@@ -45,6 +52,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run_demo(args: argparse.Namespace) -> int:
     """Run the demo; returns the exit code."""
+    if args.which == "lifecycle":
+        from streamml.lifecycle import print_figures, run_lifecycle
+
+        root = args.dir.resolve() / "lifecycle"
+        print(
+            f"the speed-test triage model over four days of generated requests ({root}); a "
+            "modem firmware rollout changes the world at the start of day 2"
+        )
+        figures = run_lifecycle(root, requests=args.requests, seed=args.seed)
+        print_figures(figures)
+        return 0
     from streamml.dataflows.features import FeaturesConfig, SourceInput
     from streamml.features_run_cli import run_features
     from streamml.generate_cli import write_events, write_speed_tests
