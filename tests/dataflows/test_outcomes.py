@@ -189,3 +189,33 @@ def test_kill_9_with_recovery_matches_each_variant_once(tmp_path: Path, registry
     assert kills >= 1
     assert got(crashed) == got(clean)
     assert sum(got(clean)[0].values()) > 5000
+
+
+def test_outcomes_from_kafka(tmp_path: Path, registry, kafka_broker, make_topic) -> None:
+    from kafka import KafkaProducer
+
+    store, gen = predicted(tmp_path, registry, 500)
+    outcomes = generate_outcomes(gen, OutcomeConfig(max_delay_ms=DAY, missing_rate=0.1))
+    topic = make_topic(3)
+    producer = KafkaProducer(bootstrap_servers=kafka_broker, acks="all")
+    for o in outcomes:
+        producer.send(topic, orjson.dumps(o), key=o["request_id"].encode())
+    producer.send(topic, b"{broken", key=b"x")
+    producer.flush()
+    producer.close()
+    config = OutcomesFlowConfig(
+        prediction_store=store,
+        source="kafka",
+        outcome_ttl_ms=TTL,
+        drain=True,
+        dead_letters_out=tmp_path / "dead.jsonl",
+        kafka_env=(
+            ("STREAMML_KAFKA_BROKERS", kafka_broker),
+            ("STREAMML_KAFKA_TOPIC", topic),
+            ("STREAMML_KAFKA_START", "earliest"),
+            ("STREAMML_KAFKA_STOP_AT_END", "1"),
+        ),
+    )
+    run_outcome_flow(config)
+    assert got(config) == oracle(store, outcomes, TTL)
+    assert [d["reason"] for d in read_lines(config.dead_letters_out)] == ["not_json"]
