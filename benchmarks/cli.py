@@ -61,6 +61,11 @@ BENCHMARKS: tuple[Command, ...] = (
         "streamml.benchmarks.training_sets",
     ),
     Command(
+        "outcomes",
+        "outcome join: outcomes/s and memory with many pending predictions",
+        "streamml.benchmarks.outcomes",
+    ),
+    Command(
         "monitor",
         "live performance metrics: 1M predictions + 900k outcomes, cost per prediction",
         "streamml.benchmarks.monitor",

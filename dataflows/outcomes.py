@@ -26,6 +26,9 @@ STREAMML_SEED                 the requests' seed                                
 STREAMML_NOW_MS               time of the last generated request (epoch ms)          (required
                                                                                      for
                                                                                      generate)
+STREAMML_DRIFT_AT_MS          the world's change, as given to the predict flow       never
+STREAMML_STREAM               the requests' stream, as given to the predict flow     0
+STREAMML_SPAN_MS              the requests' span, as given to the predict flow       1 hour
 STREAMML_OUTCOME_SEED         seed of the outcome delays                             1
 STREAMML_MISSING_RATE         share of generated requests with no outcome            0.1
 STREAMML_JOIN_DIR             the join's pending state (RocksDB, one per shard)      STORE/
@@ -42,7 +45,8 @@ STREAMML_REPORTS_OUT          JSON lines of unresolved predictions and orphans  
 STREAMML_DEAD_LETTERS_OUT     JSON lines file of dead letters                        none
 STREAMML_STATS_PATH           JSON file of run counters, rewritten while running     none
 STREAMML_PIPELINE_VERSION     version written with every matched row                 outcomes/1
-STREAMML_RECOVERY_DIR         the Bytewax recovery dir (``-r``) when run with one    none
+STREAMML_RECOVERY_DIR         the Bytewax recovery dir (``-r``): always used         JOIN_DIR/
+                                                                                     recovery
 STREAMML_KAFKA_*              Kafka outcome source (``BROKERS``, ``TOPIC``,
                               ``START``, ``STOP_AT_END``, security settings; see
                               `streamml.operators.kafka`)
@@ -81,7 +85,7 @@ from streamml.operators.records import DeadLetter, RecordList
 from streamml.operators.recovery_state import check_output_file
 from streamml.operators.shard import shard_key
 from streamml.operators.sinks import DayStoreSink, JsonLinesSink, StatsSink
-from streamml.operators.sources import FileSource
+from streamml.operators.sources import FileListSource
 from streamml.state.errors import RefusedError
 from streamml.state.files import atomic_write
 from streamml.state.outcomes import OutcomeWriter
@@ -135,6 +139,16 @@ class OutcomesFlowConfig:
         return self.join_dir or self.prediction_store / "join-state"
 
     @property
+    def recovery(self) -> Path:
+        """The Bytewax recovery dir the flow always runs with.
+
+        The join's pending state lives across runs, so what was read of the prediction store
+        and of the outcome inputs must too: the flow always runs with recovery, and each run
+        resumes where the last one ended.
+        """
+        return self.recovery_dir or self.join_state / "recovery"
+
+    @property
     def reports(self) -> Path:
         """The JSON lines file of unresolved predictions and orphan outcomes."""
         return self.reports_out or self.prediction_store / "outcome-reports.jsonl"
@@ -157,6 +171,9 @@ class OutcomesFlowConfig:
                 accounts=int(get("ACCOUNTS", "100000") or 0),
                 seed=int(get("SEED", "7") or 0),
                 now_ms=int(get("NOW_MS", str(RequestGeneratorConfig().now_ms)) or 0),
+                drift_at_ms=int(drift) if (drift := get("DRIFT_AT_MS")) else None,
+                stream=int(get("STREAM", "0") or 0),
+                span_ms=int(get("SPAN_MS", "3600000") or 0),
             ),
             outcomes=OutcomeConfig(
                 seed=int(get("OUTCOME_SEED", "1") or 0),
@@ -189,6 +206,9 @@ class OutcomesFlowConfig:
             "ACCOUNTS": str(r.accounts),
             "SEED": str(r.seed),
             "NOW_MS": str(r.now_ms),
+            "DRIFT_AT_MS": "" if r.drift_at_ms is None else str(r.drift_at_ms),
+            "STREAM": str(r.stream),
+            "SPAN_MS": str(r.span_ms),
             "OUTCOME_SEED": str(o.seed),
             "MISSING_RATE": repr(o.missing_rate),
             "JOIN_DIR": str(self.join_dir or ""),
@@ -215,7 +235,7 @@ def prepare(config: OutcomesFlowConfig) -> None:
     """
     join = config.join_state
     join.mkdir(parents=True, exist_ok=True)
-    settings = {"shards": config.shards, "join_by": config.join_by}
+    settings = {"shards": config.shards, "join_by": config.join_by, "source": config.source}
     marker = join / _JOIN_FILE
     if marker.exists():
         stored = orjson.loads(marker.read_bytes())
@@ -227,19 +247,19 @@ def prepare(config: OutcomesFlowConfig) -> None:
                 )
     else:
         atomic_write(marker, orjson.dumps(settings))
-    if config.recovery_dir is not None:
-        for step, target in (
-            ("reports-out", config.reports),
-            ("dead-out", config.dead_letters_out),
-        ):
-            if target is not None:
-                check_output_file(config.recovery_dir, f"outcomes.{step}", target)
+    for step, target in (("reports-out", config.reports), ("dead-out", config.dead_letters_out)):
+        if target is not None:
+            check_output_file(config.recovery, f"outcomes.{step}", target)
 
 
-class _GeneratedPartition(StatefulSourcePartition[RecordList, int]):
-    def __init__(self, name: str, config: OutcomesFlowConfig, resume: int | None) -> None:
+class _GeneratedPartition(StatefulSourcePartition[RecordList, dict]):
+    def __init__(self, name: str, config: OutcomesFlowConfig, resume: dict | None) -> None:
         self.name = name
-        self.pos = resume or 0
+        r, o = config.requests, config.outcomes
+        self.key = orjson.dumps([r.requests, r.accounts, r.seed, r.now_ms, r.drift_at_ms, o.seed])
+        self.key = self.key.decode()
+        # Outcomes of other generated requests than the last run's start from the beginning.
+        self.pos = resume["pos"] if resume and resume.get("key") == self.key else 0
         self.values = [orjson.dumps(o) for o in generate_outcomes(config.requests, config.outcomes)]
 
     def next_batch(self) -> list[RecordList]:
@@ -250,11 +270,11 @@ class _GeneratedPartition(StatefulSourcePartition[RecordList, int]):
         self.pos = end
         return [batch]
 
-    def snapshot(self) -> int:
-        return self.pos
+    def snapshot(self) -> dict:
+        return {"key": self.key, "pos": self.pos}
 
 
-class GeneratedOutcomeSource(FixedPartitionedSource[RecordList, int]):
+class GeneratedOutcomeSource(FixedPartitionedSource[RecordList, dict]):
     """The outcomes of the generated requests (`generate_outcomes`), as JSON messages."""
 
     def __init__(self, config: OutcomesFlowConfig) -> None:
@@ -262,16 +282,16 @@ class GeneratedOutcomeSource(FixedPartitionedSource[RecordList, int]):
 
     def list_parts(self) -> list[str]:
         """Return the one partition."""
-        return [f"outcomes:{self.config.requests.seed}:{self.config.outcomes.seed}"]
+        return ["outcomes-generated"]
 
-    def build_part(self, step_id: str, for_part: str, resume_state: int | None):
-        """Build the partition, at `resume_state` (the next outcome's index) if resuming."""
+    def build_part(self, step_id: str, for_part: str, resume_state: dict | None):
+        """Build the partition, after the outcomes `resume_state` says were emitted."""
         return _GeneratedPartition(for_part, self.config, resume_state)
 
 
 def _outcome_source(config: OutcomesFlowConfig):
     if config.source == "file":
-        return FileSource(list(config.paths), fmt="jsonl", settle_ms=0)
+        return FileListSource(list(config.paths), name="outcome-files")
     if config.source == "generate":
         return GeneratedOutcomeSource(config)
     from streamml.operators.kafka import KafkaSource, KafkaSourceConfig
@@ -318,7 +338,7 @@ def build_flow(config: OutcomesFlowConfig) -> Dataflow:
             outcome_ttl_ms=config.outcome_ttl_ms,
             lateness_ms=config.lateness_ms,
             join_by=join_by,
-            recovery=config.recovery_dir is not None,
+            recovery=True,
             drain=config.drain,
         ),
     )
@@ -330,21 +350,21 @@ def build_flow(config: OutcomesFlowConfig) -> Dataflow:
             config.pipeline_version,
             {"matched": OutcomeWriter},
             shards=shards,
-            recovery_dir=config.recovery_dir,
+            recovery_dir=config.recovery,
         ),
     )
     reports = op.flat_map("reports", joined, lambda kv: kv[1].reports)
     op.output(
         "reports-out",
         op.key_on("reports-key", reports, lambda _x: "all"),
-        JsonLinesSink(config.reports, recovery_dir=config.recovery_dir),
+        JsonLinesSink(config.reports, recovery_dir=config.recovery),
     )
     dead = op.merge("dead", valid.falses, op.flat_map("refused", joined, lambda kv: kv[1].dead))
     if config.dead_letters_out is not None:
         op.output(
             "dead-out",
             op.key_on("dead-key", dead, lambda _x: "all"),
-            JsonLinesSink(config.dead_letters_out, recovery_dir=config.recovery_dir),
+            JsonLinesSink(config.dead_letters_out, recovery_dir=config.recovery),
         )
     stats = op.merge(
         "stats",

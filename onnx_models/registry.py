@@ -61,7 +61,7 @@ from streamml.onnx_models._files import atomic_write
 from streamml.onnx_models._routing_store import REVISION_FILE, RoutingStore
 from streamml.onnx_models.contract import ContractError, FeatureContract
 from streamml.onnx_models.errors import ModelNotFoundError, RegistryError, UnsafeModelError
-from streamml.onnx_models.exporter import INPUT_NAME, read_metadata
+from streamml.onnx_models.model_format import INPUT_NAME, read_metadata
 from streamml.onnx_models.reference import validate_reference
 
 __all__ = [
@@ -125,6 +125,11 @@ class ModelVersion:
     def ref(self) -> str:
         """`name@version`."""
         return f"{self.name}@{self.version}"
+
+    @property
+    def output_kind(self) -> str:
+        """`classifier` (label and probabilities) or `regressor` (one value), from provenance."""
+        return str(self.provenance.get("output_kind") or "classifier")
 
     def to_json(self) -> dict[str, Any]:
         """Return a JSON-ready dict."""
@@ -491,12 +496,15 @@ class ModelRegistry(RoutingStore):
         name: str | None = None,
         version: str | None = None,
         registered_by: str | None = None,
+        lineage: Mapping[str, Any] | None = None,
         training_reference: Mapping[str, Any] | None = None,
     ) -> ModelVersion:
         """Copy an ONNX file into the registry as a new `candidate` version.
 
-        `training_reference` (see `streamml.onnx_models.reference`) defaults to the one in the
-        model's metadata; a version stored without one has no live drift figures.
+        `lineage` (JSON-ready: the training set's fingerprint, parent version, ...) is kept in
+        the version's provenance. `training_reference` (see `streamml.onnx_models.reference`)
+        defaults to the one in the model's metadata; a version stored without one has no live
+        drift figures.
 
         `name` and `version` default to the model's `streamml.name` / `streamml.version`
         metadata; a version that is missing or already used by different bytes falls back to the
@@ -591,11 +599,13 @@ class ModelRegistry(RoutingStore):
                     "created_at": meta.get("created_at"),
                     "created_by": meta.get("created_by"),
                     "estimator": meta.get("estimator"),
+                    "output_kind": meta.get("output_kind", "classifier"),
                     "libraries": meta.get("libraries", {}),
                     "export_version": meta.get("version"),
                     "source_path": str(src.resolve()),
                     "registered_at": now,
                     "registered_by": registered_by or os.environ.get("USER") or "unknown",
+                    **({"lineage": dict(lineage)} if lineage else {}),
                 },
             }
             tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=ndir / "versions"))

@@ -27,10 +27,13 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from bytewax import operators as op
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
@@ -248,42 +251,56 @@ def _part_name(path: Path) -> tuple[str, int] | None:
     return (writer, int(seq)) if seq.isdigit() and writer else None
 
 
-def read_variants(path: Path) -> list[ScoredVariant]:
-    """Read one prediction store file as scored variants, in request-time order."""
-    table = pq.read_table(path, columns=_VARIANT_COLUMNS)
-    cols = {c: table.column(c) for c in _VARIANT_COLUMNS}
-    ts = cols["request_ts"].cast("int64").to_pylist()
-    rows = zip(
-        cols["request_id"].to_pylist(),
-        cols["model"].to_pylist(),
-        cols["version"].to_pylist(),
-        cols["variant"].to_pylist(),
-        cols["role"].to_pylist(),
-        cols["account"].to_pylist(),
-        ts,
-        cols["label"].to_pylist(),
-        cols["probabilities"].to_pylist(),
-        cols["classes"].to_pylist(),
-        cols["metadata_revision"].to_pylist(),
-        strict=True,
-    )
-    out = [
+def _variants(table: pa.Table) -> list[ScoredVariant]:
+    cols = [table.column(c).to_pylist() for c in _VARIANT_COLUMNS]
+    return [
         ScoredVariant(r, m, v, var, role, a, t, lab, tuple(p), tuple(c), rev)
-        for r, m, v, var, role, a, t, lab, p, c, rev in rows
+        for r, m, v, var, role, a, t, lab, p, c, rev in zip(*cols, strict=True)
     ]
-    out.sort(key=lambda x: x.request_ts)
-    return out
 
 
-class _StorePartition(StatefulSourcePartition[list[ScoredVariant], dict[str, int]]):
+def read_group(paths: Sequence[Path]) -> pa.Table:
+    """Read prediction store files as one table in request-time order (then request, variant)."""
+    tables = [pq.read_table(p, columns=_VARIANT_COLUMNS) for p in paths]
+    table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+    table = table.set_column(
+        _VARIANT_COLUMNS.index("request_ts"),
+        "request_ts",
+        table.column("request_ts").cast(pa.int64()),
+    )
+    order = pc.sort_indices(
+        table,
+        sort_keys=[
+            ("request_ts", "ascending"),
+            ("request_id", "ascending"),
+            ("variant", "ascending"),
+        ],
+    )
+    return table.take(order)
+
+
+_GROUP_ROWS = 4096
+
+
+class _StorePartition(StatefulSourcePartition[list[ScoredVariant], dict[str, Any]]):
+    """Reads the files found at each look, a UTC day at a time, merged in request-time order.
+
+    The resume state holds, per writer, the last file wholly emitted, and the day group being
+    emitted (its files and how many of its rows were emitted), so a restart emits each row once.
+    """
+
     def __init__(
-        self, root: Path, resume: dict[str, int] | None, follow: bool, poll_s: float
+        self, root: Path, resume: dict[str, Any] | None, follow: bool, poll_s: float
     ) -> None:
         self.root = root
-        self.read = dict(resume or {})
+        resume = resume or {}
+        self.read: dict[str, int] = dict(resume.get("read", {}))
+        self.group: list[tuple[str, int, str]] = [tuple(g) for g in resume.get("group", [])]
+        self.offset: int = resume.get("offset", 0)
         self.follow = follow
         self.poll_s = poll_s
-        self._queue: list[tuple[str, int, Path]] = []
+        self._table: pa.Table | None = None
+        self._pending: list[list[tuple[str, int, str]]] = []
         self._idle = False
 
     def _scan(self) -> None:
@@ -292,46 +309,57 @@ class _StorePartition(StatefulSourcePartition[list[ScoredVariant], dict[str, int
             name = _part_name(path)
             if name is not None:
                 found.setdefault(name[0], {})[name[1]] = path
-        queue = []
+        by_day: dict[str, list[tuple[str, int, str]]] = {}
         for writer, parts in found.items():
             seq = self.read.get(writer, -1) + 1
             # A writer numbers its files 0, 1, 2, ...: read them in order and wait at a gap.
             while seq in parts:
-                queue.append((writer, seq, parts[seq]))
+                path = parts[seq]
+                by_day.setdefault(path.parent.name, []).append((writer, seq, str(path)))
                 seq += 1
-        self._queue = queue
+        self._pending = [by_day[day] for day in sorted(by_day)]
 
     def next_batch(self) -> list[list[ScoredVariant]]:
-        if not self._queue:
-            self._scan()
-            if not self._queue:
+        if not self.group:
+            if not self._pending:
+                self._scan()
+            if not self._pending:
                 if not self.follow:
                     raise StopIteration
                 self._idle = True
                 return []
+            self.group, self.offset = self._pending.pop(0), 0
         self._idle = False
-        writer, seq, path = self._queue.pop(0)
-        variants = read_variants(path)
-        self.read[writer] = seq
-        return [variants] if variants else []
+        if self._table is None:
+            self._table = read_group([Path(p) for _, _, p in self.group])
+        rows = self._table.slice(self.offset, _GROUP_ROWS)
+        self.offset += rows.num_rows
+        if self.offset >= self._table.num_rows:
+            for writer, seq, _ in self.group:
+                self.read[writer] = max(self.read.get(writer, -1), seq)
+            self.group, self.offset, self._table = [], 0, None
+        return [_variants(rows)] if rows.num_rows else []
 
-    def next_awake(self):
+    def next_awake(self) -> datetime | None:
         if self._idle:
-            from datetime import UTC, datetime, timedelta
-
             return datetime.now(UTC) + timedelta(seconds=self.poll_s)
         return None
 
-    def snapshot(self) -> dict[str, int]:
-        return dict(self.read)
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "read": dict(self.read),
+            "group": [list(g) for g in self.group],
+            "offset": self.offset,
+        }
 
 
-class PredictionStoreSource(FixedPartitionedSource[list[ScoredVariant], dict[str, int]]):
-    """Read a prediction store's rows as lists of `ScoredVariant`s, file by file.
+class PredictionStoreSource(FixedPartitionedSource[list[ScoredVariant], dict[str, Any]]):
+    """Read a prediction store's rows as lists of `ScoredVariant`s, in request-time order.
 
-    One partition; the resume state is, per writer, the last file read, so a restart reads
-    each file once. With `follow`, the source keeps looking for new files every `poll_s`
-    seconds; without it, it ends once every file is read.
+    One partition. Each look finds the files not read yet (each writer's in sequence, stopping
+    at a gap) and emits them a UTC day at a time, the day's rows merged in request-time order.
+    With `follow`, the source looks again every `poll_s` seconds; without it, it ends once
+    every file is read.
     """
 
     def __init__(self, root: str | Path, *, follow: bool = False, poll_s: float = 1.0) -> None:
@@ -341,12 +369,12 @@ class PredictionStoreSource(FixedPartitionedSource[list[ScoredVariant], dict[str
 
     def list_parts(self) -> list[str]:
         """Return the one partition."""
-        return [f"store:{self.root}"]
+        return ["prediction-store"]
 
     def build_part(
-        self, step_id: str, for_part: str, resume_state: dict[str, int] | None
+        self, step_id: str, for_part: str, resume_state: dict[str, Any] | None
     ) -> _StorePartition:
-        """Build the partition, after the files `resume_state` says were read."""
+        """Build the partition, after the rows `resume_state` says were emitted."""
         return _StorePartition(self.root, resume_state, self.follow, self.poll_s)
 
 
@@ -473,6 +501,7 @@ class JoinShard(StatefulBatchLogic[Any, JoinOutput, tuple[str, int]]):
         return _NO_CLOCK if low == _NO_CLOCK else low - self.config.lateness_ms
 
     def on_batch(self, values: list[Any]) -> tuple[list[JoinOutput], bool]:
+        """Apply a batch of items, write the changes in one WriteBatch, then expire."""
         out = JoinOutput()
         counts: dict[str, int] = {}
         if self.store is None:
@@ -601,6 +630,7 @@ class JoinShard(StatefulBatchLogic[Any, JoinOutput, tuple[str, int]]):
             self.store.write(puts, index)
 
     def on_eof(self) -> tuple[list[JoinOutput], bool]:
+        """With `drain`, report whatever still waits."""
         if not self.config.drain or self.store is None:
             return [], False
         out = JoinOutput()
@@ -610,11 +640,13 @@ class JoinShard(StatefulBatchLogic[Any, JoinOutput, tuple[str, int]]):
         return ([out] if out.reports or counts else []), False
 
     def snapshot(self) -> tuple[str, int]:
+        """Close the store's epoch; the resume state is the shard and the epochs closed."""
         if self.store is None:
             return self.resume  # type: ignore[return-value]
         return self.shard, self.store.end_epoch()
 
     def close(self) -> None:
+        """Close the store."""
         if self.store is not None:
             self.store.close()
 

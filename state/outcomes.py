@@ -14,13 +14,16 @@ the database back to the epoch the recovery dir resumes from.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from rocksdict import Options, Rdict, WriteBatch, WriteOptions
 from streamml.state._parquet import DayPartitionedWriter, read_partitioned
 from streamml.state.errors import RefusedError
@@ -29,8 +32,10 @@ __all__ = [
     "OUTCOMES_DIR",
     "OUTCOME_SCHEMA",
     "JoinStore",
+    "LabelledRows",
     "OutcomeRecord",
     "OutcomeWriter",
+    "labelled_rows",
     "read_outcomes",
 ]
 
@@ -270,3 +275,90 @@ class JoinStore:
     def destroy(path: str | os.PathLike[str]) -> None:
         """Delete a join store's files."""
         shutil.rmtree(path, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class LabelledRows:
+    """Scored requests with their outcome, as a training matrix (see `labelled_rows`)."""
+
+    X: np.ndarray
+    y: np.ndarray
+    request_ts: np.ndarray
+    request_ids: list[str]
+    logged_labels: np.ndarray
+    feature_names: tuple[str, ...]
+    feature_versions: dict[str, list[str]]
+    dropped_incomplete: int
+
+    def fingerprint(self) -> str:
+        """Return the sha256 of the rows (features, labels and request ids, in order)."""
+        h = hashlib.sha256()
+        h.update(np.ascontiguousarray(self.X, dtype=np.float64).tobytes())
+        h.update("\x00".join(self.y.tolist()).encode())
+        h.update("\x00".join(self.request_ids).encode())
+        return h.hexdigest()
+
+
+def labelled_rows(
+    root: str | os.PathLike[str],
+    model: str,
+    feature_names: Sequence[str],
+    *,
+    since: int | None = None,
+    until: int | None = None,
+    role: str = "answer",
+) -> LabelledRows:
+    """Return the answered requests of `model` that got an outcome, in request-time order.
+
+    Each row is the request's features as the model scored them (the prediction store's logged
+    values, whatever their source: request context, online store, on-demand service or default),
+    in `feature_names` order, labelled with the outcome from the outcome store; `since` and
+    `until` (epoch ms) bound the request time, `[since, until)`. Rows lacking a value for one of
+    the features are dropped and counted.
+    """
+    from streamml.state.predictions import read_predictions
+
+    names = tuple(feature_names)
+    preds = read_predictions(root).select(
+        ["request_id", "model", "variant", "role", "request_ts", "label", "features"]
+    )
+    ts = preds.column("request_ts").cast(pa.int64())
+    keep = pc.and_(pc.equal(preds.column("model"), model), pc.equal(preds.column("role"), role))
+    if since is not None:
+        keep = pc.and_(keep, pc.greater_equal(ts, since))
+    if until is not None:
+        keep = pc.and_(keep, pc.less(ts, until))
+    preds = preds.filter(keep)
+    outcomes = read_outcomes(root).select(["request_id", "variant", "outcome"])
+    features = preds.column("features")
+    keys = preds.drop_columns(["features"]).append_column(
+        "row", pa.array(np.arange(preds.num_rows, dtype=np.int64))
+    )
+    joined = keys.join(outcomes, keys=["request_id", "variant"], join_type="inner")
+    joined = joined.sort_by([("request_ts", "ascending"), ("request_id", "ascending")])
+    n = joined.num_rows
+    X = np.full((n, len(names)), np.nan)
+    versions: dict[str, set[str]] = {name: set() for name in names}
+    feats = features.take(joined.column("row")).combine_chunks()
+    if n and len(feats.values):
+        parents = pc.list_parent_indices(feats).to_numpy()
+        flat = feats.values
+        fnames = np.asarray(flat.field("name").to_pylist(), dtype=object)
+        values = flat.field("value").to_numpy(zero_copy_only=False)
+        fversions = np.asarray(flat.field("version").to_pylist(), dtype=object)
+        for j, name in enumerate(names):
+            sel = fnames == name
+            X[parents[sel], j] = values[sel]
+            versions[name].update(v for v in fversions[sel].tolist() if v)
+    complete = ~np.isnan(X).any(axis=1)
+    rows = joined.filter(pa.array(complete))
+    return LabelledRows(
+        X=X[complete],
+        y=np.asarray(rows.column("outcome").to_pylist(), dtype=object),
+        request_ts=rows.column("request_ts").cast(pa.int64()).to_numpy(),
+        request_ids=rows.column("request_id").to_pylist(),
+        logged_labels=np.asarray(rows.column("label").to_pylist(), dtype=object),
+        feature_names=names,
+        feature_versions={k: sorted(v) for k, v in versions.items()},
+        dropped_incomplete=int((~complete).sum()),
+    )

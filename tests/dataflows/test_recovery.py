@@ -160,8 +160,8 @@ def run_with_kills(
 
     Each kill comes at a random moment of its attempt's window (seconds after the flow starts
     reading); a window starting at AFTER_SNAPSHOT or later also waits for the source's first
-    snapshot, so some restart resumes from a snapshot however slow the machine. With several processes the
-    whole group is killed at once.
+    snapshot, so some restart resumes from a snapshot however slow the machine. With several
+    processes the whole group is killed at once.
     """
     rng = random.Random(seed)
     rdir = config.recovery_dir

@@ -218,3 +218,30 @@ def test_outcomes_joined_by_account_and_time() -> None:
     assert variant("r", 5).key("account-ts") == "a-r@5"
     dead = parse_outcome(raw, "p", 0, CLASSES, join_by="request")
     assert isinstance(dead, DeadLetter) and dead.reason == "missing_request_id"
+
+
+def test_file_list_source_resumes_each_file_where_it_stopped(tmp_path: Path) -> None:
+    from streamml.operators.sources import FileListSource
+
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    a.write_bytes(b"1\n2\n")
+
+    def read_all(paths, resume):
+        part = FileListSource(paths).build_part("s", "files", resume)
+        out = []
+        while True:
+            try:
+                out += [x.data for x in part.next_batch()]
+            except StopIteration:
+                return b"".join(out), part.snapshot()
+
+    data, state = read_all([a], None)
+    assert data == b"1\n2\n"
+    with open(a, "ab") as f:
+        f.write(b"3\n")
+    b.write_bytes(b"x\n")
+    data, state = read_all([a, b], state)
+    assert data == b"3\nx\n"
+    a.write_bytes(b"1\n")
+    with pytest.raises(ValueError, match="replaced or truncated"):
+        read_all([a], state)
