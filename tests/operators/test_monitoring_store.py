@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+from streamml.onnx_models import ModelRegistry, bundled_contract, bundled_model_path
 from streamml.operators.monitoring import compute_metrics
 from streamml.operators.monitoring_store import (
     compute_store_metrics,
@@ -15,7 +16,7 @@ from streamml.operators.monitoring_store import (
     read_monitoring_inputs,
 )
 
-from tests.monitoring_support import write_random_store
+from tests.monitoring_support import random_reference, write_random_store
 
 KEY = ("model", "version", "variant", "window", "window_start", "metric", "class", "predicted")
 KEY += ("feature", "status")
@@ -62,3 +63,23 @@ def test_only_changed_days_are_computed(tmp_path: Path) -> None:
     full = compute_store_metrics(store, reg, out, full=True)
     assert full.days_computed == 3
     _same_as_whole_store(store, out)
+
+
+def test_a_new_training_reference_computes_its_days_again(tmp_path: Path) -> None:
+    store, out, reg = tmp_path / "store", tmp_path / "out", tmp_path / "reg"
+    write_random_store(store, np.random.default_rng(5), 30)
+    compute_store_metrics(store, reg, out)
+    assert not [r for r in read_metrics(out).to_pylist() if r["metric"] == "psi"]
+    registry = ModelRegistry(reg)
+    reference = random_reference(np.random.default_rng(6))
+    model = tmp_path / "m.onnx"
+    shutil.copy(bundled_model_path(), model)
+    registry.register(
+        model, contract=bundled_contract(), name="triage", version="1",
+        training_reference=reference,
+    )  # fmt: skip
+    run = compute_store_metrics(store, reg, out)
+    assert run.days_computed == run.days
+    psi = [r for r in read_metrics(out).to_pylist() if r["metric"] == "psi"]
+    assert psi and {r["version"] for r in psi} == {"1"}
+    assert compute_store_metrics(store, reg, out).days_computed == 0
