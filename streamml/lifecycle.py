@@ -5,9 +5,10 @@ prediction flow and, later, resolved by outcomes joined with the outcome flow:
 
 1. before the change, the live model (the bundled triage model) as trained;
 2. a modem firmware rollout reaches half the modems: their slow tests are now modem trouble
-   that looks like network trouble. Realised accuracy falls; the confidence-based estimate,
-   computed from the answers alone, falls before any outcome comes in, though by less (it sees
-   the shifted inputs, not the changed rule);
+   that looks like network trouble. Realised accuracy falls once the outcomes come in. Before
+   them, the monitoring shows the inputs drifting from the training data (PSI of latency and
+   packet loss); the confidence-based accuracy estimate does not move, since it cannot see a
+   change in the rule from inputs to outcomes;
 3. the model retrained on day 2's answers and outcomes runs as a shadow on day 3's requests,
    beside the live one, on the same requests;
 4. the shadow beats the live model by the policy's margin and is promoted; day 4 is answered by
@@ -19,16 +20,15 @@ from __future__ import annotations
 import shutil
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-
-import numpy as np
 
 from streamml.console import format_table
 
 __all__ = ["DayFigures", "print_figures", "run_lifecycle"]
 
 DAY_MS = 86_400_000
+NAN = float("nan")
 START_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 
 
@@ -45,34 +45,50 @@ class DayFigures:
     realised_accuracy: float
     shadow: str | None = None
     shadow_accuracy: float | None = None
+    psi: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def top_drift(self) -> list[tuple[str, float]]:
+        """The two served features that drift most from the training data."""
+        return sorted(self.psi.items(), key=lambda x: -x[1])[:2]
 
 
-def _estimated_accuracy(store: Path, since: int, until: int) -> float:
-    """Return the confidence-based estimate of the answers' accuracy (mean top probability)."""
-    import pyarrow.compute as pc
+def _day_metrics(store: Path, registry: Path, day_start: int) -> dict[tuple, float]:
+    """Return one UTC day's monitoring figures: (version, variant, metric, feature) -> value."""
+    from streamml.operators.monitoring_store import compute_store_metrics, read_metrics
 
-    from streamml.state.predictions import read_predictions
+    run = compute_store_metrics(store, registry)
+    table = read_metrics(run.path).to_pylist()
+    out = {}
+    for r in table:
+        start = r["window_start"]
+        if r["window"] != "day" or start is None or int(start.timestamp() * 1000) != day_start:
+            continue
+        if r["metric"] == "freshness" and r["status"] is not None:
+            metric = f"freshness:{r['status']}"
+            out[(r["version"], r["variant"], metric, r["feature"])] = r["value"]
+        elif r["class"] is None and r["predicted"] is None and r["status"] is None:
+            out[(r["version"], r["variant"], r["metric"], r["feature"])] = r["value"]
+    return out
 
-    t = read_predictions(store).select(["role", "request_ts", "probabilities"])
-    ts = t.column("request_ts").cast("int64")
-    keep = pc.and_(
-        pc.equal(t.column("role"), "answer"),
-        pc.and_(pc.greater_equal(ts, since), pc.less(ts, until)),
-    )
-    probs = t.filter(keep).column("probabilities").to_pylist()
-    return float(np.mean([max(p) for p in probs])) if probs else float("nan")
 
+def _drift(metrics: dict[tuple, float], version: str, variant: str) -> dict[str, float]:
+    """Return the PSI of each served feature against the training data.
 
-def _realised(store: Path, since: int, until: int) -> dict[tuple[str, str], tuple[int, float]]:
-    """(version, role) -> (outcomes, accuracy) for the requests of `[since, until)`."""
-    from streamml.state.outcomes import read_outcomes
-
-    out: dict[tuple[str, str], list[bool]] = {}
-    for r in read_outcomes(store).to_pylist():
-        ts = int(r["request_ts"].timestamp() * 1000)
-        if since <= ts < until:
-            out.setdefault((r["version"], r["role"]), []).append(r["correct"])
-    return {k: (len(v), float(np.mean(v))) for k, v in out.items()}
+    Features mostly filled with their default (here the online error count: the lifecycle runs
+    no feature flow) are left out: that is a freshness problem, which the freshness mix shows.
+    """
+    psi = [
+        (f, v)
+        for (ver, var, m, f), v in metrics.items()
+        if ver == version
+        and var == variant
+        and m == "psi"
+        and f is not None
+        and v is not None
+        and (metrics.get((ver, var, "freshness:defaulted", f)) or 0.0) < 0.5
+    ]
+    return dict(psi)
 
 
 def run_lifecycle(
@@ -156,16 +172,27 @@ def run_lifecycle(
             since, until = START_MS + (day - 1) * DAY_MS, START_MS + day * DAY_MS
             answering = registry.live(live.name)
             gen = answer_day(day, telemetry.url)
-            estimate = _estimated_accuracy(store, since, until)
+            before = _day_metrics(store, registry.root, since)
+            estimate = before.get((answering.version, "live", "estimated_accuracy", None), NAN)
+            drift = _drift(before, answering.version, "live")
+            top = sorted(drift.items(), key=lambda x: -x[1])[:2]
             show(
                 f"day {day} ({titles[day]}): {requests:,} requests answered by "
-                f"v{answering.version}; estimated accuracy before any outcome: {estimate:.1%}"
+                f"v{answering.version}; before any outcome: estimated accuracy {estimate:.1%}, "
+                "largest input drift (PSI against the training data) "
+                + ", ".join(f"{name} {value:.2f}" for name, value in top)
             )
             resolve_day(day, gen)
-            realised = _realised(store, since, until)
-            n, acc = realised.get((answering.version, "answer"), (0, float("nan")))
+            after = _day_metrics(store, registry.root, since)
+            acc = after.get((answering.version, "live", "accuracy", None), NAN)
+            n = int(after.get((answering.version, "live", "outcomes", None), 0))
             shadow = next(
-                ((v, a) for (v, role), (_, a) in realised.items() if role == "shadow"), None
+                (
+                    (version, value)
+                    for (version, variant, metric, _f), value in after.items()
+                    if metric == "accuracy" and variant.startswith("shadow:")
+                ),
+                None,
             )
             figures.append(
                 DayFigures(
@@ -176,6 +203,7 @@ def run_lifecycle(
                     outcomes=n,
                     estimated_accuracy=estimate,
                     realised_accuracy=acc,
+                    psi=drift,
                     shadow=None if shadow is None else shadow[0],
                     shadow_accuracy=None if shadow is None else shadow[1],
                 )
@@ -216,9 +244,19 @@ def print_figures(figures: list[DayFigures]) -> None:
             f"{f.estimated_accuracy:.1%}",
             f"{f.realised_accuracy:.1%}",
             f"{f.estimated_accuracy - f.realised_accuracy:+.1%}",
+            ", ".join(f"{name} {v:.2f}" for name, v in f.top_drift),
             "-" if f.shadow is None else f"v{f.shadow}: {f.shadow_accuracy:.1%}",
         )
         for f in figures
     ]
-    headers = ["day", "", "answered by", "estimated", "realised", "estimation error", "shadow"]
+    headers = [
+        "day",
+        "",
+        "answered by",
+        "estimated",
+        "realised",
+        "estimation error",
+        "largest PSI",
+        "shadow",
+    ]
     sys.stdout.write(format_table(rows, headers=headers) + "\n")

@@ -35,6 +35,9 @@ def test_drift_is_seen_learned_and_promoted(tmp_path: Path) -> None:
     d1, d2, d3, d4 = days
     assert d1.answered_by == d2.answered_by == d3.answered_by
     assert d2.realised_accuracy < d1.realised_accuracy - 0.15
+    # Before any outcome, the inputs are seen drifting: the packet loss the firmware adds.
+    assert d2.psi["packet_loss_pct"] > max(0.25, 3 * d1.psi["packet_loss_pct"])
+    assert d2.top_drift[0][0] in ("packet_loss_pct", "download_ratio", "latency_ms")
     assert d3.shadow is not None and d3.shadow_accuracy > d3.realised_accuracy + 0.15
     assert d4.answered_by == d3.shadow
     assert d4.realised_accuracy > d2.realised_accuracy + 0.15
