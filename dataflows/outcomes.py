@@ -299,10 +299,6 @@ def _outcome_source(config: OutcomesFlowConfig):
     return KafkaSource(KafkaSourceConfig.from_env(env=dict(config.kafka_env)))
 
 
-def _dead_stats(letter: DeadLetter) -> dict[str, int]:
-    return {"dead": 1, f"dead.{letter.reason}": 1}
-
-
 def build_flow(config: OutcomesFlowConfig) -> Dataflow:
     """Build the outcome join dataflow for `config`."""
     prepare(config)
@@ -369,7 +365,7 @@ def build_flow(config: OutcomesFlowConfig) -> Dataflow:
     stats = op.merge(
         "stats",
         op.map("join-stats", joined, lambda kv: kv[1].counts),
-        op.map("dead-stats", valid.falses, _dead_stats),
+        op.map("dead-stats", valid.falses, DeadLetter.counts),
     )
     op.output(
         "stats-out", op.key_on("stats-key", stats, lambda _x: "all"), StatsSink(config.stats_path)

@@ -267,10 +267,6 @@ def _output_stats(item: tuple[str, PredictOutput]) -> dict[str, int]:
     return item[1].counts
 
 
-def _dead_stats(letter: DeadLetter) -> dict[str, int]:
-    return {"dead": 1, f"dead.{letter.reason}": 1}
-
-
 def build_flow(config: PredictFlowConfig) -> Dataflow:
     """Build the prediction dataflow for `config`."""
     layout = prepare(config)
@@ -331,7 +327,7 @@ def build_flow(config: PredictFlowConfig) -> Dataflow:
     stats = op.merge(
         "stats",
         op.map("output-stats", outputs, _output_stats),
-        op.map("dead-stats", valid.falses, _dead_stats),
+        op.map("dead-stats", valid.falses, DeadLetter.counts),
     )
     op.output(
         "stats-out", op.key_on("stats-key", stats, lambda _x: "all"), StatsSink(config.stats_path)
