@@ -219,3 +219,11 @@ def test_outcomes_from_kafka(tmp_path: Path, registry, kafka_broker, make_topic)
     run_outcome_flow(config)
     assert got(config) == oracle(store, outcomes, TTL)
     assert [d["reason"] for d in read_lines(config.dead_letters_out)] == ["not_json"]
+
+
+def test_outcomes_from_the_generator(tmp_path: Path, registry) -> None:
+    store, gen = predicted(tmp_path, registry, 300)
+    config = OutcomesFlowConfig(prediction_store=store, source="generate", requests=gen, drain=True)
+    run_outcome_flow(config)
+    want = oracle(store, generate_outcomes(gen, OutcomeConfig()), 30 * DAY)
+    assert got(config) == want and sum(want[0].values()) > 400
