@@ -1,11 +1,12 @@
 """Outcome join: throughput of `streamml run outcomes` and its memory with many pending predictions.
 
 A prediction store of `--predictions` rows (one answering variant per request, the prediction
-store's real schema, requests spread over a day) is written directly as Parquet; the outcomes
-of a share `--observed` of them, observed minutes to hours later, go to a JSON lines file. The
-flow runs as the CLI runs it (worker process, default settings, its recovery dir), `--repeats` times
-on a fresh join state: figures are medians with min and max. Without outcomes (`--observed 0`)
-every prediction stays pending in RocksDB, which shows the memory the wait costs.
+store's real schema, request times spread over `--days` days) is written directly as Parquet;
+the outcomes of a share `--observed` of them, observed minutes to hours later, go to a JSON
+lines file. The flow runs as the CLI runs it (worker process, default settings, its recovery
+dir), `--repeats` times on a fresh join state: figures are medians with min and max. Without
+outcomes (`--observed 0`) every prediction stays pending in RocksDB, which shows the memory the
+wait costs.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import numpy as np
 import orjson
 import pyarrow as pa
 from streamml.dataflows.outcomes import OutcomesFlowConfig, prepare
-from streamml.state._parquet import write_part
+from streamml.state._parquet import utc_day, write_part
 from streamml.state.predictions import FEATURE_TYPE, LATENCY_TYPE, PREDICTION_SCHEMA
 
 from streamml.recovery import ensure_recovery_dir, recovery_args
@@ -35,12 +36,21 @@ CLASSES = ["wifi", "modem", "network"]
 _FILE_ROWS = 500_000
 
 
-def _store(root: Path, n: int, seed: int) -> np.ndarray:
-    """Write `n` prediction rows in files of `_FILE_ROWS`; return their request times."""
+def _store(root: Path, n: int, days: int, seed: int) -> np.ndarray:
+    """Write `n` prediction rows over `days` days; return their request times.
+
+    Each day's rows go to files of at most `_FILE_ROWS` rows.
+    """
     rng = np.random.default_rng(seed)
-    ts = np.sort(START + rng.integers(0, DAY, n))
-    for part, lo in enumerate(range(0, n, _FILE_ROWS)):
-        hi = min(n, lo + _FILE_ROWS)
+    ts = np.sort(START + rng.integers(0, days * DAY, n))
+    day_of = (ts - START) // DAY
+    cuts = [
+        (lo, min(hi, lo + _FILE_ROWS))
+        for d in range(days)
+        for lo, hi in [tuple(np.searchsorted(day_of, [d, d + 1]))]
+        for lo in range(int(lo), int(hi), _FILE_ROWS)
+    ]
+    for part, (lo, hi) in enumerate(cuts):
         m = hi - lo
         probs = rng.dirichlet([1.0, 1.0, 1.0], m).astype(np.float32)
         label = np.asarray(CLASSES)[probs.argmax(axis=1)]
@@ -67,7 +77,8 @@ def _store(root: Path, n: int, seed: int) -> np.ndarray:
             },
             schema=PREDICTION_SCHEMA,
         )
-        write_part(root / "predictions" / "date=2026-01-01", "bench", part, table)
+        day = utc_day(int(ts[lo] // DAY))
+        write_part(root / "predictions" / f"date={day}", "bench", part, table)
     return ts
 
 
@@ -85,13 +96,13 @@ def _outcomes(path: Path, ts: np.ndarray, observed: float, seed: int) -> int:
 
 
 def run_outcome_bench(
-    predictions: int, observed: float, repeats: int = 3, seed: int = 5
+    predictions: int, observed: float, days: int = 30, repeats: int = 3, seed: int = 5
 ) -> dict[str, float]:
     """Run the benchmark; return its figures."""
     root = Path(tempfile.mkdtemp(prefix="streamml-bench-outcomes-"))
     try:
         store = root / "store"
-        ts = _store(store, predictions, seed)
+        ts = _store(store, predictions, days, seed)
         n_outcomes = _outcomes(root / "outcomes.jsonl", ts, observed, seed)
         walls, rss, matched = [], [], 0
         for i in range(repeats):
@@ -138,7 +149,7 @@ def run_outcome_bench(
 
 
 def _cmd(args: argparse.Namespace) -> int:
-    f = run_outcome_bench(args.predictions, args.observed, args.repeats)
+    f = run_outcome_bench(args.predictions, args.observed, args.days, args.repeats)
     if args.json:
         print(orjson.dumps(f).decode())
         return 0
@@ -157,6 +168,7 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--observed", type=float, default=0.9, help="share of predictions with an outcome"
     )
+    p.add_argument("--days", type=int, default=30, help="days the request times spread over")
     p.add_argument("--repeats", type=int, default=3, help="runs timed")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     p.set_defaults(func=_cmd)

@@ -24,9 +24,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from rocksdict import Options, Rdict, WriteBatch, WriteOptions
+from rocksdict import Rdict, WriteBatch, WriteOptions
 from streamml.state._parquet import DayPartitionedWriter, read_partitioned
 from streamml.state.errors import RefusedError
+from streamml.state.rolling_store import StoreTuning, _options
 
 __all__ = [
     "OUTCOMES_DIR",
@@ -140,17 +141,18 @@ def expiry_key(expires_at: int, key: bytes) -> bytes:
 class JoinStore:
     """Pending join entries on RocksDB, with an expiry index and per-epoch undo records.
 
-    Keys are bytes. `put` takes a dict of key -> value (None deletes) and writes it in one
-    WriteBatch; entries live under ``e``, index keys under ``x`` + 8-byte expiry time, the
+    Keys are bytes. `write` takes dicts of key -> value (None deletes) and writes them in one
+    WriteBatch; the databases of a process share the memory budget of `tuning` (see
+    `StoreTuning`); entries live under ``e``, index keys under ``x`` + 8-byte expiry time, the
     undo records under ``u`` + 8-byte epoch, metadata under ``m:``.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, undo: bool) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], *, undo: bool, tuning: StoreTuning | None = None
+    ) -> None:
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
-        opts = Options(raw_mode=True)
-        opts.create_if_missing(True)
-        self._db = Rdict(str(self.path), opts)
+        self._db = Rdict(str(self.path), _options(tuning or StoreTuning(), create=True))
         self._write_opts = WriteOptions()
         self.undo = undo
         raw = self._db.get(_SEQ)
