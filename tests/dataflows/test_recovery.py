@@ -160,8 +160,8 @@ def run_with_kills(
 
     Each kill comes at a random moment of its attempt's window (seconds after the flow starts
     reading); a window starting at AFTER_SNAPSHOT or later also waits for the source's first
-    snapshot, so some restart resumes from a snapshot however slow the machine. With several processes the
-    whole group is killed at once.
+    snapshot, so some restart resumes from a snapshot however slow the machine. With several
+    processes the whole group is killed at once.
     """
     rng = random.Random(seed)
     rdir = config.recovery_dir
@@ -268,13 +268,16 @@ def fill_topic(bootstrap: str, topic: str, gen: GeneratorConfig) -> int:
     return len(events.ts)
 
 
-def kafka_configs(tmp_path: Path, bootstrap: str, topic: str, make_topic):
+def kafka_configs(
+    tmp_path: Path, bootstrap: str, topic: str, make_topic, client: str = "kafka-python"
+):
     """Configs of a clean run and of a run with recovery, each with its own alerts topic."""
 
     def kafka_env(alerts_topic: str):
         return (
             ("STREAMML_KAFKA_ALERTS_TOPIC", alerts_topic),
             ("STREAMML_KAFKA_BROKERS", bootstrap),
+            ("STREAMML_KAFKA_CLIENT", client),
             ("STREAMML_KAFKA_STOP_AT_END", "1"),
             ("STREAMML_KAFKA_TOPIC", topic),
         )
@@ -294,11 +297,11 @@ def assert_kafka_alerts(bootstrap: str, clean: ErrorCountConfig, crashed: ErrorC
     assert ids == set(alerts(clean))
 
 
-def test_kafka_source_survives_kill_9(tmp_path, kafka_broker, make_topic):
+def test_kafka_source_survives_kill_9(tmp_path, kafka_broker, make_topic, kafka_client):
     topic = make_topic(3)
     gen = GeneratorConfig(events=360_000, accounts=1_500, seed=9, partitions=1)
     produced = fill_topic(kafka_broker, topic, gen)
-    clean, crashed = kafka_configs(tmp_path, kafka_broker, topic, make_topic)
+    clean, crashed = kafka_configs(tmp_path, kafka_broker, topic, make_topic, kafka_client)
     run_clean(clean)
     kills = run_with_kills(crashed, seed=7, windows=KAFKA_KILL_WINDOWS)
     assert kills >= KILLS
