@@ -338,7 +338,7 @@ def source_flow_rate(
     topic: str,
     expected: int,
     *,
-    batch_size: int = 10_000,
+    batch_size: int = 0,
     poll_timeout_ms: int = 0,
     client: str = "kafka-python",
 ) -> Rate:

@@ -74,6 +74,7 @@ from streamml.state.predictions import PredictionRecord
 from streamml.state.sources import SourceRegistry, incarnation_name
 
 __all__ = [
+    "DEFAULT_BATCH_SIZE",
     "KAFKA_CLIENTS",
     "SECURITY_KEYS",
     "KafkaAlertSink",
@@ -118,6 +119,11 @@ _STARTS = ("stored", "earliest", "latest")
 _PROBE_TIMEOUT_S = 10.0
 
 StartFrom = Literal["stored", "earliest", "latest"]
+
+DEFAULT_BATCH_SIZE: dict[str, int] = {"kafka-python": 10_000, "confluent": 100_000}
+"""Records per `RecordList` by client when `KafkaSourceConfig.batch_size` is 0 (measured best:
+kafka-python slows with larger polls; the confluent reader hands over a ready queue, and the
+flow's state work per event falls as batches grow, see benchmarks/RESULTS.md)."""
 
 
 def kafka_partition_name(topic: str, partition: int) -> str:
@@ -245,7 +251,9 @@ class KafkaSourceConfig:
     when there is none; `"earliest"` / `"latest"` ignore snapshots and start at the beginning /
     the end of each partition. `stop_at_end` reads up to the end offsets present when the
     partition starts, then finishes it (backfills, tests). `batch_size` caps records per
-    `RecordList`. Fetch sizes are kafka-python's (large defaults for throughput).
+    `RecordList` (0: the client's default, `DEFAULT_BATCH_SIZE`: larger batches amortise the
+    state's per-batch work, and only a backlog fills them, as a poll returns what is ready now).
+    Fetch sizes are kafka-python's (large defaults for throughput).
     `security` is passed to kafka-python as-is (keys in `SECURITY_KEYS`).
     `group_id`, for monitoring only: at each snapshot, the position of the snapshot before it is
     committed to this consumer group (and the last position once a partition ends), so the usual
@@ -266,7 +274,7 @@ class KafkaSourceConfig:
     topic: str
     start: StartFrom = "stored"
     stop_at_end: bool = False
-    batch_size: int = 10_000
+    batch_size: int = 0
     fetch_max_bytes: int = 64 * MiB
     max_partition_fetch_bytes: int = 16 * MiB
     fetch_min_bytes: int = 1
@@ -285,6 +293,8 @@ class KafkaSourceConfig:
         what = "KafkaSourceConfig"
         check_client(self.client, what)
         _positive("queued_max_kbytes", self.queued_max_kbytes, what)
+        if self.batch_size == 0:
+            object.__setattr__(self, "batch_size", DEFAULT_BATCH_SIZE[self.client])
         if self.group_id is not None and (
             not isinstance(self.group_id, str) or not self.group_id.strip()
         ):

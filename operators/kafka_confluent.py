@@ -139,6 +139,9 @@ class ConfluentReader:
             msgs = self._drop_errors(msgs)
             if not msgs:
                 return [], []
+        first, last = msgs[0].offset(), msgs[-1].offset()
+        if last - first + 1 == len(msgs):  # offsets increase, so these are all of first..last
+            return [m.value() for m in msgs], list(range(first, last + 1))
         return [m.value() for m in msgs], [m.offset() for m in msgs]
 
     def _drop_errors(self, msgs: list[Any]) -> list[Any]:
