@@ -172,6 +172,9 @@ class KafkaPythonReader:
         records = polled.get(self._tp) if polled else None
         if not records:
             return [], []
+        first, last = records[0].offset, records[-1].offset
+        if last - first + 1 == len(records):  # offsets increase: these are first..last
+            return [r.value for r in records], list(range(first, last + 1))
         return [r.value for r in records], [r.offset for r in records]
 
     def high_watermark(self) -> int | None:
