@@ -279,12 +279,13 @@ def bare_confluent_consume_rate(
     fetch_max_bytes: int = 64 * MiB,
     max_partition_fetch_bytes: int = 16 * MiB,
     queued_max_kbytes: int = 64 * 1024,
-    max_records: int = 10_000,
+    chunk: int = 2_000,
 ) -> Rate:
     """Time a bare confluent-kafka consumer (assigned partitions, large fetches) reading `expected`.
 
-    The same settings as the confluent reader of `KafkaSource`; each record's value is taken
-    (as the source does) and every partition's offsets are checked contiguous from 0.
+    The same settings as the confluent reader of `KafkaSource`, messages taken `chunk` at a time
+    as it does; each record's value is taken and every partition's offsets are checked
+    contiguous from 0.
     """
     from confluent_kafka import Consumer
     from confluent_kafka import TopicPartition as CTopicPartition
@@ -312,7 +313,7 @@ def bare_confluent_consume_rate(
     t0 = time.perf_counter()
     deadline = time.monotonic() + 600
     while seen < expected and time.monotonic() < deadline:
-        msgs = consumer.consume(max_records, 0.1)
+        msgs = consumer.consume(chunk, 0.1)
         for m in msgs:
             if m.error() is not None:
                 raise RuntimeError(f"bare confluent consumer: {m.error()}")
