@@ -273,9 +273,14 @@ def kafka_configs(
 ):
     """Configs of a clean run and of a run with recovery, each with its own alerts topic."""
 
+    # With its default 100k-record batches the confluent reader ends the topic before the later
+    # kill windows; small batches keep it reading (and snapshotting) long enough to be killed.
+    batch = (("STREAMML_KAFKA_BATCH_SIZE", "1000"),) if client == "confluent" else ()
+
     def kafka_env(alerts_topic: str):
         return (
             ("STREAMML_KAFKA_ALERTS_TOPIC", alerts_topic),
+            *batch,
             ("STREAMML_KAFKA_BROKERS", bootstrap),
             ("STREAMML_KAFKA_CLIENT", client),
             ("STREAMML_KAFKA_STOP_AT_END", "1"),
