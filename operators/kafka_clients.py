@@ -24,7 +24,7 @@ import logging
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.errors import KafkaTimeoutError
+from kafka.errors import KafkaError, KafkaTimeoutError
 from kafka.structs import OffsetAndMetadata
 
 if TYPE_CHECKING:
@@ -215,7 +215,14 @@ class KafkaPythonProducer:
 
     def send(self, topic: str, key: bytes | None, value: bytes | None, headers: Headers) -> None:
         """Send one record."""
-        self._futures.append(self._producer.send(topic, key=key, value=value, headers=headers))
+        try:
+            future = self._producer.send(topic, key=key, value=value, headers=headers)
+        except KafkaError as exc:  # refused before sending (e.g. too large): counted
+            self._failed += 1
+            if self._first is None:
+                self._first = exc
+            return
+        self._futures.append(future)
 
     def poll(self) -> None:
         """Count the refused records once many are outstanding (kafka-python's I/O thread acks)."""

@@ -242,6 +242,11 @@ class ConfluentProducer:
                 return
             except BufferError:
                 self._producer.poll(0.05)
+            except KafkaException as exc:  # refused before sending (e.g. too large): counted
+                self._failed += 1
+                if self._first is None:
+                    self._first = exc
+                return
 
     def poll(self) -> None:
         """Serve the delivery reports that arrived."""

@@ -401,3 +401,43 @@ def test_group_id_is_not_where_reading_resumes(kafka_broker, filled_topic, kafka
     env = {"STREAMML_KAFKA_BROKERS": "b:1", "STREAMML_KAFKA_TOPIC": "t"}
     assert KafkaSourceConfig.from_env(env={**env, "STREAMML_KAFKA_GROUP_ID": "g"}).group_id == "g"
     assert KafkaSourceConfig.from_env(env=env).group_id is None
+
+
+def test_a_refused_record_fails_the_sink_alike(kafka_broker, make_topic, kafka_client):
+    topic = make_topic(1)
+    cfg = KafkaSinkConfig(
+        brokers=[kafka_broker], topic=topic, max_request_size=2000, client=kafka_client
+    )
+    letter = DeadLetter("invalid_json", b"x", "kafka:errors:0", 5)
+    part = KafkaDeadLetterSink(cfg).build("dead", 0, 1)
+    try:
+        with pytest.raises(RuntimeError, match="1 of 2 records were not acknowledged"):
+            part.write_batch([letter, (letter, b"y" * 10_000)])  # the second is too large
+    finally:
+        part.close()
+
+
+def test_security_settings_translate_to_librdkafka_names():
+    pytest.importorskip("confluent_kafka")
+    from streamml.operators.kafka_confluent import librdkafka_security
+
+    got = librdkafka_security(
+        {
+            "security_protocol": "SASL_SSL",
+            "sasl_mechanism": "PLAIN",
+            "sasl_plain_username": "u",
+            "sasl_plain_password": "p",
+            "ssl_cafile": "/ca.pem",
+            "ssl_check_hostname": "false",
+        }
+    )
+    assert got == {
+        "security.protocol": "SASL_SSL",
+        "sasl.mechanism": "PLAIN",
+        "sasl.username": "u",
+        "sasl.password": "p",
+        "ssl.ca.location": "/ca.pem",
+        "ssl.endpoint.identification.algorithm": "none",
+    }
+    with pytest.raises(ValueError, match="sasl_kerberos_domain_name"):
+        librdkafka_security({"sasl_kerberos_domain_name": "example"})
