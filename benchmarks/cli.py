@@ -65,6 +65,16 @@ BENCHMARKS: tuple[Command, ...] = (
         "point-in-time training set: 1M spine rows x 10 features from the history store",
         "streamml.benchmarks.training_sets",
     ),
+    Command(
+        "outcomes",
+        "outcome join: outcomes/s and memory with many pending predictions",
+        "streamml.benchmarks.outcomes",
+    ),
+    Command(
+        "monitor",
+        "live performance metrics: 1M predictions + 900k outcomes, cost per prediction",
+        "streamml.benchmarks.monitor",
+    ),
 )
 """Every benchmark, in the order `streamml bench --help` lists them."""
 

@@ -18,6 +18,9 @@ STREAMML_REQUESTS             generated requests                                
 STREAMML_ACCOUNTS             generated distinct accounts                            100000
 STREAMML_SEED                 generator seed (the telemetry service's seed too)      7
 STREAMML_NOW_MS               time of the last generated request (epoch ms)          wall clock
+STREAMML_DRIFT_AT_MS          generated world changes then (a firmware rollout)      never
+STREAMML_STREAM               another stream of generated requests (0, 1, ...)       0
+STREAMML_SPAN_MS              the generated requests' times span this (ms)           1 hour
 STREAMML_STATE_DIR            online store (read) and on-demand answers (written)    (required)
 STREAMML_REGISTRY             model registry                                         (required)
 STREAMML_TELEMETRY_URL        base URL of the ``telemetry`` on-demand service        none (never
@@ -156,6 +159,9 @@ class PredictFlowConfig:
             accounts=int(get("ACCOUNTS", "100000") or 0),
             seed=int(get("SEED", "7") or 0),
             now_ms=int(get("NOW_MS", str(time.time_ns() // 1_000_000)) or 0),
+            drift_at_ms=int(drift) if (drift := get("DRIFT_AT_MS")) else None,
+            stream=int(get("STREAM", "0") or 0),
+            span_ms=int(get("SPAN_MS", "3600000") or 0),
         )
         return cls(
             requests=RequestsConfig(
@@ -192,6 +198,9 @@ class PredictFlowConfig:
             "ACCOUNTS": str(g.accounts),
             "SEED": str(g.seed),
             "NOW_MS": str(g.now_ms),
+            "DRIFT_AT_MS": "" if g.drift_at_ms is None else str(g.drift_at_ms),
+            "STREAM": str(g.stream),
+            "SPAN_MS": str(g.span_ms),
             "STATE_DIR": str(self.state_dir),
             "REGISTRY": str(self.registry_dir),
             "TELEMETRY_URL": self.telemetry_url or "",
@@ -258,10 +267,6 @@ def _output_stats(item: tuple[str, PredictOutput]) -> dict[str, int]:
     return item[1].counts
 
 
-def _dead_stats(letter: DeadLetter) -> dict[str, int]:
-    return {"dead": 1, f"dead.{letter.reason}": 1}
-
-
 def build_flow(config: PredictFlowConfig) -> Dataflow:
     """Build the prediction dataflow for `config`."""
     layout = prepare(config)
@@ -322,7 +327,7 @@ def build_flow(config: PredictFlowConfig) -> Dataflow:
     stats = op.merge(
         "stats",
         op.map("output-stats", outputs, _output_stats),
-        op.map("dead-stats", valid.falses, _dead_stats),
+        op.map("dead-stats", valid.falses, DeadLetter.counts),
     )
     op.output(
         "stats-out", op.key_on("stats-key", stats, lambda _x: "all"), StatsSink(config.stats_path)

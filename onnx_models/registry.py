@@ -61,7 +61,8 @@ from streamml.onnx_models._files import atomic_write
 from streamml.onnx_models._routing_store import REVISION_FILE, RoutingStore
 from streamml.onnx_models.contract import ContractError, FeatureContract
 from streamml.onnx_models.errors import ModelNotFoundError, RegistryError, UnsafeModelError
-from streamml.onnx_models.exporter import INPUT_NAME, read_metadata
+from streamml.onnx_models.model_format import INPUT_NAME, read_metadata
+from streamml.onnx_models.reference import validate_reference
 
 __all__ = [
     "DEFAULT_REGISTRY_DIR",
@@ -116,11 +117,19 @@ class ModelVersion:
     classes: tuple[str, ...]
     provenance: dict[str, Any] = field(default_factory=dict)
     external_data: dict[str, str] = field(default_factory=dict)
+    training_reference: dict[str, Any] | None = None
+    """Per-feature bins and training shares (`streamml.onnx_models.reference`); None when the
+    version was registered without one (live drift is then unavailable)."""
 
     @property
     def ref(self) -> str:
         """`name@version`."""
         return f"{self.name}@{self.version}"
+
+    @property
+    def output_kind(self) -> str:
+        """`classifier` (label and probabilities) or `regressor` (one value), from provenance."""
+        return str(self.provenance.get("output_kind") or "classifier")
 
     def to_json(self) -> dict[str, Any]:
         """Return a JSON-ready dict."""
@@ -135,6 +144,7 @@ class ModelVersion:
             "contract": self.contract.to_json(),
             "provenance": self.provenance,
             "external_data": self.external_data,
+            "training_reference": self.training_reference,
         }
 
 
@@ -344,6 +354,7 @@ class ModelRegistry(RoutingStore):
             classes=tuple(manifest["classes"]),
             provenance=dict(manifest.get("provenance", {})),
             external_data=dict(manifest.get("external_data", {})),
+            training_reference=manifest.get("training_reference"),
         )
 
     def names(self) -> list[str]:
@@ -485,8 +496,15 @@ class ModelRegistry(RoutingStore):
         name: str | None = None,
         version: str | None = None,
         registered_by: str | None = None,
+        lineage: Mapping[str, Any] | None = None,
+        training_reference: Mapping[str, Any] | None = None,
     ) -> ModelVersion:
         """Copy an ONNX file into the registry as a new `candidate` version.
+
+        `lineage` (JSON-ready: the training set's fingerprint, parent version, ...) is kept in
+        the version's provenance. `training_reference` (see `streamml.onnx_models.reference`)
+        defaults to the one in the model's metadata; a version stored without one has no live
+        drift figures.
 
         `name` and `version` default to the model's `streamml.name` / `streamml.version`
         metadata; a version that is missing or already used by different bytes falls back to the
@@ -523,6 +541,12 @@ class ModelRegistry(RoutingStore):
                 f"expected the model input to be named {INPUT_NAME!r}, got "
                 f"{model.graph.input[0].name!r}; export with streamml.onnx_models.export"
             )
+        reference = training_reference or meta.get("training_reference")
+        if reference is not None:
+            try:
+                reference = validate_reference(reference)
+            except ValueError as exc:
+                raise RegistryError(f"{src}: training reference: {exc}") from None
         classes = meta.get("classes")
         if not isinstance(classes, list):
             classes = []
@@ -566,6 +590,7 @@ class ModelRegistry(RoutingStore):
                 "feature_names": list(feature_names),
                 "classes": [str(c) for c in classes],
                 "contract": contract.to_json(),
+                "training_reference": reference,
                 "provenance": {
                     "training_data_sha256": meta.get("training_data_sha256"),
                     "training_rows": meta.get("training_rows"),
@@ -574,11 +599,13 @@ class ModelRegistry(RoutingStore):
                     "created_at": meta.get("created_at"),
                     "created_by": meta.get("created_by"),
                     "estimator": meta.get("estimator"),
+                    "output_kind": meta.get("output_kind", "classifier"),
                     "libraries": meta.get("libraries", {}),
                     "export_version": meta.get("version"),
                     "source_path": str(src.resolve()),
                     "registered_at": now,
                     "registered_by": registered_by or os.environ.get("USER") or "unknown",
+                    **({"lineage": dict(lineage)} if lineage else {}),
                 },
             }
             tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=ndir / "versions"))

@@ -44,11 +44,15 @@ from streamml.onnx_models.training import TRIAGE_MODEL_NAME
 __all__ = [
     "BANDS",
     "CONTEXT_FIELDS",
+    "FIRMWARE_EFFECT",
     "AccountProfile",
     "GeneratedRequests",
+    "OutcomeConfig",
     "RequestGeneratorConfig",
     "RequestTruth",
     "account_profile",
+    "firmware_updated",
+    "generate_outcomes",
     "generate_requests",
     "iter_truth",
     "partition_sizes",
@@ -217,6 +221,13 @@ class RequestGeneratorConfig:
     `now_ms` (the CLI passes the wall clock), the last one at `now_ms`. `seed` drives both the
     requests and the account profiles, so a telemetry service started with the same seed answers
     the same truth. `batch_size` is how many requests a source partition emits at a time.
+
+    `stream` draws another stream of requests from the same accounts (a later day, say): its
+    request ids are ``st-SEED-sSTREAM-PARTITION-INDEX``; stream 0 is ``st-SEED-PARTITION-INDEX``.
+
+    `drift_at_ms` changes the world at that time: a modem firmware rollout reaches a share
+    `drift_share` of the accounts (drawn from the account id), and from then on a slow test on
+    an updated modem is modem trouble that looks like network trouble (see `FIRMWARE_EFFECT`).
     """
 
     requests: int = 10_000
@@ -228,9 +239,14 @@ class RequestGeneratorConfig:
     zipf: float = 1.1
     model: str = TRIAGE_MODEL_NAME
     batch_size: int = 1024
+    drift_at_ms: int | None = None
+    drift_share: float = 0.5
+    stream: int = 0
 
     def __post_init__(self) -> None:
         problems = []
+        if not 0.0 <= self.drift_share <= 1.0:
+            problems.append(f"0 <= drift_share <= 1 (got {self.drift_share})")
         if self.requests < 0:
             problems.append(f"requests >= 0 (got {self.requests})")
         if self.accounts < 1:
@@ -291,7 +307,9 @@ def _block(config: RequestGeneratorConfig, partition: int, block: int) -> Genera
     size = partition_sizes(config)[partition]
     first = block * _BLOCK
     n = min(_BLOCK, size - first)
-    rng = np.random.default_rng([config.seed, partition, block, 0x5EED])
+    key = [config.seed, partition, block, 0x5EED] + ([config.stream] if config.stream else [])
+    rng = np.random.default_rng(key)
+    prefix = f"st-{config.seed}-s{config.stream}" if config.stream else f"st-{config.seed}"
     cdf, perm = _popularity(config.seed, config.accounts, config.zipf)
     ids = perm[np.minimum(np.searchsorted(cdf, rng.random(n)), config.accounts - 1)]
     accounts = [f"acct-{i:08d}" for i in ids.tolist()]
@@ -299,18 +317,22 @@ def _block(config: RequestGeneratorConfig, partition: int, block: int) -> Genera
     features = [p.features() for p in profiles]
     cols = {name: np.array([f[name] for f in features]) for name in features[0]}
     cols |= draw_test_conditions(rng, cols["node_health"])
+    index = np.arange(first, first + n, dtype=np.int64)
+    ts = config.now_ms - config.span_ms + ((index + 1) * config.span_ms) // max(size, 1)
+    updated = _updated_modems(config, accounts, ts)
+    cols["latency_ms"] = cols["latency_ms"] + updated * FIRMWARE_EFFECT["latency_ms"]
+    cols["packet_loss_pct"] = cols["packet_loss_pct"] + updated * FIRMWARE_EFFECT["packet_loss_pct"]
     scores = hidden_scores(cols)
+    scores[:, CLASSES.index("modem")] += updated * FIRMWARE_EFFECT["modem_score"]
     gumbel = np.array([p.label_noise for p in profiles]).reshape(n, len(CLASSES))
     flip_to = np.array([CLASSES.index(p.flipped_to) if p.flipped_to else -1 for p in profiles])
     labels = apply_label_noise(scores, gumbel, flip_to)
     cols |= draw_speed_ratios(rng, scores, labels)
-    index = np.arange(first, first + n, dtype=np.int64)
-    ts = config.now_ms - config.span_ms + ((index + 1) * config.span_ms) // max(size, 1)
     rows = np.stack([cols[name] for name in FEATURE_NAMES], axis=1).tolist()
     context = np.stack([cols[name] for name in CONTEXT_FIELDS], axis=1).tolist()
     requests, truth = [], []
     for i in range(n):
-        request_id = f"st-{config.seed}-{partition}-{first + i}"
+        request_id = f"{prefix}-{partition}-{first + i}"
         requests.append(
             {
                 "request_id": request_id,
@@ -322,6 +344,25 @@ def _block(config: RequestGeneratorConfig, partition: int, block: int) -> Genera
         )
         truth.append(RequestTruth(request_id, accounts[i], CLASSES[labels[i]], tuple(rows[i])))
     return GeneratedRequests(requests, truth)
+
+
+FIRMWARE_EFFECT = {"latency_ms": 20.0, "packet_loss_pct": 5.0, "modem_score": 2.5}
+"""What the firmware rollout does to a slow test on an updated modem: the latency and packet
+loss it adds, and what it adds to the hidden modem score (enough to make it modem trouble
+nearly always)."""
+
+
+def firmware_updated(account: str, share: float) -> bool:
+    """Whether `account`'s modem is among the `share` that the firmware rollout reaches."""
+    digest = hashlib.blake2b(account.encode(), digest_size=8, person=b"firmware").digest()
+    return int.from_bytes(digest, "big") / 2**64 < share
+
+
+def _updated_modems(config: RequestGeneratorConfig, accounts: list[str], ts: np.ndarray):
+    if config.drift_at_ms is None:
+        return np.zeros(len(accounts))
+    flags = np.array([firmware_updated(a, config.drift_share) for a in accounts], dtype=float)
+    return flags * (ts >= config.drift_at_ms)
 
 
 def generate_requests(
@@ -352,3 +393,59 @@ def iter_truth(config: RequestGeneratorConfig) -> Iterator[RequestTruth]:
     for partition, size in enumerate(partition_sizes(config)):
         for start in range(0, size, _BLOCK):
             yield from generate_requests(config, partition, start, _BLOCK).truth
+
+
+@dataclass(frozen=True, slots=True)
+class OutcomeConfig:
+    """How the outcomes of generated requests are observed.
+
+    Each request's outcome (its hidden label) is observed after a delay drawn log-uniformly
+    between `min_delay_ms` and `max_delay_ms` (minutes to days by default); a share
+    `missing_rate` of requests never gets one. `seed` draws the delays, apart from the requests.
+    """
+
+    min_delay_ms: int = 5 * 60_000
+    max_delay_ms: int = 3 * 86_400_000
+    missing_rate: float = 0.1
+    seed: int = 1
+
+    def __post_init__(self) -> None:
+        if not 0 < self.min_delay_ms <= self.max_delay_ms:
+            raise ValueError(
+                f"outcome delays need 0 < min <= max (got {self.min_delay_ms}, {self.max_delay_ms})"
+            )
+        if not 0.0 <= self.missing_rate <= 1.0:
+            raise ValueError(f"missing_rate must be in [0, 1], got {self.missing_rate}")
+
+
+def generate_outcomes(
+    requests: RequestGeneratorConfig, config: OutcomeConfig | None = None
+) -> list[dict[str, Any]]:
+    """Return the outcomes of every request of `requests`, in order of `observed_at`.
+
+    Each is ``{"request_id", "account", "ts", "outcome", "observed_at"}``: the request's
+    hidden label, observed after its delay; the same configs always give the same outcomes.
+    """
+    config = config or OutcomeConfig()
+    out = []
+    lo, hi = np.log(config.min_delay_ms), np.log(config.max_delay_ms)
+    for partition, size in enumerate(partition_sizes(requests)):
+        for start in range(0, size, _BLOCK):
+            got = generate_requests(requests, partition, start, _BLOCK)
+            n = len(got)
+            rng = np.random.default_rng([config.seed, requests.seed, partition, start, 0x0C])
+            delays = np.exp(rng.uniform(lo, hi, n)).astype(np.int64)
+            observed = rng.random(n) >= config.missing_rate
+            for i in np.flatnonzero(observed).tolist():
+                request, truth = got.requests[i], got.truth[i]
+                out.append(
+                    {
+                        "request_id": request["request_id"],
+                        "account": request["account"],
+                        "ts": request["ts"],
+                        "outcome": truth.label,
+                        "observed_at": request["ts"] + int(delays[i]),
+                    }
+                )
+    out.sort(key=lambda o: (o["observed_at"], o["request_id"]))
+    return out

@@ -19,12 +19,15 @@ from streamml.onnx_models.exporter import ExportedModel, export
 
 __all__ = [
     "TELEMETRY_SERVICE",
+    "TRAINERS",
     "TRIAGE_MODEL_NAME",
     "TrainedTriage",
     "evaluate",
+    "make_classifier",
     "train_and_export",
     "train_triage",
     "triage_contract",
+    "triage_split",
 ]
 
 TRIAGE_MODEL_NAME = "speedtest-triage"
@@ -32,6 +35,9 @@ TRIAGE_MODEL_NAME = "speedtest-triage"
 
 TELEMETRY_SERVICE = "telemetry"
 """Name of the on-demand device-telemetry service in the triage contract."""
+
+TRAINERS: tuple[str, ...] = ("sklearn", "lightgbm")
+"""Libraries `train_triage` can fit the triage classifier with."""
 
 _MINUTE_MS = 60_000
 _DAY_MS = 24 * 60 * _MINUTE_MS
@@ -130,6 +136,53 @@ def evaluate(model: Any, X: np.ndarray, y: np.ndarray) -> dict[str, float]:
     return metrics
 
 
+def triage_split(
+    rows: int, seed: int, holdout_fraction: float = 0.2
+) -> tuple[TriageData, np.ndarray, np.ndarray]:
+    """Generate `rows` speed tests from `seed`; return them and the training and held-out rows."""
+    if not 0.0 < holdout_fraction < 1.0:
+        raise ValueError(f"holdout_fraction must be in (0, 1), got {holdout_fraction}")
+    data = generate_speedtests(rows, seed)
+    n_hold = max(1, round(rows * holdout_fraction))
+    if rows - n_hold < 10:
+        raise ValueError(f"rows={rows} is too few to train; use at least 50")
+    order = np.random.default_rng(seed + 1).permutation(rows)
+    return data, order[n_hold:], order[:n_hold]
+
+
+def make_classifier(
+    trainer: str, *, n_estimators: int, max_depth: int, learning_rate: float, seed: int
+) -> Any:
+    """Return an unfitted classifier of `trainer`'s library (one of `TRAINERS`)."""
+    if trainer == "sklearn":
+        from sklearn.ensemble import GradientBoostingClassifier
+
+        return GradientBoostingClassifier(
+            n_estimators=n_estimators,
+            max_depth=max_depth,
+            learning_rate=learning_rate,
+            random_state=seed,
+        )
+    if trainer == "lightgbm":
+        try:
+            from lightgbm import LGBMClassifier
+        except ImportError as exc:
+            raise ValueError(
+                f"trainer 'lightgbm' needs lightgbm: pip install 'streamml[train]' ({exc})"
+            ) from exc
+        # One thread: the fit is small, and the same seed then gives the same trees.
+        return LGBMClassifier(
+            n_estimators=n_estimators,
+            max_depth=max_depth,
+            num_leaves=2**max_depth,
+            learning_rate=learning_rate,
+            random_state=seed,
+            n_jobs=1,
+            verbose=-1,
+        )
+    raise ValueError(f"trainer must be one of {list(TRAINERS)}, got {trainer!r}")
+
+
 def train_triage(
     rows: int = 20_000,
     seed: int = 7,
@@ -138,24 +191,21 @@ def train_triage(
     max_depth: int = 3,
     learning_rate: float = 0.2,
     holdout_fraction: float = 0.2,
+    trainer: str = "sklearn",
 ) -> TrainedTriage:
-    """Generate `rows` speed tests from `seed`, fit a GradientBoostingClassifier, evaluate it."""
-    from sklearn.ensemble import GradientBoostingClassifier
+    """Generate `rows` speed tests from `seed`, fit a classifier and evaluate it.
 
-    if not 0.0 < holdout_fraction < 1.0:
-        raise ValueError(f"holdout_fraction must be in (0, 1), got {holdout_fraction}")
-    data = generate_speedtests(rows, seed)
-    n_hold = max(1, round(rows * holdout_fraction))
-    if rows - n_hold < 10:
-        raise ValueError(f"rows={rows} is too few to train; use at least 50")
-    order = np.random.default_rng(seed + 1).permutation(rows)
-    hold, train = order[:n_hold], order[n_hold:]
-    model = GradientBoostingClassifier(
+    `trainer` picks the library: `sklearn` (GradientBoostingClassifier) or `lightgbm`
+    (LGBMClassifier with at most 2**max_depth leaves per tree; needs `streamml[train]`).
+    """
+    model = make_classifier(
+        trainer,
         n_estimators=n_estimators,
         max_depth=max_depth,
         learning_rate=learning_rate,
-        random_state=seed,
+        seed=seed,
     )
+    data, train, hold = triage_split(rows, seed, holdout_fraction)
     X_train, y_train = data.X[train], data.y[train]
     model.fit(X_train, y_train)
     metrics = evaluate(model, data.X[hold], data.y[hold])
@@ -181,9 +231,12 @@ def train_and_export(
     max_depth: int = 3,
     created_at: datetime | None = None,
     created_by: str = "streamml.onnx_models.training",
+    trainer: str = "sklearn",
 ) -> tuple[TrainedTriage, ExportedModel]:
     """Train the triage model and export it to `out` (file or directory), parity-checked."""
-    trained = train_triage(rows, seed, n_estimators=n_estimators, max_depth=max_depth)
+    trained = train_triage(
+        rows, seed, n_estimators=n_estimators, max_depth=max_depth, trainer=trainer
+    )
     exported = export(
         trained.model,
         FEATURE_NAMES,

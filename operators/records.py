@@ -91,6 +91,10 @@ class DeadLetter:
     position: int
     detail: str = field(default="")
 
+    def counts(self) -> dict[str, int]:
+        """Return the run counters this dead letter adds: ``dead`` and ``dead.REASON``."""
+        return {"dead": 1, f"dead.{self.reason}": 1}
+
     def to_json(self) -> dict[str, object]:
         """Return the JSON-ready form written to dead-letter files."""
         return {

@@ -15,11 +15,19 @@ from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 from streamml.operators.recovery_state import check_output_length, first_start
 from streamml.operators.rolling import ShardUpdate
 from streamml.operators.shard import shard_key
+from streamml.state._parquet import DayPartitionedWriter
 from streamml.state.definitions import FeatureDef
 from streamml.state.history import HistoryWriter
 from streamml.state.predictions import PredictionWriter, TimeoutWriter
 
-__all__ = ["HistorySink", "JsonLinesSink", "PredictionStoreSink", "StatsSink", "read_stats"]
+__all__ = [
+    "DayStoreSink",
+    "HistorySink",
+    "JsonLinesSink",
+    "PredictionStoreSink",
+    "StatsSink",
+    "read_stats",
+]
 
 
 class _JsonLinesPartition(StatefulSinkPartition[Any, int]):
@@ -160,54 +168,54 @@ class HistorySink(FixedPartitionedSink[ShardUpdate, dict[str, tuple[str, int]]])
         return _HistoryPartition(writers)
 
 
-class _PredictionStorePartition(StatefulSinkPartition[Any, tuple[str, int, int]]):
+class _DayStorePartition(StatefulSinkPartition[Any, tuple]):
     def __init__(
-        self,
-        predictions: PredictionWriter,
-        timeouts: TimeoutWriter,
-        flush_interval_s: float,
-        phase: float,
+        self, writers: dict[str, DayPartitionedWriter], flush_interval_s: float, phase: float
     ) -> None:
-        self.predictions = predictions
-        self.timeouts = timeouts
+        self.writers = writers
         self.flush_interval_s = flush_interval_s
         # Shards flush at evenly spread moments, not all in one pause of the worker.
         self.flushed = time.monotonic() - phase * flush_interval_s
 
+    def _flush(self) -> None:
+        for writer in self.writers.values():
+            writer.flush()
+        self.flushed = time.monotonic()
+
     def write_batch(self, items: list[Any]) -> None:
         for out in items:
-            if out.predictions:
-                self.predictions.extend(out.predictions)
-            if out.timeouts:
-                self.timeouts.extend(out.timeouts)
+            for name, writer in self.writers.items():
+                records = getattr(out, name)
+                if records:
+                    writer.extend(records)
         if time.monotonic() - self.flushed >= self.flush_interval_s:
-            self.predictions.flush()
-            self.timeouts.flush()
-            self.flushed = time.monotonic()
+            self._flush()
 
-    def snapshot(self) -> tuple[str, int, int]:
-        self.predictions.flush()
-        self.timeouts.flush()
-        return self.predictions.writer_id, self.predictions.seq, self.timeouts.seq
+    def snapshot(self) -> tuple:
+        self._flush()
+        first = next(iter(self.writers.values()))
+        return (first.writer_id, *(w.seq for w in self.writers.values()))
 
     def close(self) -> None:
-        self.predictions.close()
-        self.timeouts.close()
+        for writer in self.writers.values():
+            writer.close()
 
 
-class PredictionStoreSink(FixedPartitionedSink[Any, tuple[str, int, int]]):
-    """Write every prediction (answers and shadows) and timeout record to the prediction store.
+class DayStoreSink(FixedPartitionedSink[Any, tuple]):
+    """Write the records of keyed outputs to day-partitioned Parquet stores, a writer per shard.
 
-    Items are `PredictOutput`s keyed by shard (``shard-NNN``), one writer pair per shard. Buffers
-    are written at `rows_per_flush` rows, `flush_interval_s` after the last write, and at each
-    snapshot; on resume, the files written after the resumed snapshot are
-    removed, since the replay writes them again, so each request is in the store once.
+    `writers` maps an attribute of the items (a list of records) to the writer class that
+    stores them under `root`. Items are keyed by shard (``shard-NNN``). Buffers are written at
+    `rows_per_flush` rows, `flush_interval_s` after the last write, and at each snapshot; on
+    resume, the files written after the resumed snapshot are removed, since the replay writes
+    them again, so each record is stored once.
     """
 
     def __init__(
         self,
         root: str | os.PathLike[str],
         pipeline_version: str,
+        writers: Mapping[str, type[DayPartitionedWriter]],
         *,
         shards: int,
         recovery_dir: str | os.PathLike[str] | None = None,
@@ -215,11 +223,12 @@ class PredictionStoreSink(FixedPartitionedSink[Any, tuple[str, int, int]]):
         flush_interval_s: float = 5.0,
     ) -> None:
         self.root = Path(root)
-        self.flush_interval_s = flush_interval_s
         self.pipeline_version = pipeline_version
+        self.writers = dict(writers)
         self.shards = shards
         self.recovery_dir = Path(recovery_dir) if recovery_dir is not None else None
         self.rows_per_flush = rows_per_flush
+        self.flush_interval_s = flush_interval_s
 
     def list_parts(self) -> list[str]:
         """Return one partition per shard."""
@@ -230,24 +239,48 @@ class PredictionStoreSink(FixedPartitionedSink[Any, tuple[str, int, int]]):
         return int(item_key.rsplit("-", 1)[1])
 
     def build_part(
-        self, step_id: str, for_part: str, resume_state: tuple[str, int, int] | None
-    ) -> _PredictionStorePartition:
+        self, step_id: str, for_part: str, resume_state: tuple | None
+    ) -> _DayStorePartition:
         """Open the shard's writers, discarding what was written after the resumed snapshot."""
         if resume_state is None:
             writer_id = f"{for_part}-{time.time_ns():x}-{os.getpid()}"
             target = str(self.root.resolve()) + f"#{for_part}"
             writer_id = first_start(self.recovery_dir, target, writer_id)
-            seqs = (0, 0)
+            seqs = [0] * len(self.writers)
         else:
-            writer_id, *rest = resume_state
-            seqs = (rest[0], rest[1])
+            writer_id, *seqs = resume_state
         kw = {"writer_id": writer_id, "rows_per_flush": self.rows_per_flush}
-        predictions = PredictionWriter(self.root, self.pipeline_version, seq=seqs[0], **kw)
-        timeouts = TimeoutWriter(self.root, self.pipeline_version, seq=seqs[1], **kw)
-        predictions.discard_from(seqs[0])
-        timeouts.discard_from(seqs[1])
+        writers = {}
+        for (name, cls), seq in zip(self.writers.items(), seqs, strict=True):
+            writer = cls(self.root, self.pipeline_version, seq=seq, **kw)
+            writer.discard_from(seq)
+            writers[name] = writer
         phase = self.part_fn(for_part) / max(1, self.shards)
-        return _PredictionStorePartition(predictions, timeouts, self.flush_interval_s, phase)
+        return _DayStorePartition(writers, self.flush_interval_s, phase)
+
+
+def PredictionStoreSink(
+    root: str | os.PathLike[str],
+    pipeline_version: str,
+    *,
+    shards: int,
+    recovery_dir: str | os.PathLike[str] | None = None,
+    rows_per_flush: int = 10_000,
+    flush_interval_s: float = 5.0,
+) -> DayStoreSink:
+    """Write every prediction (answers and shadows) and timeout record to the prediction store.
+
+    Items are `PredictOutput`s keyed by shard; see `DayStoreSink`.
+    """
+    return DayStoreSink(
+        root,
+        pipeline_version,
+        {"predictions": PredictionWriter, "timeouts": TimeoutWriter},
+        shards=shards,
+        recovery_dir=recovery_dir,
+        rows_per_flush=rows_per_flush,
+        flush_interval_s=flush_interval_s,
+    )
 
 
 class _StatsPartition(StatefulSinkPartition[Mapping[str, int], None]):

@@ -24,6 +24,7 @@ from streamml.state.sources import SourceRegistry
 __all__ = [
     "DEFAULT_SETTLE_MS",
     "SPEED_TEST_FIELDS",
+    "FileListSource",
     "FileSource",
     "GeneratedEvents",
     "GeneratorConfig",
@@ -221,6 +222,83 @@ class FileSource(FixedPartitionedSource[LinesChunk, int]):
             self.settle_ms,
             self.registry,
         )
+
+
+class _FileListPartition(StatefulSourcePartition[LinesChunk, dict[str, int]]):
+    def __init__(
+        self, paths: list[Path], fmt: str, resume: dict[str, int] | None, chunk_bytes: int
+    ) -> None:
+        self.read = dict(resume or {})
+        self.todo = list(paths)
+        self.fmt = fmt
+        self.chunk_bytes = chunk_bytes
+        self.current: _FilePartition | None = None
+
+    def next_batch(self) -> list[LinesChunk]:
+        while True:
+            if self.current is None:
+                if not self.todo:
+                    raise StopIteration
+                path = self.todo.pop(0)
+                start = self.read.get(str(path), 0)
+                size = path.stat().st_size
+                if start > size:
+                    raise ValueError(
+                        f"{path} is {size} bytes, but {start} bytes of it were read by an "
+                        "earlier run: the file was replaced or truncated; give new input a "
+                        "new file name"
+                    )
+                self.current = _FilePartition(
+                    f"file:{path}", path, self.fmt, None, start, self.chunk_bytes, 0, None
+                )
+            try:
+                batch = self.current.next_batch()
+            except StopIteration:
+                self.read[str(self.current.path)] = self.current.pos
+                self.current.close()
+                self.current = None
+                continue
+            self.read[str(self.current.path)] = self.current.pos
+            return batch
+
+    def snapshot(self) -> dict[str, int]:
+        return dict(self.read)
+
+    def close(self) -> None:
+        if self.current is not None:
+            self.current.close()
+
+
+class FileListSource(FixedPartitionedSource[LinesChunk, dict[str, int]]):
+    """Read the given files in order as one partition that remembers how far each was read.
+
+    The resume state is, per file, the bytes read: a later run given other files reads those,
+    and files it read before only from where it stopped. Chunks name their file (``file:PATH``)
+    and positions as `FileSource` does.
+    """
+
+    def __init__(
+        self,
+        paths: list[str | os.PathLike[str]],
+        *,
+        fmt: str = "jsonl",
+        name: str = "files",
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    ) -> None:
+        self.paths = [Path(p).resolve() for p in paths]
+        self.fmt = fmt
+        self.name = name
+        self.chunk_bytes = chunk_bytes
+
+    def list_parts(self) -> list[str]:
+        """Return the one partition."""
+        return [self.name]
+
+    def build_part(
+        self, step_id: str, for_part: str, resume_state: dict[str, int] | None
+    ) -> _FileListPartition:
+        """Build the partition, resuming each file where `resume_state` says it was read."""
+        return _FileListPartition(self.paths, self.fmt, resume_state, self.chunk_bytes)
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,7 @@ __all__ = ["COMMANDS", "build_parser", "main"]
 
 COMMANDS: tuple[Command, ...] = (
     Command("demo", "run the main job on generated data", "streamml.demo"),
-    Command("run", "run a flow (error-count, features, predict)", "streamml.run_cli"),
+    Command("run", "run a flow (error-count, predict, features, outcomes)", "streamml.run_cli"),
     Command(
         "features", "feature definitions and the online feature store", "streamml.features_cli"
     ),
@@ -30,6 +30,11 @@ COMMANDS: tuple[Command, ...] = (
     ),
     Command(
         "predictions", "look into stored predictions (explain one)", "streamml.predictions_cli"
+    ),
+    Command(
+        "monitor",
+        "live model performance per version and variant (compute, show)",
+        "streamml.monitor_cli",
     ),
     Command("serve", "run the REST service (predictions, features, models)", "streamml.serve_cli"),
     Command(
@@ -48,6 +53,11 @@ COMMANDS: tuple[Command, ...] = (
         "streamml.telemetry",
     ),
     Command("recovery", "manage Bytewax recovery directories", "streamml.recovery"),
+    Command(
+        "deploy",
+        "render the Kubernetes manifests (a StatefulSet of flow processes)",
+        "streamml.deploy_cli",
+    ),
     Command("bench", "run a benchmark", "streamml.benchmarks.cli", nested=True),
 )
 """Every subcommand, in the order `streamml --help` lists them."""

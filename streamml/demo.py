@@ -7,10 +7,14 @@ import shutil
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import orjson
 
 from streamml.console import Progress, format_table, human
+
+if TYPE_CHECKING:
+    from streamml.onnx_models.speedtests import RequestGeneratorConfig
 
 __all__ = ["register", "run_demo"]
 
@@ -25,10 +29,18 @@ def register(sub: argparse._SubParsersAction) -> None:
             "bundled features over them (the rolling 24-hour error count and five speed-test "
             "features) and show the summary, alerts and online feature values; then "
             "start the telemetry service and answer generated slow speed tests with the "
-            "prediction flow (selection, feature assembly, on-demand fetches, ONNX scoring). "
+            "prediction flow (selection, feature assembly, on-demand fetches, ONNX scoring), and "
+            "recompute the online features the predictions logged from the history store, and "
+            "join the requests' outcomes to every prediction. `streamml demo lifecycle` runs "
+            "four days instead: a modem firmware rollout changes the world on day 2, the live "
+            "model's accuracy falls (estimated before outcomes, realised after), a model "
+            "retrained on day 2 runs as a shadow on day 3 and is promoted for day 4. "
             "Everything is written under --dir and replaced on each run."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "which", nargs="?", choices=["main", "lifecycle"], default="main", help="which demo"
     )
     p.add_argument("--dir", type=Path, default=Path(".demo"), help="working folder")
     p.add_argument("--events", type=int, default=300_000)
@@ -40,6 +52,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run_demo(args: argparse.Namespace) -> int:
     """Run the demo; returns the exit code."""
+    if args.which == "lifecycle":
+        from streamml.lifecycle import print_figures, run_lifecycle
+
+        root = args.dir.resolve() / "lifecycle"
+        print(
+            f"the speed-test triage model over four days of generated requests ({root}); a "
+            "modem firmware rollout changes the world at the start of day 2"
+        )
+        figures = run_lifecycle(root, requests=args.requests, seed=args.seed)
+        print_figures(figures)
+        return 0
     from streamml.dataflows.features import FeaturesConfig, SourceInput
     from streamml.features_run_cli import run_features
     from streamml.generate_cli import write_events, write_speed_tests
@@ -56,6 +79,7 @@ def run_demo(args: argparse.Namespace) -> int:
         "predictions",
         "predictions.jsonl",
         "timeouts.jsonl",
+        "outcomes.jsonl",
     ):
         target = root / name
         if target.is_dir():
@@ -181,4 +205,75 @@ def _predict_demo(root: Path, accounts: int, seed: int, as_of: int, requests: in
         f"   reproduce one: streamml predictions explain {first} --prediction-store "
         f"{root / 'predictions'} --registry {root / 'models'}"
     )
+    return _verify_demo(root) and _outcomes_demo(root, gen)
+
+
+def _outcomes_demo(root: Path, gen: RequestGeneratorConfig) -> bool:
+    """Join the requests' outcomes (the generator's hidden truth) to the predictions."""
+    from streamml.dataflows.outcomes import OutcomesFlowConfig
+    from streamml.generate_cli import write_outcomes
+    from streamml.outcomes_cli import run_outcomes
+    from streamml.outcomes_cli import summary_rows as outcome_rows
+    from streamml.state.outcomes import read_outcomes
+
+    path = write_outcomes(root / "outcomes.jsonl", gen, missing_rate=0.1, seed=1)
+    print(
+        f"8. outcomes observed minutes to days later ({path}; 10% never observed), joined to "
+        "every scored variant (streamml run outcomes --drain):"
+    )
+    config = OutcomesFlowConfig(
+        prediction_store=root / "predictions",
+        paths=(str(path),),
+        drain=True,
+        stats_path=root / "outcome-stats.json",
+    )
+    result = run_outcomes(config)
+    if result.returncode != 0:
+        print("the outcome flow failed", file=sys.stderr)
+        return False
+    print(format_table(outcome_rows(result)[:6], headers=["outcomes", "value"]))
+    rows = read_outcomes(config.prediction_store).to_pylist()
+    by_variant: dict[tuple[str, str], list[bool]] = {}
+    for r in rows:
+        by_variant.setdefault((r["version"], r["variant"]), []).append(r["correct"])
+    print(
+        format_table(
+            [
+                (v, variant, len(c), f"{sum(c) / len(c):.1%}")
+                for (v, variant), c in sorted(by_variant.items())
+            ],
+            headers=["version", "variant", "outcomes", "accuracy"],
+        )
+    )
+    print(f"   matched rows: {config.prediction_store / 'outcomes'} (Parquet by day)")
+    return True
+
+
+def _verify_demo(root: Path) -> bool:
+    """Recompute the online features the predictions logged from the history store."""
+    from streamml.state.consistency import verify_predictions
+    from streamml.state.definitions import default_definitions
+
+    store, history = root / "predictions", root / "state" / "history"
+    report = verify_predictions(store, history, dict(default_definitions().features))
+    print(
+        "7. training/serving consistency (streamml features verify --prediction-store "
+        f"{store} --history {history}): online values logged by the predictions, recomputed "
+        "from the history store as of each request"
+    )
+    rows = [
+        (c.feature, c.checked, c.exact, c.lagged, c.mismatched, c.version_mismatch)
+        for c in report.features.values()
+        if c.checked or c.version_mismatch
+    ]
+    headers = ["feature", "checked", "exact", "by lag", "mismatched", "version mismatch"]
+    print(format_table(rows, headers=headers))
+    print(
+        "   by lag: the value an online read as of the request gives after the events the flow "
+        "had applied (here every event, some later than the request in its hour: the requests "
+        "were answered after the whole stream)"
+    )
+    if report.mismatched:
+        print(f"{report.mismatched} logged values differ from the history", file=sys.stderr)
+        return False
     return True

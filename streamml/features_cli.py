@@ -28,7 +28,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     features = sub.add_parser(
         "features",
         help="feature definitions and the online feature store",
-        description="List, show and validate feature definitions; read the online store.",
+        description=(
+            "List, show and validate feature definitions; read the online store; verify logged "
+            "predictions against the history store."
+        ),
     )
     fsub = features.add_subparsers(dest="features_command", metavar="COMMAND", required=True)
     get = fsub.add_parser(
@@ -55,9 +58,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     get.add_argument("--json", action="store_true", help="one JSON object per line")
     get.set_defaults(func=_cmd_get)
 
-    from streamml import features_run_cli
+    from streamml import features_run_cli, features_verify_cli
 
     features_run_cli.add_backfill_parser(fsub)
+    features_verify_cli.add_verify_parser(fsub)
     for name, helptext, func in (
         ("list", "one line per feature: source, aggregation, window, TTL, stores", _cmd_list),
         ("show", "every field of the definitions, with each feature's version", _cmd_show),

@@ -11,12 +11,13 @@ from typing import TYPE_CHECKING
 
 from streamml.console import Progress, human
 from streamml.dataflows.environment import KAFKA_PREFIX, add_kafka_client_option
-from streamml.run_cli import DEFAULT_SETTLE_MS
+from streamml.run_cli import DEFAULT_SETTLE_MS, add_cluster_options, cluster_from_args
 from streamml.runner import report_run
 from streamml.state.definitions import DefinitionError
 from streamml.state.errors import RefusedError
 
 if TYPE_CHECKING:
+    from streamml.cluster import ClusterMember
     from streamml.dataflows.features import FeaturesConfig
     from streamml.runner import RunResult
 
@@ -105,6 +106,7 @@ def _common(p: argparse.ArgumentParser, *, backfill: bool) -> None:
     )
     p.add_argument("--recovery-dir", type=Path, help="Bytewax recovery directory")
     p.add_argument("--snapshot-interval", type=int, default=10, help="seconds between snapshots")
+    add_cluster_options(p)
 
 
 def add_run_parser(flows: argparse._SubParsersAction) -> None:
@@ -208,11 +210,13 @@ def run_features(
     show_progress: bool | None = None,
     snapshot_interval_s: int = 10,
     reset_sources: tuple[str, ...] = (),
+    member: ClusterMember | None = None,
 ) -> RunResult:
     """Run the features flow in worker processes; shows progress on a terminal.
 
-    Raises `RefusedError` when the state dir, recovery dir, definitions and inputs disagree
-    (nothing is applied then).
+    With `member`, runs this host's process of a cluster over several hosts. Raises
+    `RefusedError` when the state dir, recovery dir, definitions and inputs disagree (nothing is
+    applied then).
     """
     from streamml.dataflows.features import prepare_features_state
     from streamml.recovery import ensure_recovery_dir, recovery_args
@@ -233,17 +237,21 @@ def run_features(
             stats_path=config.stats_path,
             progress=event_progress(bar),
             extra_args=extra,
+            member=member,
         )
     finally:
         bar.done()
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from streamml.processes import stop_on_sigterm
     from streamml.run_cli import summary_rows
 
+    stop_on_sigterm()
     name = "features backfill" if args.backfill else "run features"
     with tempfile.TemporaryDirectory(prefix="streamml-run-") as tmp:
         try:
+            member = cluster_from_args(args)
             config = config_from_args(args, Path(tmp) / "stats.json")
             resets = tuple(
                 r if r.startswith("kafka:") else str(Path(r).resolve())
@@ -254,6 +262,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
                 processes=args.processes,
                 snapshot_interval_s=getattr(args, "snapshot_interval", 10),
                 reset_sources=resets,
+                member=member,
             )
         except (ValueError, RefusedError, DefinitionError) as exc:
             print(f"streamml {name}: {exc}", file=sys.stderr)

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     import numpy as np
     import pyarrow as pa
 
+    from streamml.onnx_models.speedtests import RequestGeneratorConfig
     from streamml.operators.sources import GeneratorConfig
 
 __all__ = ["JUNK_LINES", "register", "write_events"]
@@ -135,6 +136,21 @@ def write_speed_tests(path: Path, config: GeneratorConfig) -> Path:
     return path
 
 
+def write_outcomes(
+    path: Path, requests: RequestGeneratorConfig, missing_rate: float, seed: int
+) -> Path:
+    """Write the outcomes of generated requests (`generate_outcomes`) as JSON lines."""
+    import orjson
+
+    from streamml.onnx_models.speedtests import OutcomeConfig, generate_outcomes
+
+    outcomes = generate_outcomes(requests, OutcomeConfig(missing_rate=missing_rate, seed=seed))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        f.writelines(orjson.dumps(o) + b"\n" for o in outcomes)
+    return path
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     """Add `streamml generate`."""
     p = sub.add_parser(
@@ -151,11 +167,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, help="output file (.csv or .jsonl)")
     p.add_argument(
         "--kind",
-        choices=["signal-errors", "speed-tests"],
+        choices=["signal-errors", "speed-tests", "outcomes"],
         default="signal-errors",
-        help="signal-error events, or speed tests (JSON lines with download_ratio, upload_ratio, "
-        "latency_ms, packet_loss_pct: the bundled speed_tests source)",
+        help="signal-error events; speed tests (JSON lines with download_ratio, upload_ratio, "
+        "latency_ms, packet_loss_pct: the bundled speed_tests source); or the outcomes of the "
+        "requests `run predict --requests-source generate` draws with the same --events "
+        "(requests), --accounts, --seed and --end (its --now), observed minutes to days later",
     )
+    p.add_argument(
+        "--missing-rate", type=float, default=0.1, help="outcomes: share of requests with none"
+    )
+    p.add_argument("--outcome-seed", type=int, default=1, help="outcomes: seed of the delays")
+    p.add_argument("--drift-at", help="outcomes: the requests' --drift-at (epoch ms or ISO-8601)")
     p.add_argument("--events", type=int, default=1_000_000)
     p.add_argument("--accounts", type=int, default=100_000)
     p.add_argument("--seed", type=int, default=7)
@@ -173,6 +196,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
+    from streamml.onnx_models.speedtests import RequestGeneratorConfig
     from streamml.operators.sources import GeneratorConfig
 
     if args.events < 0 or args.accounts < 1 or not 0 <= args.junk_rate < 1:
@@ -203,6 +227,26 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         start_ms=end - span - disorder,
         span_ms=span,
     )
+    if args.kind == "outcomes":
+        from streamml.onnx_models.speedtests import RequestGeneratorConfig
+
+        if not 0 <= args.missing_rate <= 1:
+            print("streamml generate: --missing-rate must be in [0, 1]", file=sys.stderr)
+            return 2
+        try:
+            drift = None if args.drift_at is None else parse_instant(args.drift_at)
+        except ValueError as exc:
+            print(f"streamml generate: --drift-at: {exc}", file=sys.stderr)
+            return 2
+        requests = RequestGeneratorConfig(
+            requests=args.events,
+            accounts=args.accounts,
+            seed=args.seed,
+            now_ms=end,
+            drift_at_ms=drift,
+        )
+        print(write_outcomes(args.out, requests, args.missing_rate, args.outcome_seed))
+        return 0
     if args.kind == "speed-tests":
         if fmt != "jsonl" or args.files != 1 or args.junk_rate:
             print(

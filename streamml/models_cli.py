@@ -14,6 +14,7 @@ import orjson
 from streamml.onnx_models import (
     REGISTRY_ENV,
     STAGES,
+    TRAINERS,
     TRIAGE_MODEL_NAME,
     ContractError,
     ExportError,
@@ -106,7 +107,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if progress:
         print(
             f"training {args.name}@{version} on {args.rows} generated speed tests "
-            f"(seed {args.seed}, {args.estimators} trees of depth {args.depth})...",
+            f"(seed {args.seed}, {args.trainer}, {args.estimators} trees of depth "
+            f"{args.depth})...",
             file=progress,
         )
     with tempfile.TemporaryDirectory() as tmp:
@@ -119,6 +121,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             n_estimators=args.estimators,
             max_depth=args.depth,
             created_by="streamml models train",
+            trainer=args.trainer,
         )
         registered = registry.register(
             exported.path,
@@ -268,8 +271,128 @@ def _cmd_route(args: argparse.Namespace) -> int:
     return 0
 
 
+def _instant(text: str | None) -> int | None:
+    from streamml.state.definitions import parse_instant
+
+    return None if text is None else parse_instant(text)
+
+
+def _cmd_retrain(args: argparse.Namespace) -> int:
+    """Retrain on outcomes and register as a shadow."""
+    from streamml.retraining import retrain
+
+    result = retrain(
+        args.registry,
+        args.prediction_store,
+        args.name,
+        since=_instant(args.since),
+        until=_instant(args.until),
+        trainer=args.trainer,
+        seed=args.seed,
+        estimators=args.estimators,
+        depth=args.depth,
+        shadow=not args.no_shadow,
+    )
+    if args.json:
+        _emit_json(
+            {
+                "name": result.name,
+                "version": result.version,
+                "parent": result.parent,
+                "metrics": result.metrics,
+                "lineage": result.lineage,
+            }
+        )
+        return 0
+    m = result.metrics
+    print(
+        f"{result.name}@{result.version} trained on {result.rows - result.holdout_rows:,} "
+        f"answered requests with outcomes (parent {result.name}@{result.parent}); "
+        f"{'routed as a shadow' if not args.no_shadow else 'registered as a candidate'}"
+    )
+    rows = [
+        ["accuracy", _fmt(m["accuracy"]), _fmt(result.parent_holdout_accuracy)],
+        ["macro F1", _fmt(m["macro_f1"]), "-"],
+        ["log loss", _fmt(m["log_loss"]), "-"],
+    ]
+    print(_table([f"holdout ({result.holdout_rows:,} latest)", "new", "answering"], rows))
+    print(f"training set sha256 {result.lineage['training_set_sha256'][:16]}...")
+    return 0
+
+
+def _comparison_rows(comparisons) -> list[list[str]]:
+    return [
+        [
+            c.shadow,
+            f"{c.scored:,}",
+            f"{c.agreement:.1%}",
+            f"{c.outcomes:,}",
+            "-" if c.outcomes == 0 else f"{c.answer_accuracy:.1%}",
+            "-" if c.outcomes == 0 else f"{c.shadow_accuracy:.1%}",
+            "-" if c.outcomes == 0 else f"{c.gain:+.1%}",
+        ]
+        for c in comparisons
+    ]
+
+
+_COMPARE_HEADERS = ["shadow", "scored", "agrees", "outcomes", "answer acc", "shadow acc", "gain"]
+
+
+def _comparison_json(c) -> dict[str, Any]:
+    return {
+        "shadow": c.shadow,
+        "scored": c.scored,
+        "agreement": c.agreement,
+        "outcomes": c.outcomes,
+        "answer_accuracy": c.answer_accuracy if c.outcomes else None,
+        "shadow_accuracy": c.shadow_accuracy if c.outcomes else None,
+    }
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    """Compare the shadows with the answering model."""
+    from streamml.retraining import compare
+
+    found = compare(
+        args.prediction_store, args.name, since=_instant(args.since), until=_instant(args.until)
+    )
+    if args.json:
+        _emit_json([_comparison_json(c) for c in found])
+        return 0
+    if not found:
+        print(f"no shadow of {args.name} was scored in {args.prediction_store}")
+        return 0
+    print(_table(_COMPARE_HEADERS, _comparison_rows(found)))
+    return 0
+
+
 def _cmd_promote(args: argparse.Namespace) -> int:
-    """Move a version to a stage."""
+    """Move a version to a stage, or promote a winning shadow."""
+    if args.auto:
+        from streamml.retraining import auto_promote
+
+        if args.version is not None or args.prediction_store is None:
+            return _fail(args, "--auto takes no VERSION and needs --prediction-store")
+        best = auto_promote(
+            args.registry,
+            args.prediction_store,
+            args.name,
+            margin=args.margin,
+            min_outcomes=args.min_outcomes,
+        )
+        if args.json:
+            _emit_json({"promoted": None if best is None else _comparison_json(best)})
+        elif best is None:
+            print(
+                f"no shadow of {args.name} beats the answering model by {args.margin:.1%} over "
+                f">= {args.min_outcomes} outcomes; nothing promoted"
+            )
+        else:
+            print(f"{args.name}@{best.shadow}: shadow -> live")
+            print(_table(_COMPARE_HEADERS, _comparison_rows([best])))
+        return 0
+    if args.version is None:
+        return _fail(args, "give the VERSION to promote, or --auto")
     registry = _registry(args)
     before = {v.version: v.stage for v in registry.versions(args.name)}
     v = registry.promote(args.name, args.version, args.stage)
@@ -347,10 +470,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         "train",
         help="generate speed-test data, train the triage model, export and register it",
         description=(
-            "Generate seeded speed-test data, train a GradientBoostingClassifier that says "
+            "Generate seeded speed-test data, train a gradient-boosted classifier that says "
             "whether the trouble is wifi, modem or network, export it to ONNX (refused unless "
-            "ONNX Runtime matches scikit-learn on held-out rows) and register it as a candidate."
+            "ONNX Runtime matches the native model on held-out rows) and register it as a "
+            "candidate."
         ),
+    )
+    p.add_argument(
+        "--trainer",
+        choices=TRAINERS,
+        default="sklearn",
+        help="sklearn: GradientBoostingClassifier; lightgbm: LGBMClassifier, needs "
+        "streamml[train] (default: %(default)s)",
     )
     p.add_argument("--name", default=TRIAGE_MODEL_NAME, help="model name (default: %(default)s)")
     p.add_argument(
@@ -381,14 +512,64 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = msub.add_parser(
         "promote",
-        help="move a version to a stage",
-        description="Move NAME VERSION to --stage; promoting to live retires the previous live.",
+        help="move a version to a stage (live by default), or promote a winning shadow",
+        description=(
+            "Move NAME VERSION to --stage (default live; promoting to live retires the previous "
+            "live, and running flows pick the change up through the registry's metadata). With "
+            "--auto and no VERSION: promote the shadow that beats the answering model by at "
+            "least --margin accuracy over at least --min-outcomes outcomes on the same requests "
+            "(see `streamml models compare`), if any."
+        ),
     )
     p.add_argument("name")
-    p.add_argument("version")
-    p.add_argument("--stage", required=True, choices=STAGES, help="target stage")
+    p.add_argument("version", nargs="?")
+    p.add_argument("--stage", default="live", choices=STAGES, help="target stage")
+    p.add_argument("--auto", action="store_true", help="promote a shadow that wins (policy)")
+    p.add_argument("--prediction-store", type=Path, help="with --auto: the prediction store")
+    p.add_argument("--margin", type=float, default=0.02, help="with --auto: accuracy margin")
+    p.add_argument("--min-outcomes", type=int, default=500, help="with --auto: outcomes needed")
     _common(p)
     p.set_defaults(func=_guard(_cmd_promote))
+
+    p = msub.add_parser(
+        "retrain",
+        help="retrain on answered requests and their outcomes; register it as a shadow",
+        description=(
+            "Build a training set from the prediction store: every request NAME answered in "
+            "[--since, --until) that got an outcome (streamml run outcomes), with its features "
+            "as scored and the outcome as label. Train on the earlier 80%% (by request time), "
+            "evaluate the new model and the answering one on the later 20%%, export to ONNX "
+            "with the parity check, register the candidate with its lineage (training set "
+            "fingerprint, feature versions, code version, parent version, offline metrics) "
+            "and route it as a shadow."
+        ),
+    )
+    p.add_argument("name")
+    p.add_argument("--prediction-store", type=Path, required=True, help="prediction store root")
+    p.add_argument("--since", help="first request time (epoch ms or ISO-8601)")
+    p.add_argument("--until", help="end of the request times, excluded")
+    p.add_argument("--trainer", choices=["sklearn", "lightgbm"], default="sklearn")
+    p.add_argument("--estimators", type=int, default=50, help="boosting rounds")
+    p.add_argument("--depth", type=int, default=3, help="tree depth")
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--no-shadow", action="store_true", help="register only; do not route")
+    _common(p)
+    p.set_defaults(func=_guard(_cmd_retrain))
+
+    p = msub.add_parser(
+        "compare",
+        help="shadows beside the answering model on the same requests",
+        description=(
+            "For each shadow version of NAME: the requests it was scored on, how often it "
+            "agreed with the answer, and the accuracy of both on the requests with an outcome."
+        ),
+    )
+    p.add_argument("name")
+    p.add_argument("--prediction-store", type=Path, required=True, help="prediction store root")
+    p.add_argument("--since", help="first request time (epoch ms or ISO-8601)")
+    p.add_argument("--until", help="end of the request times, excluded")
+    _common(p)
+    p.set_defaults(func=_guard(_cmd_compare))
 
     p = msub.add_parser(
         "route",

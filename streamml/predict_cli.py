@@ -51,6 +51,15 @@ def add_parser(flows: argparse._SubParsersAction) -> None:  # type: ignore[type-
     src.add_argument("--requests", type=int, default=10_000, help="requests to generate")
     src.add_argument("--accounts", type=int, default=100_000, help="distinct accounts to draw")
     src.add_argument("--seed", type=int, default=7, help="generator seed (use the telemetry's)")
+    src.add_argument(
+        "--now",
+        help="time of the last generated request, epoch ms or ISO-8601 (default: the wall clock)",
+    )
+    src.add_argument(
+        "--drift-at",
+        help="generated requests: a modem firmware rollout changes the world at this time "
+        "(epoch ms or ISO-8601)",
+    )
     kafka = p.add_argument_group("kafka")
     kafka.add_argument("--brokers", help="bootstrap servers HOST:PORT[,HOST:PORT...]")
     kafka.add_argument("--requests-topic", help="topic of prediction requests")
@@ -120,11 +129,15 @@ def config_from_args(args: argparse.Namespace, stats_path: Path | None) -> Predi
         raise ValueError("--processes must be >= 1")
     if not args.registry.is_dir():
         raise ValueError(f"model registry {str(args.registry)!r} is not a directory")
+    from streamml.state.definitions import parse_instant
+
+    now = time.time_ns() // 1_000_000 if args.now is None else parse_instant(args.now)
     generator = RequestGeneratorConfig(
         requests=args.requests,
         accounts=args.accounts,
         seed=args.seed,
-        now_ms=time.time_ns() // 1_000_000,
+        now_ms=now,
+        drift_at_ms=None if args.drift_at is None else parse_instant(args.drift_at),
     )
     return PredictFlowConfig(
         requests=RequestsConfig(

@@ -7,7 +7,7 @@ import signal
 import subprocess
 import sys
 
-__all__ = ["die_with_parent", "interrupt"]
+__all__ = ["die_with_parent", "interrupt", "stop_on_sigterm"]
 
 
 def die_with_parent() -> None:
@@ -31,3 +31,18 @@ def interrupt(proc: subprocess.Popen, timeout: float) -> int:
             proc.kill()
             proc.wait(timeout=timeout)
     return int(proc.returncode)
+
+
+def _sigterm(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def stop_on_sigterm() -> None:
+    """Make SIGTERM stop this process like Ctrl-C (KeyboardInterrupt), from the main thread.
+
+    A container runtime or a supervisor stops a command with SIGTERM; as a container's first
+    process (PID 1) it would be ignored. `streamml run` then interrupts its workers and waits
+    for them, as on Ctrl-C, instead of leaving them running.
+    """
+    with contextlib.suppress(ValueError):  # not the main thread
+        signal.signal(signal.SIGTERM, _sigterm)

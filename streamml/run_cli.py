@@ -18,13 +18,16 @@ from streamml.state.errors import RefusedError
 from streamml.state.layout import StateLayout
 
 if TYPE_CHECKING:
+    from streamml.cluster import ClusterMember
     from streamml.dataflows.error_count import ErrorCountConfig
     from streamml.runner import RunResult
 
 __all__ = [
     "FLOWS",
+    "add_cluster_options",
     "add_error_count_options",
     "add_error_count_parser",
+    "cluster_from_args",
     "config_from_args",
     "register",
     "run_error_count",
@@ -53,6 +56,12 @@ FLOWS: tuple[Command, ...] = (
         "every feature of a definition file, from its sources, in one flow",
         "streamml.features_run_cli",
         function="add_run_parser",
+    ),
+    Command(
+        "outcomes",
+        "join outcomes to their predictions (every variant) into the outcome store",
+        "streamml.outcomes_cli",
+        function="add_parser",
     ),
 )
 """The flows of `streamml run`, in the order its help lists them."""
@@ -137,6 +146,51 @@ def add_error_count_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_cluster_options(p: argparse.ArgumentParser) -> None:
+    """Add the options that make this run one process of a cluster over several hosts."""
+    cluster = p.add_argument_group(
+        "several hosts",
+        "Run this as one process of a cluster spread over several hosts (or pods): every "
+        "host runs the same command with its own process id and the same --addresses. Each "
+        "process keeps the state of the shards it owns under its own --state-dir and "
+        "--recovery-dir; the process count is fixed for the life of that state (see README, "
+        "Deploying on Kubernetes).",
+    )
+    ident = cluster.add_mutually_exclusive_group()
+    ident.add_argument("--process-id", type=int, help="this process's id in the cluster, from 0")
+    ident.add_argument(
+        "--process-id-from-hostname",
+        action="store_true",
+        help="take the process id from the -ORDINAL ending $HOSTNAME (a StatefulSet pod's name)",
+    )
+    cluster.add_argument(
+        "--addresses",
+        metavar="HOST:PORT;HOST:PORT...",
+        help="the address of every process of the cluster, in process-id order; this process "
+        "listens on its own",
+    )
+
+
+def cluster_from_args(args: argparse.Namespace) -> ClusterMember | None:
+    """Return this process's place in a cluster from the parsed options, or None.
+
+    Raises ValueError when the options do not fit together (also with ``--processes`` > 1).
+    """
+    from streamml.cluster import cluster_member
+
+    member = cluster_member(
+        process_id=getattr(args, "process_id", None),
+        from_hostname=getattr(args, "process_id_from_hostname", False),
+        addresses=getattr(args, "addresses", None),
+    )
+    if member is not None and getattr(args, "processes", 1) != 1:
+        raise ValueError(
+            "--processes runs several processes on this machine; with --addresses each host "
+            "runs one process of the cluster (leave --processes out)"
+        )
+    return member
+
+
 def register(
     sub: argparse._SubParsersAction,  # type: ignore[type-arg]
     path: Sequence[str] | None = None,
@@ -144,7 +198,7 @@ def register(
     """Add `streamml run`: fully the flow `path` names (every one when None)."""
     run = sub.add_parser(
         "run",
-        help="run a flow (error-count, features, predict)",
+        help="run a flow (error-count, predict, features, outcomes)",
         description="Run a dataflow to its end.",
     )
     flows = run.add_subparsers(dest="flow", metavar="FLOW", required=True)
@@ -196,6 +250,7 @@ def add_error_count_parser(flows: argparse._SubParsersAction) -> None:  # type: 
     rec.add_argument(
         "--snapshot-interval", type=int, default=10, help="whole seconds between snapshots"
     )
+    add_cluster_options(p)
     p.set_defaults(func=_cmd_error_count)
 
 
@@ -290,11 +345,13 @@ def run_error_count(
     recovery_dir: Path | None = None,
     snapshot_interval_s: int = 10,
     reset_sources: tuple[str, ...] = (),
+    member: ClusterMember | None = None,
 ) -> RunResult:
     """Run the error-count flow in worker processes; shows progress on a terminal.
 
-    Raises `RefusedError` when the state dir, recovery dir and inputs disagree (nothing is
-    written then).
+    With `member`, runs this host's process of a cluster over several hosts. Raises
+    `RefusedError` when the state dir, recovery dir and inputs disagree (nothing is written
+    then).
     """
     from streamml.dataflows.error_count import prepare_state
     from streamml.recovery import ensure_recovery_dir, recovery_args
@@ -315,6 +372,7 @@ def run_error_count(
             stats_path=config.stats_path,
             progress=event_progress(bar),
             extra_args=extra,
+            member=member,
         )
     finally:
         bar.done()
@@ -344,8 +402,12 @@ def summary_rows(result: RunResult) -> list[tuple[str, str]]:
 
 
 def _cmd_error_count(args: argparse.Namespace) -> int:
+    from streamml.processes import stop_on_sigterm
+
+    stop_on_sigterm()
     with tempfile.TemporaryDirectory(prefix="streamml-run-") as tmp:
         try:
+            member = cluster_from_args(args)
             config = config_from_args(args, Path(tmp) / "stats.json")
             resets = tuple(
                 r if r.startswith("kafka:") else str(Path(r).resolve()) for r in args.reset_source
@@ -356,6 +418,7 @@ def _cmd_error_count(args: argparse.Namespace) -> int:
                 recovery_dir=args.recovery_dir,
                 snapshot_interval_s=args.snapshot_interval,
                 reset_sources=resets,
+                member=member,
             )
         except (ValueError, RefusedError) as exc:
             print(f"streamml run error-count: {exc}", file=sys.stderr)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from streamml.cluster import ClusterMember
 from streamml.console import format_table, human
 from streamml.worker import REFUSED_EXIT
 
@@ -89,22 +90,30 @@ def run_flow_processes(
     progress: Callable[[dict[str, Any], float], None] | None = None,
     extra_args: list[str] | None = None,
     log: TextIO | None = None,
+    member: ClusterMember | None = None,
 ) -> RunResult:
     """Start `processes` workers of `import_str` (see `streamml.worker`) and wait for them.
 
     Workers run in Python's safe-path mode (``-P``) and never import from the current directory.
-    Workers on one machine talk over loopback ports chosen here. `progress` is called about
-    twice a second with the counters read from `stats_path`. The peak RSS is the largest of the
-    workers' own peaks (`own_peak_rss`, sampled while they run).
+    Workers on one machine talk over loopback ports chosen here. With `member`, the one worker
+    started is that process of a cluster spread over several hosts (`processes` must be 1).
+    `progress` is called about twice a second with the counters read from `stats_path`. The
+    peak RSS is the largest of the workers' own peaks (`own_peak_rss`, sampled while they run).
     """
     from streamml.operators.sinks import read_stats
 
     if processes < 1:
         raise ValueError(f"processes must be >= 1, got {processes}")
+    if member is not None and processes != 1:
+        raise ValueError(
+            f"a process of a cluster over several hosts runs one worker process, got {processes}"
+        )
     base = [sys.executable, "-P", "-m", "streamml.worker", import_str, *(extra_args or [])]
     full_env = {**os.environ, **env}
     cmds = []
-    if processes == 1:
+    if member is not None:
+        cmds.append([*base, *member.worker_args()])
+    elif processes == 1:
         cmds.append(base)
     else:
         addresses = ";".join(f"127.0.0.1:{p}" for p in free_ports(processes))

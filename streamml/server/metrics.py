@@ -4,11 +4,15 @@ Requests by route, method and status, request latency by route, feature reads by
 status, on-demand fetch outcomes by service, predictions by model, variant and role. With
 several workers, `PROMETHEUS_MULTIPROC_DIR` is set by the runner and `/metrics` aggregates the
 workers' files (prometheus-client's multiprocess mode); with one, the process's registry.
+With a monitoring folder (the prediction store's `metrics/`, written by `streamml monitor
+compute`), `/metrics` also serves the latest live-performance gauges
+(`streamml.operators.monitoring_prometheus`).
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import (
@@ -32,7 +36,12 @@ _BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 class ServiceMetrics:
     """The service's counters and histograms, in their own registry."""
 
-    def __init__(self) -> None:
+    def __init__(self, monitoring_dir: Path | None = None) -> None:
+        self._monitoring = None
+        if monitoring_dir is not None:
+            from streamml.operators.monitoring_prometheus import MonitoringCollector
+
+            self._monitoring = MonitoringCollector(monitoring_dir)
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             # prometheus-client picks its value class when first imported; a worker forked from
             # a parent that imported it before the variable was set must pick it again.
@@ -70,6 +79,8 @@ class ServiceMetrics:
         self._children: dict[tuple[str, str, int], tuple[object, object]] = {}
         self._feature_children: dict[str, Any] = {}
         self._prediction_children: dict[tuple[str, str, str, str], Any] = {}
+        if self._monitoring is not None:
+            reg.register(self._monitoring)
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
         """Count one request and its latency."""
@@ -105,5 +116,7 @@ class ServiceMetrics:
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             registry = CollectorRegistry()
             MultiProcessCollector(registry)
+            if self._monitoring is not None:
+                registry.register(self._monitoring)
             return generate_latest(registry)
         return generate_latest(self.registry)

@@ -71,7 +71,8 @@ class Service:
 
     def __init__(self, config: ServeConfig) -> None:
         self.config = config
-        self.metrics = ServiceMetrics()
+        store = config.prediction_store
+        self.metrics = ServiceMetrics(monitoring_dir=store / "metrics" if store else None)
         self.registry = ModelRegistry(config.registry_dir)
         self.online = OnlineStore(config.state_dir, follow=True)
         self.answers = OnDemandReader(config.state_dir, follow=True)

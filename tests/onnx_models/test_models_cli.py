@@ -132,3 +132,16 @@ def test_unknown_stage_is_an_argparse_error(tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as info:
         run(["models", "promote", "m", "1", "--stage", "prod", "--registry", str(tmp_path)])
     assert info.value.code == 2
+
+
+def test_train_with_lightgbm(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("lightgbm")
+    reg = str(tmp_path / "reg")
+    argv = ["models", "train", "--trainer", "lightgbm", "--rows", "1500", "--estimators", "10"]
+    assert run([*argv, "--registry", reg, "--json"]) == 0
+    out = orjson.loads(capsys.readouterr().out)
+    assert out["parity"]["passed"] and out["metrics"]["accuracy"] > 0.6
+    version = ModelRegistry(reg).get("speedtest-triage", "1")
+    assert version.provenance["estimator"] == "LGBMClassifier"
+    assert version.classes == ("modem", "network", "wifi")
+    assert version.output_kind == "classifier"

@@ -148,3 +148,70 @@ def test_dataset_build_cli(tmp_path, capsys):
     assert got.column("tests_n").to_pylist()[2] is None
     assert main([*argv, "--features", "nope"]) == 2
     assert "unknown features ['nope']" in capsys.readouterr().err
+
+
+def test_applied_reads_as_the_online_store_did(tmp_path):
+    """With `applied`, each value is the online read as of T of a store that had applied each
+    entity's events up to another time: behind T (a lag) or ahead of it, past the window too."""
+    import random
+    from dataclasses import replace
+
+    from streamml.state.online import OnlineStore
+
+    rng = random.Random(5)
+    rows = sorted(
+        (
+            {
+                "acct": rng.choice(ACCOUNTS[:3]),
+                "at": rng.randrange(0, 300),
+                "ratio": rng.choice([0.5, 1.25, -2.0, 0.1]),
+                "latency": rng.choice([1.0, 60.0, 2.5]),
+                "band": "5GHz",
+            }
+            for _ in range(150)
+        ),
+        key=lambda r: r["at"],
+    )
+    defs_path = tmp_path / "features.toml"
+    defs_path.write_text(DEFS)
+    features = load_definitions(defs_path).of_source("tests")
+    no_ttl = [replace(f, ttl_ms=2**62) for f in features]
+
+    def run(name, events):
+        (tmp_path / f"{name}.jsonl").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in events))
+        config = FeaturesConfig(
+            inputs=(SourceInput("tests", "file", (str(tmp_path / f"{name}.jsonl"),)),),
+            state_dir=tmp_path / name,
+            definitions_path=defs_path,
+            shards=2,
+            history_dir=tmp_path / f"{name}-history",
+            settle_ms=0,
+        )
+        run_main(build_flow(config))
+        return config
+
+    full = run("full", rows)
+    run("prefix", [r for r in rows if r["at"] <= 140])
+    times = [5, 61, 119, 140, 141, 175, 260, 299]
+    accounts = [a for a in ACCOUNTS for _ in times]
+    store = OnlineStore(tmp_path / "prefix")
+    reads = store.get_features(accounts, None, times * len(ACCOUNTS))
+    store.close()
+    # what the store had applied of each account: its events up to its latest, `updated_at`
+    applied = [next(iter(r.values())).updated_at for r in reads]
+    assert None in applied and len(set(applied)) > 2
+    spine = pa.table({"account": accounts, "ts": times * len(ACCOUNTS), "applied": applied})
+    got = build_training_set(spine, no_ttl, full.history_dir, applied="applied")
+    checked = 0
+    for f in features:
+        for read, value in zip(reads, got.column(f.name).to_pylist(), strict=True):
+            online = read[f.name].value
+            if value is None and f.aggregation in ("count", "sum") and online is not None:
+                value = 0.0
+            if online is None or value is None:
+                assert online is None and value is None, (f.name, online, value)
+            else:
+                same = math.isclose(online, value, rel_tol=1e-12, abs_tol=1e-9)
+                assert same, (f.name, online, value)
+                checked += 1
+    assert checked > 50
