@@ -117,7 +117,6 @@ class ConfluentReader:
             **librdkafka_security(config.security),
         }
         self._consumer = Consumer(conf)
-        self._high: int | None = None
 
     def watermarks(self) -> tuple[int, int]:
         """Return the listed first and end offsets (asked of the broker, not cached)."""
