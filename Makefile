@@ -16,7 +16,7 @@ $(STAMP): $(BIN)/python pyproject.toml
 	@touch $(STAMP)
 
 $(DEVSTAMP): $(STAMP)
-	$(BIN)/python -m pip install -q -e '.[dev,train]'
+	$(BIN)/python -m pip install -q -e '.[dev,train,confluent]'
 	@touch $(DEVSTAMP)
 
 install: $(STAMP)

@@ -16,6 +16,11 @@ BENCHMARKS: tuple[Command, ...] = (
         "streamml.benchmarks.error_count",
     ),
     Command(
+        "kafka",
+        "error-count flow on each Kafka client vs a bare consumer of each, same topic",
+        "streamml.benchmarks.kafka_clients",
+    ),
+    Command(
         "kafka-soak",
         "RSS of the Kafka error-count flow at 10%%, 50%% and 100%% of a long run",
         "streamml.benchmarks.kafka_soak",

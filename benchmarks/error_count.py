@@ -220,9 +220,17 @@ def run_once(
 
 
 def run_kafka_once(
-    bootstrap: str, topic: str, processes: int, work: Path, history: bool
+    bootstrap: str,
+    topic: str,
+    processes: int,
+    work: Path,
+    history: bool,
+    client: str = "kafka-python",
 ) -> BenchRun:
-    """Run the flow over `topic` from its start to its end offsets with a fresh state dir."""
+    """Run the flow over `topic` from its start to its end offsets with a fresh state dir.
+
+    `client` is the Kafka client the flow reads with (`--kafka-client`).
+    """
     state = work / f"state-kafka-p{processes}"
     shutil.rmtree(state, ignore_errors=True)
     config = ErrorCountConfig(
@@ -233,6 +241,7 @@ def run_kafka_once(
         stats_path=work / f"stats-kafka-p{processes}.json",
         kafka_env=(
             (KAFKA_PREFIX + "BROKERS", bootstrap),
+            (KAFKA_PREFIX + "CLIENT", client),
             (KAFKA_PREFIX + "STOP_AT_END", "1"),
             (KAFKA_PREFIX + "TOPIC", topic),
         ),

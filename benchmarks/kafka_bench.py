@@ -25,6 +25,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 __all__ = [
     "Rate",
+    "bare_confluent_consume_rate",
     "bare_consume_rate",
     "generate_events",
     "key_partition",
@@ -270,8 +271,77 @@ def bare_consume_rate(
     return Rate("bare kafka-python consumer", seen, seconds)
 
 
+def bare_confluent_consume_rate(
+    bootstrap: str,
+    topic: str,
+    expected: int,
+    *,
+    fetch_max_bytes: int = 64 * MiB,
+    max_partition_fetch_bytes: int = 16 * MiB,
+    queued_max_kbytes: int = 64 * 1024,
+    chunk: int = 2_000,
+) -> Rate:
+    """Time a bare confluent-kafka consumer (assigned partitions, large fetches) reading `expected`.
+
+    The same settings as the confluent reader of `KafkaSource`, messages taken `chunk` at a time
+    as it does; each record's value is taken and every partition's offsets are checked
+    contiguous from 0.
+    """
+    from confluent_kafka import Consumer
+    from confluent_kafka import TopicPartition as CTopicPartition
+
+    parts = _partitions(bootstrap, topic)
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": "streamml-bench-bare",
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "enable.partition.eof": False,
+            "fetch.max.bytes": fetch_max_bytes,
+            "max.partition.fetch.bytes": max_partition_fetch_bytes,
+            "receive.message.max.bytes": fetch_max_bytes + MiB,
+            "fetch.wait.max.ms": 100,
+            "queued.max.messages.kbytes": queued_max_kbytes,
+            "queued.min.messages": 100_000,
+            "log_level": 4,
+        }
+    )
+    consumer.assign([CTopicPartition(topic, p, 0) for p in parts])
+    nxt = dict.fromkeys(parts, 0)
+    seen = 0
+    t0 = time.perf_counter()
+    deadline = time.monotonic() + 600
+    while seen < expected and time.monotonic() < deadline:
+        msgs = consumer.consume(chunk, 0.1)
+        for m in msgs:
+            if m.error() is not None:
+                raise RuntimeError(f"bare confluent consumer: {m.error()}")
+            p, o = m.partition(), m.offset()
+            assert o == nxt[p], (p, o, nxt[p])
+            nxt[p] = o + 1
+        values = [m.value() for m in msgs]
+        seen += len(values)
+    seconds = time.perf_counter() - t0
+    consumer.close()
+    assert seen == expected, f"bare confluent consumer saw {seen} records, expected {expected}"
+    return Rate("bare confluent-kafka consumer", seen, seconds)
+
+
+def _partitions(bootstrap: str, topic: str) -> list[int]:
+    from streamml.operators.kafka import topic_partitions
+
+    return topic_partitions([bootstrap], topic)
+
+
 def source_flow_rate(
-    bootstrap: str, topic: str, expected: int, *, batch_size: int = 10_000, poll_timeout_ms: int = 0
+    bootstrap: str,
+    topic: str,
+    expected: int,
+    *,
+    batch_size: int = 0,
+    poll_timeout_ms: int = 0,
+    client: str = "kafka-python",
 ) -> Rate:
     """Time a Bytewax flow that reads `topic` with `KafkaSource` (stop at end) and counts records.
 
@@ -289,6 +359,7 @@ def source_flow_rate(
         stop_at_end=True,
         batch_size=batch_size,
         poll_timeout_ms=poll_timeout_ms,
+        client=client,  # type: ignore[arg-type]
     )
     counts: list[int] = []
     flow = Dataflow("kafka_source_bench")
@@ -299,7 +370,7 @@ def source_flow_rate(
     seconds = time.perf_counter() - t0
     seen = sum(counts)
     assert seen == expected, f"KafkaSource flow saw {seen} records, expected {expected}"
-    name = f"KafkaSource in bytewax (poll {poll_timeout_ms} ms)"
+    name = f"KafkaSource in bytewax ({client}, poll {poll_timeout_ms} ms)"
     return Rate(name, seen, seconds)
 
 

@@ -4,10 +4,27 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
-__all__ = ["KAFKA_PREFIX", "Env", "kafka_sink"]
+__all__ = ["KAFKA_CLIENTS", "KAFKA_PREFIX", "Env", "add_kafka_client_option", "kafka_sink"]
 
 KAFKA_PREFIX = "STREAMML_KAFKA_"
+KAFKA_CLIENTS = ("kafka-python", "confluent")
+"""The values of ``STREAMML_KAFKA_CLIENT`` / ``--kafka-client`` (`streamml.operators.kafka_clients`
+holds the same tuple; kept here so a command's parser needs no Kafka client import)."""
+
+
+def add_kafka_client_option(group: Any) -> None:
+    """Add ``--kafka-client`` to an argparse parser or group (unset: STREAMML_KAFKA_CLIENT)."""
+    group.add_argument(
+        "--kafka-client",
+        choices=KAFKA_CLIENTS,
+        default=None,
+        help="Kafka client of the source and sinks: kafka-python (the default, or "
+        "STREAMML_KAFKA_CLIENT) or confluent (librdkafka, faster; pip install "
+        "'streamml[confluent]'); the same positions, snapshots, idempotent producer and dead "
+        "letters with either",
+    )
 
 
 class Env:

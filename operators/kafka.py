@@ -1,8 +1,12 @@
-"""Kafka source and sinks for Bytewax, on kafka-python; the only module that imports kafka-python.
+"""Kafka source and sinks for Bytewax, on kafka-python or confluent-kafka (librdkafka).
 
 Source: `KafkaSource` reads one topic, one Bytewax partition per topic partition (named
-`kafka:{topic}:{partition}`), each with its own `KafkaConsumer` on an assigned partition (no
-consumer group membership). The position lives in Bytewax snapshots: the snapshot of a
+`kafka:{topic}:{partition}`), each with its own reader on an assigned partition (no
+consumer group membership). The client that reads and writes records is the config's `client`
+(``kafka-python``, the default, or ``confluent``): both sit behind the small interface of
+`streamml.operators.kafka_clients`, and everything here (positions, batching, snapshots, group
+commits, dead letters, errors) is the same for both. Topic administration (`ensure_topic`,
+`topic_partitions`) uses kafka-python. The position lives in Bytewax snapshots: the snapshot of a
 partition is the next offset to read; with `group_id` the snapshots' positions are also
 committed to that group, for monitoring only. Each batch is one `RecordList` of raw values
 (bytes, or `None` for null values) and their offsets.
@@ -19,14 +23,15 @@ Environment variables read by `KafkaSourceConfig.from_env()` / `KafkaSinkConfig.
 
 - `BROKERS` comma-separated `host:port` list (required)
 - `TOPIC` source topic; sinks read the variable named by `topic_var` (e.g. `ALERTS_TOPIC`)
+- `CLIENT` (`kafka-python` | `confluent`), for the source and the sinks
 - source: `START` (`stored` | `earliest` | `latest`), `STOP_AT_END` (`1`/`0`), `GROUP_ID`,
   `BATCH_SIZE`, `FETCH_MAX_BYTES`, `MAX_PARTITION_FETCH_BYTES`, `FETCH_MIN_BYTES`,
-  `FETCH_MAX_WAIT_MS`, `IDLE_WAIT_MS`
+  `FETCH_MAX_WAIT_MS`, `IDLE_WAIT_MS`, `QUEUED_MAX_KBYTES` (confluent)
 - sinks: `LINGER_MS`, `PRODUCER_BATCH_SIZE`, `COMPRESSION_TYPE`, `MAX_REQUEST_SIZE`
-- security, passed through to kafka-python: `SECURITY_PROTOCOL`, `SASL_MECHANISM`,
-  `SASL_PLAIN_USERNAME`, `SASL_PLAIN_PASSWORD`, `SASL_KERBEROS_SERVICE_NAME`,
-  `SASL_KERBEROS_DOMAIN_NAME`, `SSL_CAFILE`, `SSL_CERTFILE`, `SSL_KEYFILE`, `SSL_PASSWORD`,
-  `SSL_CRLFILE`, `SSL_CIPHERS`, `SSL_CHECK_HOSTNAME`
+- security, passed through to kafka-python (translated for confluent-kafka):
+  `SECURITY_PROTOCOL`, `SASL_MECHANISM`, `SASL_PLAIN_USERNAME`, `SASL_PLAIN_PASSWORD`,
+  `SASL_KERBEROS_SERVICE_NAME`, `SASL_KERBEROS_DOMAIN_NAME`, `SSL_CAFILE`, `SSL_CERTFILE`,
+  `SSL_KEYFILE`, `SSL_PASSWORD`, `SSL_CRLFILE`, `SSL_CIPHERS`, `SSL_CHECK_HOSTNAME`
 """
 
 from __future__ import annotations
@@ -50,10 +55,18 @@ from bytewax.outputs import (
     StatefulSinkPartition,
     StatelessSinkPartition,
 )
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaAdminClient, KafkaConsumer
 from kafka.admin import NewTopic
 from kafka.errors import TopicAlreadyExistsError
-from kafka.structs import OffsetAndMetadata
+from streamml.operators.kafka_clients import (
+    KAFKA_CLIENTS,
+    KafkaClient,
+    PartitionReader,
+    RecordProducer,
+    check_client,
+    open_producer,
+    open_reader,
+)
 from streamml.operators.records import Alert, DeadLetter, RecordList
 from streamml.operators.recovery_state import StoredStart
 from streamml.state.errors import RefusedError
@@ -61,6 +74,8 @@ from streamml.state.predictions import PredictionRecord
 from streamml.state.sources import SourceRegistry, incarnation_name
 
 __all__ = [
+    "DEFAULT_BATCH_SIZE",
+    "KAFKA_CLIENTS",
     "SECURITY_KEYS",
     "KafkaAlertSink",
     "KafkaDeadLetterSink",
@@ -104,6 +119,11 @@ _STARTS = ("stored", "earliest", "latest")
 _PROBE_TIMEOUT_S = 10.0
 
 StartFrom = Literal["stored", "earliest", "latest"]
+
+DEFAULT_BATCH_SIZE: dict[str, int] = {"kafka-python": 10_000, "confluent": 100_000}
+"""Records per `RecordList` by client when `KafkaSourceConfig.batch_size` is 0 (measured best:
+kafka-python slows with larger polls; the confluent reader hands over a ready queue, and the
+flow's state work per event falls as batches grow, see benchmarks/RESULTS.md)."""
 
 
 def kafka_partition_name(topic: str, partition: int) -> str:
@@ -209,6 +229,13 @@ def _env_security(env: Mapping[str, str], prefix: str) -> dict[str, str]:
     }
 
 
+def _env_client(env: Mapping[str, str], prefix: str) -> KafkaClient:
+    raw = env.get(prefix + "CLIENT", "").strip() or KAFKA_CLIENTS[0]
+    if raw not in KAFKA_CLIENTS:
+        raise ValueError(f"{prefix}CLIENT: expected one of {KAFKA_CLIENTS}, got {raw!r}")
+    return raw  # type: ignore[return-value]
+
+
 def _env_required(env: Mapping[str, str], key: str) -> str:
     raw = env.get(key, "").strip()
     if not raw:
@@ -224,12 +251,18 @@ class KafkaSourceConfig:
     when there is none; `"earliest"` / `"latest"` ignore snapshots and start at the beginning /
     the end of each partition. `stop_at_end` reads up to the end offsets present when the
     partition starts, then finishes it (backfills, tests). `batch_size` caps records per
-    `RecordList`. Fetch sizes are kafka-python's (large defaults for throughput).
+    `RecordList` (0: the client's default, `DEFAULT_BATCH_SIZE`: larger batches amortise the
+    state's per-batch work, and only a backlog fills them, as a poll returns what is ready now).
+    Fetch sizes are kafka-python's (large defaults for throughput).
     `security` is passed to kafka-python as-is (keys in `SECURITY_KEYS`).
     `group_id`, for monitoring only: at each snapshot, the position of the snapshot before it is
     committed to this consumer group (and the last position once a partition ends), so the usual
     Kafka tools show the flow's lag, at most one snapshot interval behind. Reading never uses the
     group: no group membership, and recovery resumes from snapshots, never from commits.
+    `client` is the Kafka client that reads (`KAFKA_CLIENTS`: ``kafka-python`` or ``confluent``,
+    the librdkafka one, from the ``streamml[confluent]`` extra); the settings above mean the same
+    with either, and `queued_max_kbytes` is the confluent reader's prefetch queue per partition
+    (librdkafka's `queued.max.messages.kbytes`).
     `poll_timeout_ms` is how long one `next_batch` may wait for data (0 = never blocks);
     `idle_wait_ms` is the longest pause between polls while a partition is idle, and
     `fetch_max_wait_ms` how long the broker may hold a fetch while it has no data: both add to
@@ -241,7 +274,7 @@ class KafkaSourceConfig:
     topic: str
     start: StartFrom = "stored"
     stop_at_end: bool = False
-    batch_size: int = 10_000
+    batch_size: int = 0
     fetch_max_bytes: int = 64 * MiB
     max_partition_fetch_bytes: int = 16 * MiB
     fetch_min_bytes: int = 1
@@ -252,10 +285,16 @@ class KafkaSourceConfig:
     client_id: str = "streamml"
     security: dict[str, str] = field(default_factory=dict)
     group_id: str | None = None
+    client: KafkaClient = "kafka-python"
+    queued_max_kbytes: int = 64 * 1024
 
     def __post_init__(self) -> None:
         """Validate and normalise the settings."""
         what = "KafkaSourceConfig"
+        check_client(self.client, what)
+        _positive("queued_max_kbytes", self.queued_max_kbytes, what)
+        if self.batch_size == 0:
+            object.__setattr__(self, "batch_size", DEFAULT_BATCH_SIZE[self.client])
         if self.group_id is not None and (
             not isinstance(self.group_id, str) or not self.group_id.strip()
         ):
@@ -303,6 +342,10 @@ class KafkaSourceConfig:
             idle_wait_ms=_env_int(env, prefix + "IDLE_WAIT_MS", d["idle_wait_ms"].default),
             security=_env_security(env, prefix),
             group_id=env.get(prefix + "GROUP_ID", "").strip() or None,
+            client=_env_client(env, prefix),
+            queued_max_kbytes=_env_int(
+                env, prefix + "QUEUED_MAX_KBYTES", d["queued_max_kbytes"].default
+            ),
         )
 
     def consumer_kwargs(self) -> dict[str, Any]:
@@ -349,7 +392,7 @@ def topic_partitions(
 
 
 class _KafkaSourcePartition(StatefulSourcePartition[RecordList, int]):
-    """One topic partition read by its own assigned consumer; the snapshot is the next offset."""
+    """One topic partition read by its own assigned reader; the snapshot is the next offset."""
 
     def __init__(
         self,
@@ -362,8 +405,7 @@ class _KafkaSourcePartition(StatefulSourcePartition[RecordList, int]):
         self._name = name or kafka_partition_name(config.topic, partition)
         self._topic = config.topic
         self._partition = partition
-        self._tp = TopicPartition(config.topic, partition)
-        self._consumer = KafkaConsumer(**config.consumer_kwargs())
+        self._reader: PartitionReader = open_reader(config, partition)
         self._batch_size = config.batch_size
         self._poll_timeout_ms = config.poll_timeout_ms
         self._idle_max = config.idle_wait_ms / 1000.0
@@ -374,9 +416,7 @@ class _KafkaSourcePartition(StatefulSourcePartition[RecordList, int]):
         self._committed: int | None = None
         self._ended = False
         try:
-            self._consumer.assign([self._tp])
-            begin = self._consumer.beginning_offsets([self._tp])[self._tp]
-            listed_end = self._consumer.end_offsets([self._tp])[self._tp]
+            begin, listed_end = self._reader.watermarks()
             need_end = config.stop_at_end or (config.start == "latest")
             end = self._true_end(begin, listed_end) if need_end else None
             if config.start == "latest":
@@ -390,9 +430,9 @@ class _KafkaSourcePartition(StatefulSourcePartition[RecordList, int]):
                     raise RefusedError(self._recreated(start, begin, listed_end))
             else:
                 start = begin
-            self._consumer.seek(self._tp, start)
+            self._reader.seek(start)
         except BaseException:
-            self._consumer.close()
+            self._reader.close()
             raise
         self._next = start
         self._end = end if config.stop_at_end else None
@@ -416,12 +456,12 @@ class _KafkaSourcePartition(StatefulSourcePartition[RecordList, int]):
         """
         if listed_end <= begin:
             return listed_end
-        self._consumer.seek(self._tp, listed_end - 1)
+        self._reader.seek(listed_end - 1)
         deadline = time.monotonic() + _PROBE_TIMEOUT_S
         hw: int | None = None
         while time.monotonic() < deadline:
-            self._consumer.poll(timeout_ms=200, max_records=1)
-            hw = self._consumer.highwater(self._tp)
+            self._reader.poll(1, 200)
+            hw = self._reader.high_watermark()
             if hw is not None:
                 break
         if hw is None:
@@ -440,11 +480,10 @@ class _KafkaSourcePartition(StatefulSourcePartition[RecordList, int]):
         if end is not None and self._next >= end:
             self._ended = True
             raise StopIteration
-        polled = self._consumer.poll(timeout_ms=self._poll_timeout_ms, max_records=self._batch_size)
-        records = polled.get(self._tp) if polled else None
-        if not records:
+        values, positions = self._reader.poll(self._batch_size, self._poll_timeout_ms)
+        if not values:
             if end is not None:
-                position = self._consumer.position(self._tp)
+                position = self._reader.position()
                 if position is not None and position >= end:
                     self._next = max(self._next, min(position, end))
                     self._ended = True
@@ -454,14 +493,13 @@ class _KafkaSourcePartition(StatefulSourcePartition[RecordList, int]):
             return []
         self._idle = 0.0
         self._awake = None
-        if end is not None and records[-1].offset >= end:
-            records = [r for r in records if r.offset < end]
-            if not records:
+        if end is not None and positions[-1] >= end:
+            keep = sum(1 for p in positions if p < end)
+            values, positions = values[:keep], positions[:keep]
+            if not values:
                 self._next = end
                 self._ended = True
                 raise StopIteration
-        values = [r.value for r in records]
-        positions = [r.offset for r in records]
         self._next = positions[-1] + 1
         return [RecordList(self._name, values, positions, self._topic, self._partition)]
 
@@ -481,12 +519,8 @@ class _KafkaSourcePartition(StatefulSourcePartition[RecordList, int]):
         """Commit `offset` to the consumer group (monitoring only: a failure is logged)."""
         if offset == self._committed:
             return
-        offsets = {self._tp: OffsetAndMetadata(offset, "", -1)}
         try:
-            if wait:
-                self._consumer.commit(offsets, timeout_ms=5_000)
-            else:
-                self._consumer.commit_async(offsets, callback=self._on_commit)
+            self._reader.commit(offset, wait=wait)
         except Exception as exc:  # monitoring must never stop the flow
             log.warning(
                 "%s: committing offset %d to group %r failed: %r",
@@ -498,10 +532,6 @@ class _KafkaSourcePartition(StatefulSourcePartition[RecordList, int]):
             return
         self._committed = offset
 
-    def _on_commit(self, offsets: object, response: object) -> None:
-        if isinstance(response, Exception):
-            log.warning("%s: committing to group %r failed: %r", self._name, self._group, response)
-
     def close(self) -> None:
         """Commit the last position when the partition ended (with `group_id`); close."""
         try:
@@ -510,7 +540,7 @@ class _KafkaSourcePartition(StatefulSourcePartition[RecordList, int]):
                 if last is not None:
                     self._commit(last, wait=True)
         finally:
-            self._consumer.close(autocommit=False)
+            self._reader.close()
 
 
 class KafkaSource(FixedPartitionedSource[RecordList, int]):
@@ -578,8 +608,8 @@ class KafkaSinkConfig:
 
     The producer is idempotent with `acks="all"`; `linger_ms`, `batch_size` (bytes per producer
     batch), `compression_type` and `max_request_size` are kafka-python's; `flush_timeout_s`
-    bounds how long `write_batch` waits for acknowledgements. `security` as in
-    `KafkaSourceConfig`.
+    bounds how long `write_batch` waits for acknowledgements. `security` and `client` as in
+    `KafkaSourceConfig` (with ``confluent``, the same settings under librdkafka's names).
     """
 
     brokers: Sequence[str]
@@ -591,10 +621,12 @@ class KafkaSinkConfig:
     flush_timeout_s: float = 60.0
     client_id: str = "streamml"
     security: dict[str, str] = field(default_factory=dict)
+    client: KafkaClient = "kafka-python"
 
     def __post_init__(self) -> None:
         """Validate and normalise the settings."""
         what = "KafkaSinkConfig"
+        check_client(self.client, what)
         object.__setattr__(self, "brokers", _brokers_tuple(self.brokers, what))
         _check_topic(self.topic, what)
         _positive("linger_ms", self.linger_ms, what, allow_zero=True)
@@ -636,6 +668,7 @@ class KafkaSinkConfig:
                 env, prefix + "MAX_REQUEST_SIZE", d["max_request_size"].default
             ),
             security=_env_security(env, prefix),
+            client=_env_client(env, prefix),
         )
 
     def producer_kwargs(self) -> dict[str, Any]:
@@ -664,31 +697,29 @@ class _ProducerPartition(StatelessSinkPartition[X]):
         self._topic = config.topic
         self._flush_timeout_s = config.flush_timeout_s
         self._encode = encode
-        self._producer = KafkaProducer(**config.producer_kwargs())
+        self._producer: RecordProducer = open_producer(config)
 
     def write_batch(self, items: list[X]) -> None:
         """Send every item and wait until the broker acknowledged all of them."""
         if not items:
             return
-        send = self._producer.send
-        topic = self._topic
-        futures = []
+        send, topic, encode = self._producer.send, self._topic, self._encode
         for item in items:
-            key, value, headers = self._encode(item)
-            futures.append(send(topic, key=key, value=value, headers=headers))
-        self._producer.flush(timeout=self._flush_timeout_s)
-        failed = [f for f in futures if f.failed()]
-        if failed:
+            key, value, headers = encode(item)
+            send(topic, key, value, headers)
+        pending = self._producer.flush(self._flush_timeout_s)
+        failed, first = self._producer.take_errors()
+        if failed or pending or first is not None:
             raise RuntimeError(
-                f"Kafka sink for topic {topic!r}: {len(failed)} of {len(futures)} records were "
-                f"not acknowledged (first error: {failed[0].exception!r}); expected the broker "
-                "to accept every record; the flow stops so a restart replays from the last "
-                "snapshot"
+                f"Kafka sink for topic {topic!r}: {failed + pending} of {len(items)} records "
+                f"were not acknowledged ({pending} within {self._flush_timeout_s} s; first "
+                f"error: {first!r}); expected the broker to accept every record; the flow "
+                "stops so a restart replays from the last snapshot"
             )
 
     def close(self) -> None:
         """Flush and close the producer."""
-        self._producer.close(timeout=self._flush_timeout_s)
+        self._producer.close(self._flush_timeout_s)
 
 
 def _encode_alert(alert: Alert) -> _Encoded:
@@ -737,45 +768,39 @@ class _SnapshotFlushPartition(StatefulSinkPartition[X, None]):
         self._topic = config.topic
         self._flush_timeout_s = config.flush_timeout_s
         self._encode = encode
-        self._producer = KafkaProducer(**config.producer_kwargs())
-        self._futures: list[Any] = []
+        self._producer: RecordProducer = open_producer(config)
 
     def write_batch(self, items: list[X]) -> None:
         """Hand every item to the producer; fail on a record the broker already refused."""
         send, topic, encode = self._producer.send, self._topic, self._encode
         for item in items:
             key, value, headers = encode(item)
-            self._futures.append(send(topic, key=key, value=value, headers=headers))
-        if len(self._futures) > 10_000:
-            self._check(done_only=True)
+            send(topic, key, value, headers)
+        self._producer.poll()
+        self._check(pending=0)
 
-    def _check(self, *, done_only: bool) -> None:
-        pending = []
-        for f in self._futures:
-            if not f.is_done:
-                pending.append(f)
-            elif f.failed():
-                raise RuntimeError(
-                    f"Kafka sink for topic {self._topic!r}: a record was not acknowledged "
-                    f"({f.exception!r}); the flow stops so a restart replays from the last "
-                    "snapshot"
-                )
-        if not done_only and pending:
+    def _check(self, *, pending: int) -> None:
+        failed, first = self._producer.take_errors()
+        if failed or first is not None:
             raise RuntimeError(
-                f"Kafka sink for topic {self._topic!r}: {len(pending)} records not acknowledged "
+                f"Kafka sink for topic {self._topic!r}: {failed} records were not acknowledged "
+                f"(first error: {first!r}); the flow stops so a restart replays from the last "
+                "snapshot"
+            )
+        if pending:
+            raise RuntimeError(
+                f"Kafka sink for topic {self._topic!r}: {pending} records not acknowledged "
                 f"within {self._flush_timeout_s} s"
             )
-        self._futures = pending
 
     def snapshot(self) -> None:
         """Wait until the broker acknowledged everything sent so far."""
-        self._producer.flush(timeout=self._flush_timeout_s)
-        self._check(done_only=False)
+        self._check(pending=self._producer.flush(self._flush_timeout_s))
 
     def close(self) -> None:
         """Flush, check and close the producer."""
         self.snapshot()
-        self._producer.close(timeout=self._flush_timeout_s)
+        self._producer.close(self._flush_timeout_s)
 
 
 class KafkaPredictionSink(FixedPartitionedSink[PredictionRecord, None]):

@@ -4,7 +4,9 @@
 source reads it (key = account, value = the request's JSON), through kafka-python's idempotent
 producer with ``acks="all"`` (`KafkaSinkConfig.producer_kwargs`); `done(error)` is called once
 the broker acknowledged it (`error` None) or refused it, on the producer's I/O thread.
-With `streamml.operators.kafka`, this is the only module that imports a Kafka client.
+It stays on kafka-python whatever `--kafka-client` says (the flows' source and sinks follow it).
+With the Kafka connector (`streamml.operators.kafka`, `kafka_clients`, `kafka_confluent`), this is
+the only module that imports a Kafka client.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from streamml.console import Progress, human
-from streamml.dataflows.environment import KAFKA_PREFIX
+from streamml.dataflows.environment import KAFKA_PREFIX, add_kafka_client_option
 from streamml.run_cli import DEFAULT_SETTLE_MS, add_cluster_options, cluster_from_args
 from streamml.runner import report_run
 from streamml.state.definitions import DefinitionError
@@ -80,6 +80,7 @@ def _common(p: argparse.ArgumentParser, *, backfill: bool) -> None:
     p.add_argument(
         "--stop-at-end", action="store_true", help="Kafka: stop at the end offsets seen at start"
     )
+    add_kafka_client_option(p)
     p.add_argument(
         "--generate",
         action="append",
@@ -181,6 +182,8 @@ def config_from_args(args: argparse.Namespace, stats_path: Path | None) -> Featu
         kafka_env[KAFKA_PREFIX + "START"] = args.start
         if args.stop_at_end:
             kafka_env[KAFKA_PREFIX + "STOP_AT_END"] = "1"
+    if getattr(args, "kafka_client", None):
+        kafka_env[KAFKA_PREFIX + "CLIENT"] = args.kafka_client
     state_dir = Path(args.state_dir).resolve()
     recovery = getattr(args, "recovery_dir", None)
     return FeaturesConfig(

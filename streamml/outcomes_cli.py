@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from streamml.console import Progress, human
-from streamml.dataflows.environment import KAFKA_PREFIX
+from streamml.dataflows.environment import KAFKA_PREFIX, add_kafka_client_option
 from streamml.runner import cost_rows, report_run
 from streamml.state.errors import RefusedError
 
@@ -74,6 +74,7 @@ def add_parser(flows: argparse._SubParsersAction) -> None:  # type: ignore[type-
     kafka.add_argument(
         "--stop-at-end", action="store_true", help="read up to the end offsets present at start"
     )
+    add_kafka_client_option(kafka)
     join = p.add_argument_group("join")
     join.add_argument(
         "--join-by",
@@ -130,7 +131,12 @@ def config_from_args(args: argparse.Namespace, stats_path: Path | None) -> Outco
     if args.outcomes_source == "generate" and args.now is None:
         raise ValueError("--outcomes-source generate needs --now (the requests' --now)")
     kafka_env = {k: v for k, v in os.environ.items() if k.startswith(KAFKA_PREFIX)}
-    for flag, var in (("brokers", "BROKERS"), ("outcomes_topic", "TOPIC"), ("start", "START")):
+    for flag, var in (
+        ("brokers", "BROKERS"),
+        ("outcomes_topic", "TOPIC"),
+        ("start", "START"),
+        ("kafka_client", "CLIENT"),
+    ):
         if getattr(args, flag, None):
             kafka_env[KAFKA_PREFIX + var] = str(getattr(args, flag))
     if args.stop_at_end:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from streamml.console import Progress, human
-from streamml.dataflows.environment import KAFKA_PREFIX
+from streamml.dataflows.environment import KAFKA_PREFIX, add_kafka_client_option
 from streamml.runner import cost_rows, report_run
 from streamml.state.errors import RefusedError
 
@@ -69,6 +69,7 @@ def add_parser(flows: argparse._SubParsersAction) -> None:  # type: ignore[type-
     kafka.add_argument(
         "--stop-at-end", action="store_true", help="read up to the end offsets present at start"
     )
+    add_kafka_client_option(kafka)
     kafka.add_argument("--predictions-topic", help="also write answers to this topic")
     kafka.add_argument("--dead-letters-topic", help="also write dead letters to this topic")
     feat = p.add_argument_group("features and models")
@@ -109,6 +110,7 @@ def config_from_args(args: argparse.Namespace, stats_path: Path | None) -> Predi
         ("brokers", "BROKERS"),
         ("requests_topic", "TOPIC"),
         ("start", "START"),
+        ("kafka_client", "CLIENT"),
         ("predictions_topic", "PREDICTIONS_TOPIC"),
         ("dead_letters_topic", "DEAD_LETTERS_TOPIC"),
     ):

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from streamml.commands import Command, add_commands
 from streamml.console import Progress, human
-from streamml.dataflows.environment import KAFKA_PREFIX
+from streamml.dataflows.environment import KAFKA_PREFIX, add_kafka_client_option
 from streamml.runner import cost_rows, report_run
 from streamml.state.errors import RefusedError
 from streamml.state.layout import StateLayout
@@ -100,6 +100,7 @@ def add_error_count_options(p: argparse.ArgumentParser) -> None:
         help="commit the positions of each snapshot to this consumer group, so Kafka tools show "
         "the flow's lag (monitoring only: the flow resumes from its snapshots, not from commits)",
     )
+    add_kafka_client_option(kafka)
     kafka.add_argument("--alerts-topic", help="also write alerts to this topic")
     kafka.add_argument("--dead-letters-topic", help="also write dead letters to this topic")
     src.add_argument(
@@ -278,6 +279,7 @@ def config_from_args(args: argparse.Namespace, stats_path: Path | None) -> Error
         ("topic", "TOPIC"),
         ("start", "START"),
         ("group_id", "GROUP_ID"),
+        ("kafka_client", "CLIENT"),
         ("alerts_topic", "ALERTS_TOPIC"),
         ("dead_letters_topic", "DEAD_LETTERS_TOPIC"),
     ):

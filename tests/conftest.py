@@ -3,7 +3,9 @@ and a real PostgreSQL server (pgserver's binaries) on a free loopback port."""
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
+import os
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -15,6 +17,7 @@ __all__ = [
     "create_topic",
     "kafka_broker",
     "kafka_broker_process",
+    "kafka_client",
     "make_topic",
     "postgres_dsn",
     "postgres_server",
@@ -34,6 +37,20 @@ def kafka_broker_process() -> Iterator[BrokerProcess]:
 def kafka_broker(kafka_broker_process: BrokerProcess) -> str:
     """Bootstrap address `127.0.0.1:PORT` of the session's tansu broker."""
     return kafka_broker_process.bootstrap
+
+
+@pytest.fixture(params=["kafka-python", "confluent"])
+def kafka_client(request: pytest.FixtureRequest) -> str:
+    """Each Kafka client the source and sinks run on (`KafkaSourceConfig.client`).
+
+    The confluent one needs the `confluent` extra: skipped without it on a developer's machine,
+    a failure under CI (which installs it).
+    """
+    if request.param == "confluent" and importlib.util.find_spec("confluent_kafka") is None:
+        if os.environ.get("CI"):
+            pytest.fail("confluent-kafka is not installed: make dev installs the confluent extra")
+        pytest.skip("confluent-kafka is not installed (pip install -e '.[confluent]')")
+    return request.param
 
 
 @pytest.fixture(scope="session")

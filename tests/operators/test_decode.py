@@ -226,7 +226,17 @@ def test_json_lines_match_the_specification(lines):
     st.lists(
         st.one_of(
             json_events,
-            st.sampled_from([b"", b"  ", b"{} {}", b'{"account": "a", "ts": 1} {"ts": 2}']),
+            st.sampled_from(
+                [
+                    b"",
+                    b"  ",
+                    b"{} {}",
+                    b'{"account": "a", "ts": 1} {"ts": 2}',
+                    b' {"account": "a", "ts": 1}',
+                    b'{"account": "a",\n "ts": 1}',
+                    b'{"account": "a", "ts": 1}\n',
+                ]
+            ),
             st.none(),
         ),
         max_size=12,

@@ -92,10 +92,12 @@ def filled_topic(kafka_broker: str) -> tuple[str, dict[int, list[tuple[int, byte
     return topic, _produce(kafka_broker, topic, _values(3000), 3)
 
 
-def test_source_reads_every_record_once_in_a_flow(kafka_broker, filled_topic):
+def test_source_reads_every_record_once_in_a_flow(kafka_broker, filled_topic, kafka_client):
     topic, acked = filled_topic
     assert sum(len(v) for v in acked.values()) == 3000
-    cfg = KafkaSourceConfig(brokers=[kafka_broker], topic=topic, stop_at_end=True, batch_size=128)
+    cfg = KafkaSourceConfig(
+        brokers=[kafka_broker], topic=topic, stop_at_end=True, batch_size=128, client=kafka_client
+    )
     out: list[RecordList] = []
     _read_flow(cfg, out)
     assert max(len(rl.values) for rl in out) <= 128
@@ -109,7 +111,7 @@ def test_source_reads_every_record_once_in_a_flow(kafka_broker, filled_topic):
     assert any(v is not None and v.startswith(b"\xff\xfe") for v in values)
 
 
-def test_stop_at_end_sees_whole_last_batch(kafka_broker, make_topic):
+def test_stop_at_end_sees_whole_last_batch(kafka_broker, make_topic, kafka_client):
     # tansu answers ListOffsets(latest) with the last batch's base offset + 1, so a 100-record
     # batch reports an end of 1; the source must still read all 100.
     topic = make_topic(1)
@@ -118,9 +120,10 @@ def test_stop_at_end_sees_whole_last_batch(kafka_broker, make_topic):
     tp = TopicPartition(topic, 0)
     listed = probe.end_offsets([tp])[tp]
     probe.close()
-    part = _KafkaSourcePartition(
-        KafkaSourceConfig(brokers=[kafka_broker], topic=topic, stop_at_end=True), 0, None
+    cfg = KafkaSourceConfig(
+        brokers=[kafka_broker], topic=topic, stop_at_end=True, client=kafka_client
     )
+    part = _KafkaSourcePartition(cfg, 0, None)
     got = _drain(part)
     assert [p for p, _ in got] == list(range(100))
     assert part.snapshot() == 100
@@ -142,9 +145,9 @@ def _drain(part: _KafkaSourcePartition) -> list[tuple[int, bytes | None]]:
     return got
 
 
-def test_resume_state_is_the_next_offset(kafka_broker, filled_topic):
+def test_resume_state_is_the_next_offset(kafka_broker, filled_topic, kafka_client):
     topic, acked = filled_topic
-    base = {"brokers": [kafka_broker], "topic": topic, "stop_at_end": True}
+    base = {"brokers": [kafka_broker], "topic": topic, "stop_at_end": True, "client": kafka_client}
     part = _KafkaSourcePartition(KafkaSourceConfig(**base), 1, 700)
     assert part.snapshot() == 700
     got = _drain(part)
@@ -161,9 +164,10 @@ def test_resume_state_is_the_next_offset(kafka_broker, filled_topic):
     assert _drain(latest) == []
 
 
-def test_live_partition_waits_then_reads_new_records(kafka_broker, make_topic):
+def test_live_partition_waits_then_reads_new_records(kafka_broker, make_topic, kafka_client):
     topic = make_topic(1)
-    part = _KafkaSourcePartition(KafkaSourceConfig(brokers=[kafka_broker], topic=topic), 0, None)
+    cfg = KafkaSourceConfig(brokers=[kafka_broker], topic=topic, client=kafka_client)
+    part = _KafkaSourcePartition(cfg, 0, None)
     try:
         assert part.next_batch() == []
         assert part.next_awake() is not None  # idle: no busy loop
@@ -180,12 +184,14 @@ def test_live_partition_waits_then_reads_new_records(kafka_broker, make_topic):
         part.close()
 
 
-def test_source_resumes_from_bytewax_recovery(kafka_broker, make_topic, tmp_path):
+def test_source_resumes_from_bytewax_recovery(kafka_broker, make_topic, tmp_path, kafka_client):
     topic = make_topic(3)
     values = _values(1500, seed=7)
     first = _produce(kafka_broker, topic, values[:900], 3)
     init_db_dir(tmp_path, 1)
-    cfg = KafkaSourceConfig(brokers=[kafka_broker], topic=topic, stop_at_end=True)
+    cfg = KafkaSourceConfig(
+        brokers=[kafka_broker], topic=topic, stop_at_end=True, client=kafka_client
+    )
     out1: list[RecordList] = []
     _read_flow(cfg, out1, tmp_path)
     assert _by_partition(out1) == first
@@ -203,6 +209,10 @@ def test_source_rejects_bad_config_and_missing_topic(kafka_broker):
         KafkaSourceConfig(brokers=[kafka_broker], topic="t", security={"sasl_user": "x"})
     with pytest.raises(ValueError, match="brokers"):
         KafkaSourceConfig(brokers=[], topic="t")
+    with pytest.raises(ValueError, match="client"):
+        KafkaSourceConfig(brokers=[kafka_broker], topic="t", client="librdkafka")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="client"):
+        KafkaSinkConfig(brokers=[kafka_broker], topic="t", client="kafka")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="not found"):
         KafkaSource(KafkaSourceConfig(brokers=[kafka_broker], topic="no-such-topic")).list_parts()
 
@@ -227,6 +237,17 @@ def test_config_from_env():
     assert sink.producer_kwargs()["enable_idempotence"] is True
     with pytest.raises(ValueError, match="STREAMML_KAFKA_DEAD_LETTERS_TOPIC"):
         KafkaSinkConfig.from_env(env=env, topic_var="DEAD_LETTERS_TOPIC")
+    assert (src.client, sink.client) == ("kafka-python", "kafka-python")
+    confluent = {
+        **env,
+        "STREAMML_KAFKA_CLIENT": "confluent",
+        "STREAMML_KAFKA_QUEUED_MAX_KBYTES": "8",
+    }
+    assert KafkaSourceConfig.from_env(env=confluent).client == "confluent"
+    assert KafkaSourceConfig.from_env(env=confluent).queued_max_kbytes == 8
+    assert KafkaSinkConfig.from_env(env=confluent).client == "confluent"
+    with pytest.raises(ValueError, match="STREAMML_KAFKA_CLIENT"):
+        KafkaSourceConfig.from_env(env={**env, "STREAMML_KAFKA_CLIENT": "java"})
 
 
 def _consume_all(bootstrap: str, topic: str, expected: int) -> list:
@@ -244,7 +265,7 @@ def _consume_all(bootstrap: str, topic: str, expected: int) -> list:
     return got
 
 
-def test_alert_sink_writes_keyed_deduplicable_alerts(kafka_broker, make_topic):
+def test_alert_sink_writes_keyed_deduplicable_alerts(kafka_broker, make_topic, kafka_client):
     topic = make_topic(3)
     alerts = [
         Alert("acc-1", 1_700_000_000_000, 2001, "kafka:errors:0", 10),
@@ -256,7 +277,7 @@ def test_alert_sink_writes_keyed_deduplicable_alerts(kafka_broker, make_topic):
     op.output(
         "out",
         op.input("in", flow, TestingSource(replayed)),
-        KafkaAlertSink(KafkaSinkConfig(brokers=[kafka_broker], topic=topic)),
+        KafkaAlertSink(KafkaSinkConfig(brokers=[kafka_broker], topic=topic, client=kafka_client)),
     )
     run_main(flow)
 
@@ -274,7 +295,9 @@ def test_alert_sink_writes_keyed_deduplicable_alerts(kafka_broker, make_topic):
     assert len({p for p, b in by_id.values() if b["account"] == "acc-1"}) == 1
 
 
-def test_dead_letter_sink_writes_raw_value_and_source_headers(kafka_broker, make_topic):
+def test_dead_letter_sink_writes_raw_value_and_source_headers(
+    kafka_broker, make_topic, kafka_client
+):
     topic = make_topic(1)
     full = b'{"account": "' + b"x" * 2000 + b'"}'
     letters = [
@@ -287,7 +310,9 @@ def test_dead_letter_sink_writes_raw_value_and_source_headers(kafka_broker, make
     op.output(
         "out",
         op.input("in", flow, TestingSource(letters)),
-        KafkaDeadLetterSink(KafkaSinkConfig(brokers=[kafka_broker], topic=topic)),
+        KafkaDeadLetterSink(
+            KafkaSinkConfig(brokers=[kafka_broker], topic=topic, client=kafka_client)
+        ),
     )
     run_main(flow)
 
@@ -322,12 +347,19 @@ def _committed(bootstrap: str, group: str, tp: TopicPartition) -> int | None:
         consumer.close(autocommit=False)
 
 
-def test_group_id_commits_the_snapshot_before_the_last_and_the_end(kafka_broker, filled_topic):
+def test_group_id_commits_the_snapshot_before_the_last_and_the_end(
+    kafka_broker, filled_topic, kafka_client
+):
     topic, acked = filled_topic
-    group = "monitor-snapshots"
+    group = f"monitor-snapshots-{kafka_client}"
     tp = TopicPartition(topic, 2)
     cfg = KafkaSourceConfig(
-        brokers=[kafka_broker], topic=topic, stop_at_end=True, batch_size=100, group_id=group
+        brokers=[kafka_broker],
+        topic=topic,
+        stop_at_end=True,
+        batch_size=100,
+        group_id=group,
+        client=kafka_client,
     )
     part = _KafkaSourcePartition(cfg, 2, None)
 
@@ -355,10 +387,10 @@ def test_group_id_commits_the_snapshot_before_the_last_and_the_end(kafka_broker,
     assert _committed(kafka_broker, group, tp) == len(acked[2])
 
 
-def test_group_id_is_not_where_reading_resumes(kafka_broker, filled_topic):
+def test_group_id_is_not_where_reading_resumes(kafka_broker, filled_topic, kafka_client):
     topic, acked = filled_topic
-    base = {"brokers": [kafka_broker], "topic": topic, "stop_at_end": True}
-    group = "monitor-not-resume"
+    base = {"brokers": [kafka_broker], "topic": topic, "stop_at_end": True, "client": kafka_client}
+    group = f"monitor-not-resume-{kafka_client}"
     _drain(_KafkaSourcePartition(KafkaSourceConfig(**base, group_id=group), 0, None))
     assert _committed(kafka_broker, group, TopicPartition(topic, 0)) == len(acked[0])
     # a new reader with the same group and no snapshot still starts from the beginning
@@ -369,3 +401,43 @@ def test_group_id_is_not_where_reading_resumes(kafka_broker, filled_topic):
     env = {"STREAMML_KAFKA_BROKERS": "b:1", "STREAMML_KAFKA_TOPIC": "t"}
     assert KafkaSourceConfig.from_env(env={**env, "STREAMML_KAFKA_GROUP_ID": "g"}).group_id == "g"
     assert KafkaSourceConfig.from_env(env=env).group_id is None
+
+
+def test_a_refused_record_fails_the_sink_alike(kafka_broker, make_topic, kafka_client):
+    topic = make_topic(1)
+    cfg = KafkaSinkConfig(
+        brokers=[kafka_broker], topic=topic, max_request_size=2000, client=kafka_client
+    )
+    letter = DeadLetter("invalid_json", b"x", "kafka:errors:0", 5)
+    part = KafkaDeadLetterSink(cfg).build("dead", 0, 1)
+    try:
+        with pytest.raises(RuntimeError, match="1 of 2 records were not acknowledged"):
+            part.write_batch([letter, (letter, b"y" * 10_000)])  # the second is too large
+    finally:
+        part.close()
+
+
+def test_security_settings_translate_to_librdkafka_names():
+    pytest.importorskip("confluent_kafka")
+    from streamml.operators.kafka_confluent import librdkafka_security
+
+    got = librdkafka_security(
+        {
+            "security_protocol": "SASL_SSL",
+            "sasl_mechanism": "PLAIN",
+            "sasl_plain_username": "u",
+            "sasl_plain_password": "p",
+            "ssl_cafile": "/ca.pem",
+            "ssl_check_hostname": "false",
+        }
+    )
+    assert got == {
+        "security.protocol": "SASL_SSL",
+        "sasl.mechanism": "PLAIN",
+        "sasl.username": "u",
+        "sasl.password": "p",
+        "ssl.ca.location": "/ca.pem",
+        "ssl.endpoint.identification.algorithm": "none",
+    }
+    with pytest.raises(ValueError, match="sasl_kerberos_domain_name"):
+        librdkafka_security({"sasl_kerberos_domain_name": "example"})
