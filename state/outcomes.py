@@ -158,6 +158,11 @@ class JoinStore:
         raw = self._db.get(_SEQ)
         self.seq = int.from_bytes(raw, "big") if raw else 0
         self._touched: set[bytes] = set()
+        # Index keys below `_scan_from` were all taken by earlier `due` calls, except those
+        # written since, the lowest of which is `_written_low`: scans start there, above the
+        # tombstones of the index keys already deleted.
+        self._scan_from = 0
+        self._written_low: int | None = None
 
     def get_entries(self, keys: Sequence[bytes]) -> list[bytes | None]:
         """Return the stored entries of `keys` (None where absent), in one multi-get."""
@@ -197,14 +202,26 @@ class JoinStore:
                 wb.delete(k)
             else:
                 wb.put(k, v)
+                if k[:1] == _EXPIRY:
+                    at = int.from_bytes(k[1:9], "big")
+                    if self._written_low is None or at < self._written_low:
+                        self._written_low = at
         self._db.write(wb, self._write_opts)
 
     def due(self, before: int, limit: int = 100_000) -> list[tuple[bytes, bytes]]:
-        """Return up to `limit` (index key, entry key) pairs expiring before `before`."""
+        """Return up to `limit` (index key, entry key) pairs expiring before `before`.
+
+        Callers delete the index keys returned; a later call then starts its scan after them.
+        """
+        start = self._scan_from
+        if self._written_low is not None:
+            start = min(start, self._written_low)
+        if start >= before:
+            return []
         out = []
         end = _EXPIRY + _be64(before)
         it = self._db.iter()
-        it.seek(_EXPIRY)
+        it.seek(_EXPIRY + _be64(start))
         while it.valid() and len(out) < limit:
             k = it.key()
             if k >= end:
@@ -212,6 +229,8 @@ class JoinStore:
             out.append((k, k[len(_EXPIRY) + 8 :]))
             it.next()
         del it
+        if len(out) < limit:
+            self._scan_from, self._written_low = max(before, 0), None
         return out
 
     def end_epoch(self) -> int:
@@ -249,6 +268,7 @@ class JoinStore:
                     wb.put(key, v[1:])
                 wb.delete(k)
             self._db.write(wb, self._write_opts)
+        self._scan_from, self._written_low = 0, None
         if seq != self.seq:
             self.seq = seq
             self._db.put(_SEQ, _be64(seq), self._write_opts)
