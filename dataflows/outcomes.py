@@ -291,7 +291,9 @@ class GeneratedOutcomeSource(FixedPartitionedSource[RecordList, dict]):
 
 def _outcome_source(config: OutcomesFlowConfig):
     if config.source == "file":
-        return FileListSource(list(config.paths), name="outcome-files")
+        # 1 MiB chunks (about 10,000 outcomes): decoded outcomes are Python objects, and a
+        # flow holds a few chunks at once.
+        return FileListSource(list(config.paths), name="outcome-files", chunk_bytes=1 << 20)
     if config.source == "generate":
         return GeneratedOutcomeSource(config)
     from streamml.operators.kafka import KafkaSource, KafkaSourceConfig
