@@ -17,7 +17,8 @@ streams interleave as long as each arrives in event-time order up to `lateness_m
   a prediction still unmatched when the clock passes ``request_ts + outcome_ttl_ms`` is
   reported *unresolved*; an outcome that matched nothing once the clock passes its
   `observed_at` (every prediction it could match has arrived by then) is reported as an
-  *orphan*; a second outcome for a key is a dead letter (``duplicate_outcome``);
+  *orphan*; a second outcome for a key is a dead letter (``duplicate_outcome``); an item that
+  arrives after the clock has passed its own expiry is counted as late;
 - at the end of a bounded input, what still waits stays in the store for the next run, or is
   reported (`drain`).
 """
