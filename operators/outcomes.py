@@ -41,6 +41,7 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.operators import StatefulBatchLogic
 from streamml.operators.decode import InvalidRecord, json_object
 from streamml.operators.records import DEAD_LETTER_RAW_LIMIT, DeadLetter, LinesChunk, RecordList
+from streamml.state._parquet import part_name
 from streamml.state.outcomes import JoinStore, OutcomeRecord, expiry_key
 from streamml.state.predictions import PREDICTIONS_DIR
 
@@ -243,15 +244,6 @@ _VARIANT_COLUMNS = [
 ]
 
 
-def _part_name(path: Path) -> tuple[str, int] | None:
-    """Return (writer id, sequence) of a store file ``part-WRITER-SEQ.parquet``."""
-    stem = path.name.removesuffix(".parquet")
-    if not stem.startswith("part-") or path.name.startswith("."):
-        return None
-    writer, _, seq = stem[5:].rpartition("-")
-    return (writer, int(seq)) if seq.isdigit() and writer else None
-
-
 def _variants(table: pa.Table) -> list[ScoredVariant]:
     cols = [table.column(c).to_pylist() for c in _VARIANT_COLUMNS]
     return [
@@ -307,7 +299,7 @@ class _StorePartition(StatefulSourcePartition[list[ScoredVariant], dict[str, Any
     def _scan(self) -> None:
         found: dict[str, dict[int, Path]] = {}
         for path in (self.root / PREDICTIONS_DIR).glob("date=*/part-*.parquet"):
-            name = _part_name(path)
+            name = part_name(path)
             if name is not None:
                 found.setdefault(name[0], {})[name[1]] = path
         by_day: dict[str, list[tuple[str, int, str]]] = {}

@@ -26,6 +26,7 @@ __all__ = [
     "DAY_MS",
     "DayPartitionedWriter",
     "discard_parts",
+    "part_name",
     "read_partitioned",
     "utc_day",
     "write_part",
@@ -52,12 +53,20 @@ def write_part(folder: Path, writer_id: str, seq: int, table: pa.Table) -> None:
     os.replace(tmp, folder / name)
 
 
+def part_name(path: Path) -> tuple[str, int] | None:
+    """Return (writer id, sequence) of a file `write_part` wrote, or None for any other file."""
+    stem = path.name.removesuffix(".parquet")
+    if not stem.startswith("part-") or stem == path.name:
+        return None
+    writer, _, seq = stem[len("part-") :].rpartition("-")
+    return (writer, int(seq)) if seq.isdigit() and writer else None
+
+
 def discard_parts(root: Path, folders: str, writer_id: str, seq: int) -> None:
     """Delete the files of `writer_id` numbered `seq` and later in the `folders` glob of `root`."""
-    prefix = f"part-{writer_id}-"
-    for path in root.glob(f"{folders}/{prefix}*.parquet"):
-        tail = path.stem[len(prefix) :]
-        if tail.isdigit() and int(tail) >= seq:
+    for path in root.glob(f"{folders}/part-{writer_id}-*.parquet"):
+        name = part_name(path)
+        if name is not None and name[0] == writer_id and name[1] >= seq:
             path.unlink()
 
 
