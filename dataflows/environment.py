@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["KAFKA_CLIENTS", "KAFKA_PREFIX", "Env", "add_kafka_client_option", "kafka_sink"]
+__all__ = [
+    "KAFKA_CLIENTS",
+    "KAFKA_PREFIX",
+    "Env",
+    "add_kafka_client_option",
+    "kafka_env_with",
+    "kafka_sink",
+]
 
 KAFKA_PREFIX = "STREAMML_KAFKA_"
 KAFKA_CLIENTS = ("kafka-python", "confluent")
@@ -53,6 +61,22 @@ class Env:
     def kafka(self) -> tuple[tuple[str, str], ...]:
         """Return the ``STREAMML_KAFKA_*`` variables, sorted."""
         return tuple(sorted((k, v) for k, v in self.env.items() if k.startswith(KAFKA_PREFIX)))
+
+
+def kafka_env_with(
+    settings: Mapping[str, object], env: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """Return the ``STREAMML_KAFKA_*`` variables of `env` (the process's) with `settings` on top.
+
+    `settings` maps a variable name without the prefix to its value; an empty value (None,
+    ``""``, False) leaves the variable as `env` has it.
+    """
+    env = os.environ if env is None else env
+    out = {k: v for k, v in env.items() if k.startswith(KAFKA_PREFIX)}
+    for name, value in settings.items():
+        if value:
+            out[KAFKA_PREFIX + name] = str(value)
+    return out
 
 
 def kafka_sink(kafka_env: tuple[tuple[str, str], ...], topic_var: str):

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from streamml.console import Progress, human
-from streamml.dataflows.environment import KAFKA_PREFIX, add_kafka_client_option
+from streamml.dataflows.environment import KAFKA_PREFIX, add_kafka_client_option, kafka_env_with
 from streamml.run_cli import DEFAULT_SETTLE_MS, add_cluster_options, cluster_from_args
 from streamml.runner import report_run
 from streamml.state.definitions import DefinitionError
@@ -173,17 +173,16 @@ def config_from_args(args: argparse.Namespace, stats_path: Path | None) -> Featu
     inputs = [SourceInput(n, "file", tuple(p)) for n, p in paths.items()]
     inputs += [SourceInput(n, "kafka", topic=t) for n, t in topics.items()]
     inputs += [SourceInput(n, "generate", generator=generator) for n in generated]
-    kafka_env = {k: v for k, v in os.environ.items() if k.startswith(KAFKA_PREFIX)}
+    settings: dict[str, object] = {"CLIENT": getattr(args, "kafka_client", None)}
     if topics:
-        if args.brokers:
-            kafka_env[KAFKA_PREFIX + "BROKERS"] = args.brokers
-        if not kafka_env.get(KAFKA_PREFIX + "BROKERS"):
-            raise ValueError("Kafka sources need --brokers HOST:PORT (or STREAMML_KAFKA_BROKERS)")
-        kafka_env[KAFKA_PREFIX + "START"] = args.start
-        if args.stop_at_end:
-            kafka_env[KAFKA_PREFIX + "STOP_AT_END"] = "1"
-    if getattr(args, "kafka_client", None):
-        kafka_env[KAFKA_PREFIX + "CLIENT"] = args.kafka_client
+        settings |= {
+            "BROKERS": args.brokers,
+            "START": args.start,
+            "STOP_AT_END": args.stop_at_end and "1",
+        }
+    kafka_env = kafka_env_with(settings)
+    if topics and not kafka_env.get(KAFKA_PREFIX + "BROKERS"):
+        raise ValueError("Kafka sources need --brokers HOST:PORT (or STREAMML_KAFKA_BROKERS)")
     state_dir = Path(args.state_dir).resolve()
     recovery = getattr(args, "recovery_dir", None)
     return FeaturesConfig(

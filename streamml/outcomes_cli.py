@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from streamml.console import Progress, human
-from streamml.dataflows.environment import KAFKA_PREFIX, add_kafka_client_option
+from streamml.dataflows.environment import KAFKA_PREFIX, add_kafka_client_option, kafka_env_with
 from streamml.runner import cost_rows, report_run
 from streamml.state.errors import RefusedError
 
@@ -130,17 +129,15 @@ def config_from_args(args: argparse.Namespace, stats_path: Path | None) -> Outco
         raise ValueError("--outcomes-source file needs --input PATH")
     if args.outcomes_source == "generate" and args.now is None:
         raise ValueError("--outcomes-source generate needs --now (the requests' --now)")
-    kafka_env = {k: v for k, v in os.environ.items() if k.startswith(KAFKA_PREFIX)}
-    for flag, var in (
-        ("brokers", "BROKERS"),
-        ("outcomes_topic", "TOPIC"),
-        ("start", "START"),
-        ("kafka_client", "CLIENT"),
-    ):
-        if getattr(args, flag, None):
-            kafka_env[KAFKA_PREFIX + var] = str(getattr(args, flag))
-    if args.stop_at_end:
-        kafka_env[KAFKA_PREFIX + "STOP_AT_END"] = "1"
+    kafka_env = kafka_env_with(
+        {
+            "BROKERS": args.brokers,
+            "TOPIC": args.outcomes_topic,
+            "START": args.start,
+            "CLIENT": args.kafka_client,
+            "STOP_AT_END": args.stop_at_end and "1",
+        }
+    )
     if args.outcomes_source == "kafka":
         if not kafka_env.get(KAFKA_PREFIX + "BROKERS"):
             raise ValueError("Kafka needs --brokers HOST:PORT (or STREAMML_KAFKA_BROKERS)")

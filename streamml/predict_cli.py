@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import time
@@ -11,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from streamml.console import Progress, human
-from streamml.dataflows.environment import KAFKA_PREFIX, add_kafka_client_option
+from streamml.dataflows.environment import KAFKA_PREFIX, add_kafka_client_option, kafka_env_with
 from streamml.runner import cost_rows, report_run
 from streamml.state.errors import RefusedError
 
@@ -105,19 +104,17 @@ def config_from_args(args: argparse.Namespace, stats_path: Path | None) -> Predi
             raise ValueError(f"input file not found: {path}")
     if args.requests_source == "file" and not args.input:
         raise ValueError("--requests-source file needs --input PATH")
-    kafka_env = {k: v for k, v in os.environ.items() if k.startswith(KAFKA_PREFIX)}
-    for flag, var in (
-        ("brokers", "BROKERS"),
-        ("requests_topic", "TOPIC"),
-        ("start", "START"),
-        ("kafka_client", "CLIENT"),
-        ("predictions_topic", "PREDICTIONS_TOPIC"),
-        ("dead_letters_topic", "DEAD_LETTERS_TOPIC"),
-    ):
-        if getattr(args, flag, None):
-            kafka_env[KAFKA_PREFIX + var] = str(getattr(args, flag))
-    if args.stop_at_end:
-        kafka_env[KAFKA_PREFIX + "STOP_AT_END"] = "1"
+    kafka_env = kafka_env_with(
+        {
+            "BROKERS": args.brokers,
+            "TOPIC": args.requests_topic,
+            "START": args.start,
+            "CLIENT": args.kafka_client,
+            "PREDICTIONS_TOPIC": args.predictions_topic,
+            "DEAD_LETTERS_TOPIC": args.dead_letters_topic,
+            "STOP_AT_END": args.stop_at_end and "1",
+        }
+    )
     kafka_used = (
         args.requests_source == "kafka" or args.predictions_topic or args.dead_letters_topic
     )

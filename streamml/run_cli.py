@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -12,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from streamml.commands import Command, add_commands
 from streamml.console import Progress, human
-from streamml.dataflows.environment import KAFKA_PREFIX, add_kafka_client_option
+from streamml.dataflows.environment import KAFKA_PREFIX, add_kafka_client_option, kafka_env_with
 from streamml.runner import cost_rows, report_run
 from streamml.state.errors import RefusedError
 from streamml.state.layout import StateLayout
@@ -273,20 +272,18 @@ def config_from_args(args: argparse.Namespace, stats_path: Path | None) -> Error
                         f"{path}: CSV header {list(header)} must name the columns account and ts "
                         "(expected: account,ts,code)"
                     )
-    kafka_env = {k: v for k, v in os.environ.items() if k.startswith(KAFKA_PREFIX)}
-    for flag, var in (
-        ("brokers", "BROKERS"),
-        ("topic", "TOPIC"),
-        ("start", "START"),
-        ("group_id", "GROUP_ID"),
-        ("kafka_client", "CLIENT"),
-        ("alerts_topic", "ALERTS_TOPIC"),
-        ("dead_letters_topic", "DEAD_LETTERS_TOPIC"),
-    ):
-        if getattr(args, flag, None):
-            kafka_env[KAFKA_PREFIX + var] = str(getattr(args, flag))
-    if getattr(args, "stop_at_end", False):
-        kafka_env[KAFKA_PREFIX + "STOP_AT_END"] = "1"
+    flags = {
+        "BROKERS": "brokers",
+        "TOPIC": "topic",
+        "START": "start",
+        "GROUP_ID": "group_id",
+        "CLIENT": "kafka_client",
+        "ALERTS_TOPIC": "alerts_topic",
+        "DEAD_LETTERS_TOPIC": "dead_letters_topic",
+    }
+    settings: dict[str, object] = {var: getattr(args, f, None) for var, f in flags.items()}
+    settings["STOP_AT_END"] = getattr(args, "stop_at_end", False) and "1"
+    kafka_env = kafka_env_with(settings)
     needs_brokers = args.source == "kafka" or args.alerts_topic or args.dead_letters_topic
     if needs_brokers and not kafka_env.get(KAFKA_PREFIX + "BROKERS"):
         raise ValueError("Kafka needs --brokers HOST:PORT (or STREAMML_KAFKA_BROKERS)")
