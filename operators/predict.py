@@ -20,8 +20,10 @@ Every request ends once: a `request_id` already pending, or among the last `dedu
 shard ended within `dedupe_ms`, is a dead letter `duplicate_request_id` (both bound the memory the
 ids take). The shard's recoverable state is its pending requests (with their arrival and
 deadline) and those ended ids; a resumed shard plans its pending requests again, which re-issues
-the fetches that were in flight. After every deadline has passed, a shard holds no pending
-request.
+the fetches that were in flight, and gives each a new deadline `request_ttl_ms` after the resume
+(the time the process was down does not count against a request's wait, so a restart never turns
+a request into a timeout before the registry is read again). After every deadline has passed, a
+shard holds no pending request.
 """
 
 from __future__ import annotations
@@ -200,8 +202,9 @@ class _PredictLogic(StatefulBatchLogic[Any, PredictOutput, Any]):
         if resume is not None:
             self.shard, pending, ended = resume
             self.ended = dict(ended)
+            restart = clock_ns() + config.request_ttl_ms * _MS
             for request, arrived_ns, deadline_ns in pending:
-                p = _Pending(None, request, arrived_ns, deadline_ns)
+                p = _Pending(None, request, arrived_ns, max(deadline_ns, restart))
                 self._hold(p)
                 self.unplanned.append(p)
 

@@ -96,6 +96,27 @@ def test_a_resumed_shard_plans_its_pending_requests_again(tmp_path, slow_service
     resumed.close()
 
 
+def test_a_shard_resumed_after_its_deadlines_waits_again_for_the_registry(
+    tmp_path, slow_service
+) -> None:
+    config = make_config(tmp_path, slow_service.url)
+    meta = load_metadata(config.registry_dir)
+    first = _PredictLogic(config, None)
+    first.on_batch([meta, request("r0", "acct-0")])
+    snapshot = first.snapshot()
+    first.close()
+    time.sleep(TTL_MS / 1000 + 0.05)
+    resumed = _PredictLogic(config, snapshot)
+    out, _ = resumed.on_notify()
+    assert ended(out) == [] and [t for o in out for t in o.timeouts] == []
+    assert "r0" in resumed.pending
+    resumed.on_batch([meta])
+    time.sleep(TTL_MS / 1000 + 0.05)
+    out, _ = resumed.on_notify()
+    assert ended(out) == ["r0"] and resumed.pending == {}
+    resumed.close()
+
+
 def test_without_metadata_requests_time_out(tmp_path, slow_service) -> None:
     config = make_config(tmp_path, slow_service.url)
     logic = _PredictLogic(config, None)
