@@ -49,6 +49,25 @@ class SoakResult:
     peak_rss_bytes: int = 0
     flow_s: float = 0.0
     counters: dict[str, int] = field(default_factory=dict)
+    samples: tuple[tuple[int, int], ...] = ()
+    """(records read, RSS bytes) of every sample, in the order taken."""
+
+    def bytes_per_record(self, after: int) -> float:
+        """Least-squares slope of RSS over records read, in bytes per record, from `after` on.
+
+        Fetches of megabytes make single samples jump; a fitted slope over every sample weighs
+        them all, where a difference of two marks rests on a few.
+        """
+        points = [(read, rss) for read, rss in self.samples if read >= after]
+        if len(points) < 3:
+            raise ValueError(f"{len(points)} samples after {after} records: too few to fit")
+        n = len(points)
+        mx = sum(r for r, _ in points) / n
+        my = sum(m for _, m in points) / n
+        sxx = sum((r - mx) ** 2 for r, _ in points)
+        if sxx == 0:
+            raise ValueError(f"every sample after {after} records was taken at one count")
+        return sum((r - mx) * (m - my) for r, m in points) / sxx
 
     def growth(self) -> float:
         """RSS at the last mark over RSS at the first mark, minus 1."""
@@ -189,7 +208,7 @@ def soak_flow(
             taken[mark] = int(statistics.median(near))
         else:
             print(f"no RSS sample before {mark} records", file=sys.stderr)
-    return SoakResult(records, taken, result.peak_rss_bytes, seconds, dict(c))
+    return SoakResult(records, taken, result.peak_rss_bytes, seconds, dict(c), tuple(samples))
 
 
 def run_soak(args: argparse.Namespace) -> dict[str, Any]:
