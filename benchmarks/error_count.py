@@ -317,9 +317,12 @@ def run_rows(runs: list[BenchRun]) -> dict[str, object]:
     for key in rows[0]:
         if key == "processes":
             continue
-        values = [float(row[key]) for row in rows]  # type: ignore[arg-type]
-        out[key] = statistics.median(values)
-        spread[key] = [min(values), max(values)]
+        values = [row[key] for row in rows]
+        if all(isinstance(v, int) for v in values):
+            out[key] = statistics.median_low(values)  # type: ignore[type-var]
+        else:
+            out[key] = statistics.median(float(v) for v in values)  # type: ignore[arg-type]
+        spread[key] = [min(values), max(values)]  # type: ignore[type-var]
     out["spread"] = spread
     return out
 
