@@ -6,8 +6,8 @@ store, optionally compared with Flink SQL on the same file.
 Kafka source (``--source kafka``): a local tansu broker is started (or ``--brokers`` is used), the
 same generated events are produced as JSON values keyed by account into a topic of
 ``--partitions`` partitions (Kafka's default key partitioner, so each account's events keep their
-order in one partition), a bare kafka-python consumer reads the topic once for reference, then
-the flow reads it with ``--stop-at-end``.
+order in one partition), then, ``--runs`` times in turn, a bare kafka-python consumer reads the
+topic for reference and the flow reads it with ``--stop-at-end``.
 
 The flow runs with the defaults of ``streamml run error-count``: it writes the history store
 (``STATE_DIR/history``) unless ``--no-history``; the report says which. Each process count is run
@@ -640,7 +640,13 @@ def _cmd(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    report = run_bench(args)
+    from streamml.benchmarks.flink_baseline import FlinkError
+
+    try:
+        report = run_bench(args)
+    except FlinkError as exc:
+        print(f"streamml bench error-count: the Flink baseline failed: {exc}", file=sys.stderr)
+        return 1
     if args.json:
         print(orjson.dumps(report).decode())
         return 0
