@@ -2,7 +2,8 @@
 
 Generates `--events` speed tests over `--accounts` accounts as JSON lines (`generate_speed_tests`,
 the bundled `speed_tests` source), then runs the features flow (`python -m bytewax.run
-streamml.dataflows.features:flow`, one process, the product's defaults) over the file into a new
+streamml.dataflows.features:flow`, one process, the defaults of `streamml run features`: the
+history store is written, under the state dir, unless `--no-history`) over the file into a new
 state dir, once with the source's five bundled features and once with only its count, taking
 turns for `--repeats` rounds. Reports events/s over the flow's wall time (start-up included, the
 same for both), CPU seconds and peak RSS, medians with min and max, and checks one sampled
@@ -72,9 +73,17 @@ def _run(config: FeaturesConfig) -> dict[str, float]:
 
 
 def run_features_bench(
-    *, events: int, accounts: int, repeats: int, data_dir: Path | None = None
+    *,
+    events: int,
+    accounts: int,
+    repeats: int,
+    data_dir: Path | None = None,
+    history: bool = True,
 ) -> dict[str, dict[str, float]]:
-    """Return events/s, CPU and RSS figures of the five-feature and one-feature runs."""
+    """Return events/s, CPU and RSS figures of the five-feature and one-feature runs.
+
+    With `history` (the default of `streamml run features`) each run writes the history store.
+    """
     root = Path(tempfile.mkdtemp(prefix="streamml-bench-features-", dir=data_dir))
     try:
         data = root / "speed_tests.jsonl"
@@ -89,7 +98,7 @@ def run_features_bench(
                     inputs=(SourceInput("speed_tests", "file", (str(data),)),),
                     state_dir=state,
                     definitions_path=defs,
-                    history_dir=None,
+                    history_dir=state / "history" if history else None,
                     settle_ms=0,
                 )
                 runs[name].append(_run(config))
@@ -135,11 +144,23 @@ def _check(state: Path, keys, ts, fields) -> None:
 
 def _cmd(args: argparse.Namespace) -> int:
     figures = run_features_bench(
-        events=args.events, accounts=args.accounts, repeats=args.repeats, data_dir=args.data_dir
+        events=args.events,
+        accounts=args.accounts,
+        repeats=args.repeats,
+        data_dir=args.data_dir,
+        history=not args.no_history,
     )
     if args.json:
-        print(orjson.dumps(figures).decode())
+        print(orjson.dumps({**figures, "history": not args.no_history}).decode())
         return 0
+    print(
+        "history store: "
+        + (
+            "written (the default of `streamml run features`)"
+            if not args.no_history
+            else "not written (--no-history)"
+        )
+    )
     base = figures["1 feature"]["events_per_s"]
     for name, f in figures.items():
         print(
@@ -155,6 +176,11 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--accounts", type=int, default=100_000, help="distinct accounts")
     p.add_argument("--repeats", type=int, default=3, help="rounds (the two runs take turns)")
     p.add_argument("--data-dir", type=Path, help="where to write the file and state (temp)")
+    p.add_argument(
+        "--no-history",
+        action="store_true",
+        help="do not write the history store (written by default, as by `streamml run features`)",
+    )
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     p.set_defaults(func=_cmd)
 

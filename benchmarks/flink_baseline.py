@@ -11,6 +11,8 @@ slide by default) over event time ``ts``, ``COUNT(*)`` per account and window, k
 windows with ``COUNT(*) > threshold``; ``FlinkResult.alert_windows`` is the number of such
 ``(account, window)`` pairs. See the docstring of ``flink_job.py`` for how job start-up is
 excluded from ``events_per_s``.
+
+``benchmarks/flink_checks.py`` runs it checked, as ``streamml bench error-count --flink`` does.
 """
 
 from __future__ import annotations
@@ -163,6 +165,7 @@ def run_flink_sql(
     count_check: bool = True,
     object_reuse: bool = True,
     extra_conf: Mapping[str, str] | None = None,
+    output_dir: Path | None = None,
 ) -> FlinkResult:
     """Run the Flink SQL HOP-window error count on ``csv_path`` and return its measurements.
 
@@ -171,7 +174,8 @@ def run_flink_sql(
     late, see ``FlinkResult.rows_behind_watermark``). ``count_check`` adds an untimed Flink
     batch ``COUNT(*)`` of the file (``events_read_by_flink``). Raises
     :class:`FlinkUnavailableError` when ``.venv-flink`` is missing and :class:`FlinkError`
-    when the job fails or exceeds ``timeout_s``.
+    when the job fails or exceeds ``timeout_s``. With ``output_dir`` (which must not exist) the
+    alert windows the job wrote are kept there (:func:`read_alert_windows` reads them).
     """
     if not flink_python().exists():
         raise FlinkUnavailableError(f"Flink virtualenv {FLINK_VENV} is missing; {_create_hint()}")
@@ -194,6 +198,8 @@ def run_flink_sql(
         "--out-of-orderness-ms",
         str(int(out_of_orderness_ms)),
     ]
+    if output_dir is not None:
+        cmd += ["--output-dir", str(Path(output_dir).resolve())]
     if not count_check:
         cmd.append("--no-count-check")
     if not object_reuse:

@@ -8,7 +8,8 @@ times, for each client of ``--kafka-client`` in turn, on the same topic:
 - a bare consumer of that client reads the whole topic (one consumer, every partition assigned,
   the source's large fetch settings; it takes each value and checks every offset);
 - the error-count flow (`streamml run error-count --source kafka --stop-at-end`, one process,
-  fresh RocksDB state and online store, no history store unless ``--history``) reads it end to
+  fresh RocksDB state and online store, and the history store unless ``--no-history``, as
+  `streamml run error-count` by default) reads it end to
   end with that client; its state is checked against a brute-force count of sampled accounts
   and its read counter against the records produced.
 
@@ -106,7 +107,9 @@ def run_clients_bench(args: argparse.Namespace) -> dict[str, object]:
                         bare_read = bare_confluent_consume_rate
                     rate = bare_read(bootstrap, topic, n)
                     bare[client].append(rate.per_second)
-                    run = run_kafka_once(bootstrap, topic, 1, work, args.history, client=client)
+                    run = run_kafka_once(
+                        bootstrap, topic, 1, work, not args.no_history, client=client
+                    )
                     c = orjson.loads((work / "stats-kafka-p1.json").read_bytes())["counters"]
                     assert c.get("read", 0) == n, (c, n)
                     if not args.no_check:
@@ -128,7 +131,7 @@ def run_clients_bench(args: argparse.Namespace) -> dict[str, object]:
         "zipf": args.zipf,
         "partitions": partitions,
         "runs": args.runs,
-        "history": args.history,
+        "history": not args.no_history,
         "produce": {"name": produced.name, "records": n, "per_s": produced.per_second},
         "clients": {
             c: {
@@ -174,7 +177,11 @@ def register(bench_sub: argparse._SubParsersAction) -> None:  # type: ignore[typ
     p.add_argument("--zipf", type=float, default=DEFAULT_ZIPF, help="account popularity exponent")
     p.add_argument("--partitions", type=int, default=3, help="partitions of the topic")
     p.add_argument("--runs", type=int, default=3, help="timed runs of each reader (median, spread)")
-    p.add_argument("--history", action="store_true", help="the flow also writes the history store")
+    p.add_argument(
+        "--no-history",
+        action="store_true",
+        help="do not write the history store (by default written, as by `run error-count`)",
+    )
     p.add_argument("--no-check", action="store_true", help="skip the state check (not the count)")
     p.add_argument("--check-accounts", type=int, default=20, help="accounts checked per partition")
     p.add_argument("--brokers", help="bootstrap HOST:PORT; unset: start a local tansu broker")

@@ -6,7 +6,8 @@ the flow process alone (the broker is another process) is taken when the flow ha
 and 100% of the records (1M, 5M and 10M for the default 10M; each the median of the samples
 taken while it read the last 5% of records before the mark), and the run passes when the RSS at
 the end is within ``--tolerance`` of the RSS at the first mark. Every record must be read and
-accepted, late or dead exactly once.
+accepted, late or dead exactly once. The flow writes the history store, as `streamml run
+error-count` does by default, unless ``--no-history``.
 
 Before the flow starts the topic holds every record, so the flow reads as fast as it can: this
 soaks the memory of reading, not of waiting.
@@ -244,7 +245,7 @@ def run_soak(args: argparse.Namespace) -> dict[str, Any]:
                 Path(tmp),
                 marks=marks,
                 state_memory_mb=args.state_memory_mb,
-                history=args.history,
+                history=not args.no_history,
             )
     finally:
         if broker is not None:
@@ -261,6 +262,7 @@ def run_soak(args: argparse.Namespace) -> dict[str, Any]:
         "peak_rss_mib": soak.peak_rss_bytes / MiB,
         "growth": soak.growth() if len(soak.marks) > 1 else None,
         "tolerance": args.tolerance,
+        "history": not args.no_history,
     }
 
 
@@ -279,7 +281,11 @@ def register(bench_sub: argparse._SubParsersAction) -> None:  # type: ignore[typ
     p.add_argument("--brokers", help="bootstrap HOST:PORT; unset: start a local tansu broker")
     p.add_argument("--topic", help="read this topic, already holding --events records")
     p.add_argument("--state-memory-mb", type=int, help="RocksDB memory budget of the flow process")
-    p.add_argument("--history", action="store_true", help="also write the history store")
+    p.add_argument(
+        "--no-history",
+        action="store_true",
+        help="do not write the history store (by default written, as by `run error-count`)",
+    )
     p.add_argument(
         "--tolerance", type=float, default=0.10, help="largest RSS growth from first to last mark"
     )
@@ -307,7 +313,8 @@ def _cmd(args: argparse.Namespace) -> int:
         print(format_table(rows, headers=["records read", "RSS MiB"]))
         print(
             f"{report['events']:,} records in {report['flow_s']:.1f} s "
-            f"({report['events_per_s']:,.0f}/s); peak RSS {report['peak_rss_mib']:.0f} MiB"
+            f"({report['events_per_s']:,.0f}/s); peak RSS {report['peak_rss_mib']:.0f} MiB; "
+            f"history store {'written' if report['history'] else 'not written (--no-history)'}"
         )
         if report["growth"] is not None:
             print(f"growth first to last mark: {report['growth']:+.1%}")

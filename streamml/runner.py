@@ -39,6 +39,11 @@ class RunResult:
     wall_s: float
     cpu_s: float
     peak_rss_bytes: int
+    """The sum over the worker processes of each one's own peak RSS (`own_peak_rss`).
+
+    An upper bound of the peak of their summed RSS (the workers need not peak at the same
+    moment), and never below it; with one worker, that worker's peak.
+    """
 
 
 def free_ports(n: int) -> list[int]:
@@ -98,7 +103,8 @@ def run_flow_processes(
     Workers on one machine talk over loopback ports chosen here. With `member`, the one worker
     started is that process of a cluster spread over several hosts (`processes` must be 1).
     `progress` is called about twice a second with the counters read from `stats_path`. The
-    peak RSS is the largest of the workers' own peaks (`own_peak_rss`, sampled while they run).
+    peak RSS is the sum of the workers' own peaks (`own_peak_rss`, sampled while they run;
+    `ru_maxrss` for a worker that ended before it was sampled).
     """
     from streamml.operators.sinks import read_stats
 
@@ -140,7 +146,7 @@ def run_flow_processes(
                     codes[p.pid] = os.waitstatus_to_exitcode(status)
                     p.returncode = codes[p.pid]
                     cpu += usage.ru_utime + usage.ru_stime
-                    peak = max(peak, own_peak.get(p.pid) or usage.ru_maxrss * 1024)
+                    peak += own_peak.get(p.pid) or usage.ru_maxrss * 1024
             if any(c != 0 for c in codes.values()):
                 for p in procs:
                     if p.pid not in codes:
