@@ -30,7 +30,7 @@ from streamml.operators.routing import PartitionRouting
 from streamml.state.errors import RefusedError
 from streamml.state.sharding import shard_many
 
-__all__ = ["PartitionOwner", "shard_events", "shard_key", "split_by_shard"]
+__all__ = ["PartitionOwner", "shard_events", "shard_key", "shard_of_key", "split_by_shard"]
 
 PartitionOwner = Callable[[str], tuple[int, int]]
 """Maps a source partition's name to (its index, the source's partition count)."""
@@ -39,6 +39,11 @@ PartitionOwner = Callable[[str], tuple[int, int]]
 def shard_key(shard: int) -> str:
     """Return the stream key of a shard."""
     return f"shard-{shard:03d}"
+
+
+def shard_of_key(key: str) -> int:
+    """Return the shard of a stream key (``shard-NNN``, or ``shard-NNN.K``: partition routing)."""
+    return int(key.rsplit("-", 1)[1].split(".", 1)[0])
 
 
 def _check_owned(batch: EventBatch, shard_of_code: np.ndarray, dictionary, index: int, count: int):

@@ -299,3 +299,72 @@ def test_kafka_partition_routing_matches_oracle_with_no_crossing(
     assert counters["read"] == len(sent)
     assert counters.get("crossed_batches", 0) == 0
     assert_matches_oracle(state, alerts, oracle, fired)
+
+
+WORKER_LAUNCHER = """
+import subprocess, sys, time
+addresses, n, args = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+cmd = [sys.executable, "-m", "streamml.worker", "streamml.dataflows.error_count:flow", *args]
+procs = [subprocess.Popen([*cmd, "-i", str(i), "-a", addresses]) for i in range(n)]
+while any(p.poll() is None for p in procs):
+    if any(p.returncode for p in procs):
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    time.sleep(0.05)
+sys.exit(next((p.returncode for p in procs if p.returncode), 0))
+"""
+"""The workers started as the CLI starts them (`streamml.worker` tells each its process id)."""
+
+
+def test_two_processes_with_partition_routing_survive_kill_9(tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    from tests.dataflows import test_recovery as rec
+
+    monkeypatch.setattr(rec, "LAUNCHER", WORKER_LAUNCHER)
+    paths = write_events(
+        tmp_path / "errors.csv",
+        GeneratorConfig(events=3_000_000, accounts=2_000, seed=5),
+        fmt="csv",
+        files=2,
+        junk_rate=0.0001,
+        by_key=True,
+    )
+    source = rec.SourceConfig(kind="file", paths=tuple(str(p) for p in paths), chunk_bytes=1 << 20)
+    layout = StateLayout(shards=4, shard_hash="murmur2")
+    clean = replace(rec.config_for(tmp_path, "clean", source, recovery=False), layout=layout)
+    rec.run_clean(clean)
+    crashed = rec.config_for(tmp_path, "crashed", source, recovery=True)
+    crashed = replace(crashed, layout=layout, routing="partition")
+    kills = rec.run_with_kills(
+        crashed,
+        seed=43,
+        windows=rec.TWO_PROCESS_FILE_WINDOWS,
+        kills_wanted=rec.TWO_PROCESS_KILLS,
+        processes=2,
+    )
+    assert kills >= rec.TWO_PROCESS_KILLS
+    rec.assert_same(clean, crashed)
+    last = orjson.loads(crashed.stats_path.read_bytes())["counters"]
+    assert last.get("crossed_batches", 0) == 0
+    assert last.get("read", 0) < orjson.loads(clean.stats_path.read_bytes())["counters"]["read"]
+    routing = orjson.loads((crashed.recovery_dir / "streamml-routing.json").read_bytes())
+    assert routing == {"routing": "partition", "workers": 2}
+
+
+def test_a_recovery_dir_keeps_its_routing(tmp_path):
+    from streamml.operators.recovery_state import bind_routing
+
+    bind_routing(tmp_path, "partition", 2)
+    bind_routing(tmp_path, "partition", 2)
+    with pytest.raises(RefusedError, match="partition routing over 2 worker"):
+        bind_routing(tmp_path, "partition", 4)
+    with pytest.raises(RefusedError, match="asks for exchange routing"):
+        bind_routing(tmp_path, "exchange", 2)
+    other = tmp_path / "other"
+    other.mkdir()
+    bind_routing(other, "exchange", 4)
+    bind_routing(other, "exchange", 1)
+    with pytest.raises(RefusedError, match="written with exchange routing"):
+        bind_routing(other, "partition", 1)
