@@ -9,6 +9,14 @@ same generated events are produced as JSON values keyed by account into a topic 
 order in one partition), a bare kafka-python consumer reads the topic once for reference, then
 the flow reads it with ``--stop-at-end``.
 
+Routing (``--routing``): ``exchange`` (the default) keys shard batches ``shard-NNN`` and Bytewax
+moves each to the process it hashes the key to; ``partition`` creates the state dir with the
+murmur2 shard hash (Kafka's default key partitioner) and keeps every shard in the process that
+reads its input partition (the files are then generated with each account in the file its
+murmur2 picks, as ``streamml generate --files N --by-key`` does). Each run reports how many
+shard batches (and events) crossed processes. ``--repeat N`` runs each process count N times
+and reports the median run with the spread (lowest and highest events/s).
+
 The figures are events per second (from the flow's first to its last record, and including
 process start-up), CPU seconds and peak RSS of the worker processes, and the disk size of the
 state directory. Correctness is checked on the same run: every row is accounted for, and the
@@ -71,6 +79,9 @@ class BenchRun:
     peak_rss_bytes: int
     alerts: int
     state_bytes: int = 0
+    peak_rss_sum_bytes: int = 0
+    crossed_batches: int = 0
+    crossed_events: int = 0
 
     @property
     def events_per_s(self) -> float:
@@ -79,11 +90,19 @@ class BenchRun:
 
 
 def _input_files(
-    out: Path, events: int, accounts: int, seed: int, files: int, zipf: float = DEFAULT_ZIPF
+    out: Path,
+    events: int,
+    accounts: int,
+    seed: int,
+    files: int,
+    zipf: float = DEFAULT_ZIPF,
+    by_key: bool = False,
 ) -> list[Path]:
     tag = f"errors-{events}-{accounts}-{seed}-{files}"
     if zipf != DEFAULT_ZIPF:
         tag += f"-zipf{zipf:g}"
+    if by_key and files > 1:
+        tag += "-bykey"
     target = out / tag / "errors.csv"
     done = out / tag / "done"
     if done.exists():
@@ -97,6 +116,7 @@ def _input_files(
         fmt="csv",
         files=files,
         progress=Progress(),
+        by_key=by_key,
     )
     done.write_text("\n".join(str(p) for p in paths))
     return paths
@@ -195,11 +215,23 @@ def _timed_run(config: ErrorCountConfig, processes: int, snapshot_interval_s: in
         peak_rss_bytes=result.peak_rss_bytes,
         alerts=result.counters.get("alerts", 0),
         state_bytes=dir_bytes(config.state_dir),
+        peak_rss_sum_bytes=result.peak_rss_sum_bytes,
+        crossed_batches=result.counters.get("crossed_batches", 0),
+        crossed_events=result.counters.get("crossed_events", 0),
     )
 
 
+def _layout(routing: str) -> StateLayout:
+    return StateLayout(shard_hash="murmur2" if routing == "partition" else "crc32")
+
+
 def run_once(
-    paths: list[Path], processes: int, work: Path, history: bool, recovery: bool = False
+    paths: list[Path],
+    processes: int,
+    work: Path,
+    history: bool,
+    recovery: bool = False,
+    routing: str = "exchange",
 ) -> BenchRun:
     """Run the flow over `paths` with a fresh state dir (and recovery dir); return its figures."""
     tag = f"p{processes}" + ("-recovery" if recovery else "")
@@ -211,10 +243,11 @@ def run_once(
     config = ErrorCountConfig(
         source=SourceConfig(kind="file", paths=tuple(str(p) for p in paths)),
         state_dir=state,
-        layout=StateLayout(),
+        layout=_layout(routing),
         history_dir=state / "history" if history else None,
         stats_path=work / f"stats-{tag}.json",
         recovery_dir=recovery_dir,
+        routing=routing,
     )
     return _timed_run(config, processes)
 
@@ -226,6 +259,7 @@ def run_kafka_once(
     work: Path,
     history: bool,
     client: str = "kafka-python",
+    routing: str = "exchange",
 ) -> BenchRun:
     """Run the flow over `topic` from its start to its end offsets with a fresh state dir.
 
@@ -236,7 +270,8 @@ def run_kafka_once(
     config = ErrorCountConfig(
         source=SourceConfig(kind="kafka"),
         state_dir=state,
-        layout=StateLayout(),
+        layout=_layout(routing),
+        routing=routing,
         history_dir=state / "history" if history else None,
         stats_path=work / f"stats-kafka-p{processes}.json",
         kafka_env=(
@@ -249,10 +284,24 @@ def run_kafka_once(
     return _timed_run(config, processes)
 
 
-def _run_row(r: BenchRun) -> dict[str, object]:
+def _median_run(runs: list[BenchRun]) -> BenchRun:
+    """Return the run of median events/s (the lower middle one of an even count)."""
+    ordered = sorted(runs, key=lambda r: r.events_per_s)
+    return ordered[(len(ordered) - 1) // 2]
+
+
+def _run_row(r: BenchRun, repeats: list[BenchRun] | None = None) -> dict[str, object]:
+    rates = sorted(x.events_per_s for x in repeats or [r])
     return {
         "processes": r.processes,
         "events_per_s": r.events_per_s,
+        "events_per_s_runs": rates,
+        "events_per_s_min": rates[0],
+        "events_per_s_max": rates[-1],
+        "peak_rss_sum_mib": r.peak_rss_sum_bytes / 2**20,
+        "cpu_s_per_process": r.cpu_s / r.processes,
+        "crossed_batches": r.crossed_batches,
+        "crossed_events": r.crossed_events,
         "events_per_s_per_process": r.events_per_s / r.processes,
         "events_per_s_incl_startup": r.events / r.wall_s,
         "flow_s": r.flow_s,
@@ -273,26 +322,35 @@ def run_bench(args: argparse.Namespace) -> dict[str, object]:
     procs = sorted({int(p) for p in str(args.processes).split(",")})
     files = args.files or max(procs)
     zipf = getattr(args, "zipf", DEFAULT_ZIPF)
-    paths = _input_files(out, args.events, args.accounts, args.seed, files, zipf)
+    routing = getattr(args, "routing", "exchange")
+    repeat = max(1, getattr(args, "repeat", 1))
+    by_key = routing == "partition"
+    paths = _input_files(out, args.events, args.accounts, args.seed, files, zipf, by_key)
     runs = []
+    repeats: dict[int, list[BenchRun]] = {p: [] for p in procs}
     stored: dict[int, int] = {}
     with tempfile.TemporaryDirectory(prefix="streamml-bench-", dir=out) as tmp:
         work = Path(tmp)
-        for p in procs:
-            run = run_once(paths, p, work, args.history)
-            runs.append(run)
-            if not args.no_check:
-                c = orjson.loads((work / f"stats-p{p}.json").read_bytes())["counters"]
-                _check(paths, work / f"state-p{p}", c, args.check_accounts)
-            if getattr(args, "count_accounts", False):
-                stored[p] = count_accounts(work / f"state-p{p}")
+        # Process counts take turns, so a change of the machine's load falls on all of them.
+        for _ in range(repeat):
+            for p in procs:
+                run = run_once(paths, p, work, args.history, routing=routing)
+                repeats[p].append(run)
+                if not args.no_check:
+                    c = orjson.loads((work / f"stats-p{p}.json").read_bytes())["counters"]
+                    _check(paths, work / f"state-p{p}", c, args.check_accounts)
+                if getattr(args, "count_accounts", False):
+                    stored[p] = count_accounts(work / f"state-p{p}")
+        runs = [_median_run(repeats[p]) for p in procs]
     report: dict[str, object] = {
         "source": "file",
         "events": args.events,
         "accounts": args.accounts,
         "zipf": zipf,
         "files": files,
-        "runs": [_run_row(r) for r in runs],
+        "routing": routing,
+        "repeat": repeat,
+        "runs": [_run_row(r, repeats[r.processes]) for r in runs],
     }
     if stored:
         for row in report["runs"]:  # type: ignore[attr-defined]
@@ -351,6 +409,9 @@ def run_kafka_bench(args: argparse.Namespace) -> dict[str, object]:
     out = Path(args.data_dir)
     out.mkdir(parents=True, exist_ok=True)
     procs = sorted({int(p) for p in str(args.processes).split(",")})
+    routing = getattr(args, "routing", "exchange")
+    repeat = max(1, getattr(args, "repeat", 1))
+    client = getattr(args, "kafka_client", "kafka-python")
     paths = _input_files(out, args.events, args.accounts, args.seed, 1, args.zipf)
     table = _read_table(paths[0])
     keys = [a.encode() for a in table.column("account").to_pylist()]
@@ -363,6 +424,7 @@ def run_kafka_bench(args: argparse.Namespace) -> dict[str, object]:
     bootstrap = args.brokers or broker.bootstrap  # type: ignore[union-attr]
     topic = f"bench-errors-{args.events}-{args.accounts}-p{partitions}-{time.time_ns():x}"
     runs: list[BenchRun] = []
+    repeats: dict[int, list[BenchRun]] = {p: [] for p in procs}
     try:
         print(f"broker {bootstrap}, topic {topic}, {partitions} partitions", file=sys.stderr)
         produced = produce_events(
@@ -377,13 +439,19 @@ def run_kafka_bench(args: argparse.Namespace) -> dict[str, object]:
         bare = bare_consume_rate(bootstrap, topic, produced.records)
         with tempfile.TemporaryDirectory(prefix="streamml-bench-", dir=out) as tmp:
             work = Path(tmp)
-            for p in procs:
-                run = run_kafka_once(bootstrap, topic, p, work, args.history)
-                runs.append(run)
-                if not args.no_check:
-                    c = orjson.loads((work / f"stats-kafka-p{p}.json").read_bytes())["counters"]
-                    assert c.get("read", 0) == produced.records, (c, produced.records)
-                    _check_tables(tables, work / f"state-kafka-p{p}", c, args.check_accounts)
+            # Process counts take turns, so a change of the machine's load falls on all of them.
+            for _ in range(repeat):
+                for p in procs:
+                    run = run_kafka_once(
+                        bootstrap, topic, p, work, args.history, client=client, routing=routing
+                    )
+                    repeats[p].append(run)
+                    if not args.no_check:
+                        stats = work / f"stats-kafka-p{p}.json"
+                        c = orjson.loads(stats.read_bytes())["counters"]
+                        assert c.get("read", 0) == produced.records, (c, produced.records)
+                        _check_tables(tables, work / f"state-kafka-p{p}", c, args.check_accounts)
+            runs = [_median_run(repeats[p]) for p in procs]
     finally:
         if broker is not None:
             broker.stop()
@@ -393,6 +461,9 @@ def run_kafka_bench(args: argparse.Namespace) -> dict[str, object]:
         "accounts": args.accounts,
         "zipf": args.zipf,
         "partitions": partitions,
+        "routing": routing,
+        "repeat": repeat,
+        "kafka_client": client,
         "produce": {
             "name": produced.name,
             "records": produced.records,
@@ -404,9 +475,11 @@ def run_kafka_bench(args: argparse.Namespace) -> dict[str, object]:
             "seconds": bare.seconds,
             "per_s": bare.per_second,
         },
-        "runs": [_run_row(r) for r in runs],
+        "runs": [_run_row(r, repeats[r.processes]) for r in runs],
         "ratio_vs_bare_consumer": [r.events_per_s / r.processes / bare.per_second for r in runs],
     }
+    if len(runs) > 1:
+        report["scaling"] = runs[-1].events_per_s / runs[0].events_per_s
     return report
 
 
@@ -443,6 +516,21 @@ def register(bench_sub: argparse._SubParsersAction) -> None:
         help="input files, each with its accounts (0: the largest process count)",
     )
     p.add_argument("--history", action="store_true", help="also write the history store")
+    p.add_argument(
+        "--routing",
+        choices=["exchange", "partition"],
+        default="exchange",
+        help="exchange: shard batches go to the process Bytewax hashes the shard to; partition: "
+        "murmur2 shards stay in the process reading their file or topic partition (the files "
+        "are generated with each account in its murmur2 file)",
+    )
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="runs per process count (taking turns); the median run is reported, with the "
+        "lowest and highest events/s",
+    )
     p.add_argument(
         "--recovery",
         action="store_true",
@@ -481,6 +569,12 @@ def register(bench_sub: argparse._SubParsersAction) -> None:
         help="bootstrap HOST:PORT of a running broker; unset: start a local tansu broker",
     )
     kafka.add_argument(
+        "--kafka-client",
+        choices=["kafka-python", "confluent"],
+        default="kafka-python",
+        help="the client the flow reads the topic with",
+    )
+    kafka.add_argument(
         "--produce-processes",
         type=int,
         default=2,
@@ -493,10 +587,10 @@ def _cmd(args: argparse.Namespace) -> int:
     if args.events < 1 or args.accounts < 1:
         print("streamml bench error-count: --events and --accounts must be >= 1", file=sys.stderr)
         return 2
-    if args.zipf < 0 or args.partitions < 1 or args.produce_processes < 1:
+    if args.zipf < 0 or args.partitions < 1 or args.produce_processes < 1 or args.repeat < 1:
         print(
-            "streamml bench error-count: need --zipf >= 0, --partitions >= 1 and "
-            "--produce-processes >= 1",
+            "streamml bench error-count: need --zipf >= 0, --partitions >= 1, "
+            "--produce-processes >= 1 and --repeat >= 1",
             file=sys.stderr,
         )
         return 2
@@ -510,23 +604,29 @@ def _cmd(args: argparse.Namespace) -> int:
         (
             r["processes"],
             human(r["events_per_s"]),
+            f"{human(r['events_per_s_min'])}-{human(r['events_per_s_max'])}",
             human(r["events_per_s_incl_startup"]),
             f"{r['cpu_s']:.1f}",
             f"{r['peak_rss_mib']:.0f}",
+            f"{r['peak_rss_sum_mib']:.0f}",
             f"{r['state_mib']:.0f}",
             r["alerts"],
+            f"{r['crossed_batches']} / {human(r['crossed_events'])}",
             *([human(r.get("accounts_stored", 0))] if counted else []),
         )
         for r in runs
     ]
     headers = [
         "processes",
-        "events/s",
+        "events/s (median)",
+        "events/s range",
         "events/s incl. start",
         "CPU s",
-        "peak RSS MiB",
+        "peak RSS MiB (max)",
+        "peak RSS MiB (sum)",
         "state MiB",
         "alerts",
+        "crossed batches / events",
         *(["accounts stored"] if counted else []),
     ]
     if report.get("source") == "kafka":
@@ -540,6 +640,9 @@ def _cmd(args: argparse.Namespace) -> int:
             f"bare kafka-python consumer: {bare['records']:,} records in {bare['seconds']:.1f} s, "
             f"{human(bare['per_s'])}/s"
         )
+    print(
+        f"routing: {report.get('routing', 'exchange')}, runs per process count: {report['repeat']}"
+    )
     print(format_table(rows, headers=headers))
     if report.get("source") == "kafka":
         for r, ratio in zip(runs, report["ratio_vs_bare_consumer"], strict=True):  # type: ignore[arg-type]

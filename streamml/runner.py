@@ -32,13 +32,18 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True)
 class RunResult:
-    """How a run ended: exit code, final counters, wall seconds and CPU seconds of the workers."""
+    """How a run ended: exit code, final counters, wall seconds and CPU seconds of the workers.
+
+    `peak_rss_bytes` is the largest worker's own peak, `peak_rss_sum_bytes` the sum of every
+    worker's own peak (what the run needs of the machine's memory at most).
+    """
 
     returncode: int
     counters: dict[str, int]
     wall_s: float
     cpu_s: float
     peak_rss_bytes: int
+    peak_rss_sum_bytes: int = 0
 
 
 def free_ports(n: int) -> list[int]:
@@ -98,7 +103,8 @@ def run_flow_processes(
     Workers on one machine talk over loopback ports chosen here. With `member`, the one worker
     started is that process of a cluster spread over several hosts (`processes` must be 1).
     `progress` is called about twice a second with the counters read from `stats_path`. The
-    peak RSS is the largest of the workers' own peaks (`own_peak_rss`, sampled while they run).
+    peak RSS is the largest of the workers' own peaks (`own_peak_rss`, sampled while they run),
+    and their sum.
     """
     from streamml.operators.sinks import read_stats
 
@@ -126,6 +132,7 @@ def run_flow_processes(
     codes: dict[int, int] = {}
     cpu = 0.0
     peak = 0
+    peak_sum = 0
     own_peak: dict[int, int] = {}
     try:
         while len(codes) < len(procs):
@@ -140,7 +147,9 @@ def run_flow_processes(
                     codes[p.pid] = os.waitstatus_to_exitcode(status)
                     p.returncode = codes[p.pid]
                     cpu += usage.ru_utime + usage.ru_stime
-                    peak = max(peak, own_peak.get(p.pid) or usage.ru_maxrss * 1024)
+                    worker_peak = own_peak.get(p.pid) or usage.ru_maxrss * 1024
+                    peak = max(peak, worker_peak)
+                    peak_sum += worker_peak
             if any(c != 0 for c in codes.values()):
                 for p in procs:
                     if p.pid not in codes:
@@ -170,7 +179,7 @@ def run_flow_processes(
             sys.stderr.write(refusals[0] + "\n")
         else:
             sys.stderr.write(text[-8000:])
-    return RunResult(rc, (stats or {}).get("counters", {}), wall, cpu, peak)
+    return RunResult(rc, (stats or {}).get("counters", {}), wall, cpu, peak, peak_sum)
 
 
 def event_progress(bar) -> Callable[[dict[str, Any], float], None]:
