@@ -14,6 +14,13 @@ The flow runs with the defaults of ``streamml run error-count``: it writes the h
 ``--runs`` times (default 1 on a file, 3 on Kafka); the figures are the median of the runs with
 their spread (min-max).
 
+Routing (``--routing``): ``exchange`` (the default) keys shard batches ``shard-NNN`` and Bytewax
+moves each to the process it hashes the key to; ``partition`` creates the state dir with the
+murmur2 shard hash (Kafka's default key partitioner) and keeps every shard in the process that
+reads its input partition (the files are then generated with each account in the file its
+murmur2 picks, as ``streamml generate --files N --by-key`` does). Each run reports how many
+shard batches (and events) crossed processes.
+
 The figures are events per second (from the flow's first to its last record, and including
 process start-up), CPU seconds and peak RSS of the worker processes (the sum of each worker's own
 peak), and the disk size of the state directory. Correctness is checked on the same run: every row
@@ -86,6 +93,8 @@ class BenchRun:
     peak_rss_bytes: int
     alerts: int
     state_bytes: int = 0
+    crossed_batches: int = 0
+    crossed_events: int = 0
 
     @property
     def events_per_s(self) -> float:
@@ -94,11 +103,19 @@ class BenchRun:
 
 
 def _input_files(
-    out: Path, events: int, accounts: int, seed: int, files: int, zipf: float = DEFAULT_ZIPF
+    out: Path,
+    events: int,
+    accounts: int,
+    seed: int,
+    files: int,
+    zipf: float = DEFAULT_ZIPF,
+    by_key: bool = False,
 ) -> list[Path]:
     tag = f"errors-{events}-{accounts}-{seed}-{files}"
     if zipf != DEFAULT_ZIPF:
         tag += f"-zipf{zipf:g}"
+    if by_key and files > 1:
+        tag += "-bykey"
     target = out / tag / "errors.csv"
     done = out / tag / "done"
     if done.exists():
@@ -112,6 +129,7 @@ def _input_files(
         fmt="csv",
         files=files,
         progress=Progress(),
+        by_key=by_key,
     )
     done.write_text("\n".join(str(p) for p in paths))
     return paths
@@ -210,7 +228,13 @@ def _timed_run(config: ErrorCountConfig, processes: int, snapshot_interval_s: in
         peak_rss_bytes=result.peak_rss_bytes,
         alerts=result.counters.get("alerts", 0),
         state_bytes=dir_bytes(config.state_dir),
+        crossed_batches=result.counters.get("crossed_batches", 0),
+        crossed_events=result.counters.get("crossed_events", 0),
     )
+
+
+def _layout(routing: str) -> StateLayout:
+    return StateLayout(shard_hash="murmur2" if routing == "partition" else "crc32")
 
 
 def run_once(
@@ -220,6 +244,7 @@ def run_once(
     history: bool,
     recovery: bool = False,
     tag: str | None = None,
+    routing: str = "exchange",
 ) -> BenchRun:
     """Run the flow over `paths` with a fresh state dir (and recovery dir); return its figures.
 
@@ -234,10 +259,11 @@ def run_once(
     config = ErrorCountConfig(
         source=SourceConfig(kind="file", paths=tuple(str(p) for p in paths)),
         state_dir=state,
-        layout=StateLayout(),
+        layout=_layout(routing),
         history_dir=state / "history" if history else None,
         stats_path=work / f"stats-{tag}.json",
         recovery_dir=recovery_dir,
+        routing=routing,
     )
     return _timed_run(config, processes)
 
@@ -249,6 +275,7 @@ def run_kafka_once(
     work: Path,
     history: bool,
     client: str = "kafka-python",
+    routing: str = "exchange",
 ) -> BenchRun:
     """Run the flow over `topic` from its start to its end offsets with a fresh state dir.
 
@@ -259,7 +286,8 @@ def run_kafka_once(
     config = ErrorCountConfig(
         source=SourceConfig(kind="kafka"),
         state_dir=state,
-        layout=StateLayout(),
+        layout=_layout(routing),
+        routing=routing,
         history_dir=state / "history" if history else None,
         stats_path=work / f"stats-kafka-p{processes}.json",
         kafka_env=(
@@ -294,6 +322,9 @@ def _run_row(r: BenchRun) -> dict[str, object]:
         "processes": r.processes,
         "events": r.events,
         "events_per_s": r.events_per_s,
+        "cpu_s_per_process": r.cpu_s / r.processes,
+        "crossed_batches": r.crossed_batches,
+        "crossed_events": r.crossed_events,
         "events_per_s_per_process": r.events_per_s / r.processes,
         "events_per_s_incl_startup": r.events / r.wall_s,
         "flow_s": r.flow_s,
@@ -336,25 +367,31 @@ def run_bench(args: argparse.Namespace) -> dict[str, object]:
     procs = sorted({int(p) for p in str(args.processes).split(",")})
     files = args.files or max(procs)
     zipf = getattr(args, "zipf", DEFAULT_ZIPF)
-    paths = _input_files(out, args.events, args.accounts, args.seed, files, zipf)
+    routing = getattr(args, "routing", "exchange")
+    paths = _input_files(
+        out, args.events, args.accounts, args.seed, files, zipf, routing == "partition"
+    )
     history = not args.no_history
     repeats = _repeats(args)
-    rows: list[dict[str, object]] = []
+    runs: dict[int, list[BenchRun]] = {p: [] for p in procs}
+    stored: dict[int, int] = {}
     startup: tuple[float, list[float]] | None = None
     with tempfile.TemporaryDirectory(prefix="streamml-bench-", dir=out) as tmp:
         work = Path(tmp)
-        for p in procs:
-            runs = []
-            for _ in range(repeats):
-                run = run_once(paths, p, work, history)
-                runs.append(run)
+        # Process counts take turns, so a change of the machine's load falls on all of them.
+        for _ in range(repeats):
+            for p in procs:
+                run = run_once(paths, p, work, history, routing=routing)
+                runs[p].append(run)
                 if not args.no_check:
                     c = orjson.loads((work / f"stats-p{p}.json").read_bytes())["counters"]
                     _check(paths, work / f"state-p{p}", c, args.check_accounts)
-            row = run_rows(runs)
-            if getattr(args, "count_accounts", False):
-                row["accounts_stored"] = count_accounts(work / f"state-p{p}")
-            rows.append(row)
+                if getattr(args, "count_accounts", False):
+                    stored[p] = count_accounts(work / f"state-p{p}")
+        rows = [run_rows(runs[p]) for p in procs]
+        for row in rows:
+            if row["processes"] in stored:
+                row["accounts_stored"] = stored[row["processes"]]  # type: ignore[index]
         if args.flink and files == 1:
             startup = startup_seconds(work, procs[0], history)
     report: dict[str, object] = {
@@ -364,6 +401,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, object]:
         "zipf": zipf,
         "files": files,
         "history": history,
+        "routing": routing,
         "runs": rows,
     }
     if len(rows) > 1:
@@ -465,6 +503,8 @@ def run_kafka_bench(args: argparse.Namespace) -> dict[str, object]:
     out = Path(args.data_dir)
     out.mkdir(parents=True, exist_ok=True)
     procs = sorted({int(p) for p in str(args.processes).split(",")})
+    routing = getattr(args, "routing", "exchange")
+    client = getattr(args, "kafka_client", "kafka-python")
     paths = _input_files(out, args.events, args.accounts, args.seed, 1, args.zipf)
     table = _read_table(paths[0])
     keys = [a.encode() for a in table.column("account").to_pylist()]
@@ -498,7 +538,9 @@ def run_kafka_bench(args: argparse.Namespace) -> dict[str, object]:
                 bares.append(bare_consume_rate(bootstrap, topic, produced.records))
                 for p in procs:
                     print(f"run {i + 1}/{repeats}, {p} process(es)", file=sys.stderr)
-                    run = run_kafka_once(bootstrap, topic, p, work, history)
+                    run = run_kafka_once(
+                        bootstrap, topic, p, work, history, client=client, routing=routing
+                    )
                     runs[p].append(run)
                     c = orjson.loads((work / f"stats-kafka-p{p}.json").read_bytes())["counters"]
                     assert c.get("read", 0) == produced.records, (c, produced.records)
@@ -517,6 +559,8 @@ def run_kafka_bench(args: argparse.Namespace) -> dict[str, object]:
         "zipf": args.zipf,
         "partitions": partitions,
         "history": history,
+        "routing": routing,
+        "kafka_client": client,
         "produce": {
             "name": produced.name,
             "records": produced.records,
@@ -536,6 +580,8 @@ def run_kafka_bench(args: argparse.Namespace) -> dict[str, object]:
             for r in rows
         ],
     }
+    if len(rows) > 1:
+        report["scaling"] = float(rows[-1]["events_per_s"]) / float(rows[0]["events_per_s"])  # type: ignore[arg-type]
     return report
 
 
@@ -584,6 +630,14 @@ def register(bench_sub: argparse._SubParsersAction) -> None:
         help="runs of each process count (median and spread reported); 0: 3 on Kafka, 1 on a file",
     )
     p.add_argument(
+        "--routing",
+        choices=["exchange", "partition"],
+        default="exchange",
+        help="exchange: shard batches go to the process Bytewax hashes the shard to; partition: "
+        "murmur2 shards stay in the process reading their file or topic partition (the files "
+        "are generated with each account in its murmur2 file)",
+    )
+    p.add_argument(
         "--recovery",
         action="store_true",
         help="also time a run with recovery on (snapshots every 10 s) against one without",
@@ -619,6 +673,12 @@ def register(bench_sub: argparse._SubParsersAction) -> None:
     kafka.add_argument(
         "--brokers",
         help="bootstrap HOST:PORT of a running broker; unset: start a local tansu broker",
+    )
+    kafka.add_argument(
+        "--kafka-client",
+        choices=["kafka-python", "confluent"],
+        default="kafka-python",
+        help="the client the flow reads the topic with",
     )
     kafka.add_argument(
         "--produce-processes",
@@ -670,6 +730,7 @@ def _cmd(args: argparse.Namespace) -> int:
             f"{r['peak_rss_mib']:.0f}",
             f"{r['state_mib']:.0f}",
             f"{r['alerts']:.0f}",
+            f"{r['crossed_batches']:.0f} / {human(r['crossed_events'])}",
             *([human(r.get("accounts_stored", 0))] if counted else []),
         )
         for r in runs
@@ -680,9 +741,10 @@ def _cmd(args: argparse.Namespace) -> int:
         "events/s" + (" median (min-max)" if repeated else ""),
         "events/s incl. start",
         "CPU s",
-        "peak RSS MiB",
+        "peak RSS MiB (sum of processes)",
         "state MiB",
         "alerts",
+        "crossed batches / events",
         *(["accounts stored"] if counted else []),
     ]
     if report.get("source") == "kafka":
@@ -707,6 +769,7 @@ def _cmd(args: argparse.Namespace) -> int:
     )
     if repeated:
         print("figures: the median of the runs (events/s with min-max)")
+    print(f"routing: {report.get('routing', 'exchange')}")
     print(format_table(rows, headers=headers))
     if report.get("source") == "kafka":
         for r, ratio in zip(runs, report["ratio_vs_bare_consumer"], strict=True):  # type: ignore[arg-type]

@@ -62,7 +62,7 @@ def _fill(state_dir: Path, accounts: int, events: int) -> tuple[list[bytes], int
     encoded = keys.dictionary_encode()
     uniq = encoded.dictionary
     adv = advance_features(record, record.empty(len(uniq)), encoded.indices.to_numpy(), ts, fields)
-    shard = shard_many(uniq, layout.shards)
+    shard = shard_many(uniq, layout.shards, layout.shard_hash)
     names = uniq.to_pylist()
     for s in range(layout.shards):
         idx = np.flatnonzero(shard == s)

@@ -40,7 +40,6 @@ from streamml.state.layout import StateLayout
 from streamml.state.ondemand import OnDemandStore, values_service
 from streamml.state.predictions import read_predictions
 from streamml.state.rolling_store import RollingStateStore, empty_records
-from streamml.state.sharding import shard_of
 
 from streamml.processes import interrupt
 from streamml.runner import run_flow_processes
@@ -76,7 +75,7 @@ def prepare_state(state_dir: Path, accounts: int, now_ms: int, seed: int = 7) ->
     names = [account(i).encode() for i in range(accounts)]
     by_shard: dict[int, list[bytes]] = {}
     for name in names:
-        by_shard.setdefault(shard_of(name, layout.shards), []).append(name)
+        by_shard.setdefault(layout.shard_of(name), []).append(name)
     rng = np.random.default_rng(seed)
     ondemand = OnDemandStore(state_dir)
     for shard, members in by_shard.items():

@@ -41,7 +41,6 @@ from streamml.onnx_models import ensure_demo_registry
 from streamml.state.layout import StateLayout
 from streamml.state.online import OnlineStore
 from streamml.state.rolling_store import RollingStateStore, empty_records
-from streamml.state.sharding import shard_of
 
 from streamml.server import ServeConfig, add_token, start_server_process
 
@@ -252,7 +251,7 @@ def measure_visibility(url: str, token: str, state: Path, writes: int = 50) -> l
     assert layout is not None
     key = b"visibility-probe"
     store = RollingStateStore(
-        StateLayout.shard_dir(state, shard_of(key, layout.shards)),
+        StateLayout.shard_dir(state, layout.shard_of(key)),
         feature=layout.feature_id,
         window=layout.window_buckets,
     )

@@ -19,6 +19,15 @@ STREAMML_ACCOUNTS             generated distinct accounts                       
 STREAMML_SEED                 generator seed                                         7
 STREAMML_STATE_DIR            RocksDB state and online store                         (required)
 STREAMML_SHARDS               state shards (fixed when the state dir is created)     16
+STREAMML_SHARD_HASH           account -> shard hash (fixed when the state dir is     ``crc32``
+                              created): ``crc32``, or ``murmur2`` (Kafka's default
+                              key partitioner), which partition routing needs
+STREAMML_ROUTING              ``exchange``: shard batches go to the process Bytewax  ``exchange``
+                              hashes the shard to; ``partition``: each shard stays
+                              in the process reading the input partition (file or
+                              topic partition) its accounts come from, for input
+                              partitioned by murmur2(account) (see
+                              `streamml.operators.shard`)
 STREAMML_STATE_MEMORY_MB      RocksDB memory of a process (block cache and           256
                               memtables of all its shards)
 STREAMML_BUCKET_MS            bucket length in ms                                    3600000
@@ -61,7 +70,9 @@ from streamml.dataflows.pipeline import (
     check_recovery,
     reset_inputs,
 )
+from streamml.operators.recovery_state import bind_routing
 from streamml.operators.rolling import RollingConfig
+from streamml.operators.routing import ROUTINGS, PartitionRouting
 from streamml.operators.sources import DEFAULT_SETTLE_MS, GeneratorConfig
 from streamml.state.definitions import count_feature
 from streamml.state.feature_manifest import register_sources
@@ -112,6 +123,11 @@ class ErrorCountConfig:
     recovery_dir: Path | None = None
     settle_ms: int = DEFAULT_SETTLE_MS
     state_memory_bytes: int = StoreTuning().memory_bytes
+    routing: str = "exchange"
+
+    def __post_init__(self) -> None:
+        if self.routing not in ROUTINGS:
+            raise ValueError(f"routing must be one of {', '.join(ROUTINGS)}, got {self.routing!r}")
 
     @property
     def recovery(self) -> bool:
@@ -148,6 +164,7 @@ class ErrorCountConfig:
             shards=int(get("SHARDS", "16")),
             bucket_ms=int(get("BUCKET_MS", "3600000")),
             window_buckets=int(get("WINDOW_BUCKETS", "24")),
+            shard_hash=get("SHARD_HASH", "crc32") or "crc32",
         )
         return cls(
             source=source,
@@ -164,6 +181,7 @@ class ErrorCountConfig:
             recovery_dir=path("RECOVERY_DIR"),
             settle_ms=int(get("SETTLE_MS", str(DEFAULT_SETTLE_MS))),
             state_memory_bytes=int(get("STATE_MEMORY_MB", "0")) << 20 or StoreTuning().memory_bytes,
+            routing=get("ROUTING", "exchange") or "exchange",
         )
 
     def to_env(self) -> dict[str, str]:
@@ -181,6 +199,8 @@ class ErrorCountConfig:
             "SHARDS": str(self.layout.shards),
             "BUCKET_MS": str(self.layout.bucket_ms),
             "WINDOW_BUCKETS": str(self.layout.window_buckets),
+            "SHARD_HASH": self.layout.shard_hash,
+            "ROUTING": self.routing,
             "THRESHOLD": str(self.threshold),
             "ALERTS_OUT": str(self.alerts_out or ""),
             "DEAD_LETTERS_OUT": str(self.dead_letters_out or ""),
@@ -217,8 +237,15 @@ def prepare_state(config: ErrorCountConfig, *, reset_sources: tuple[str, ...] = 
 
 
 def build_flow(config: ErrorCountConfig) -> Dataflow:
-    """Build the error-count dataflow for `config` (see `prepare_state` for what it checks)."""
+    """Build the error-count dataflow for `config` (see `prepare_state` for what it checks).
+
+    With a recovery dir, also refuses a routing or (partition routing) worker count other than
+    the one the recovery dir was first run with (`bind_routing`).
+    """
     prepare_state(config)
+    if config.recovery_dir is not None:
+        workers = PartitionRouting.from_env().workers
+        bind_routing(config.recovery_dir, config.routing, workers)
     flow = Dataflow("error_count")
     rolling = RollingConfig(
         config.state_dir,
@@ -241,7 +268,14 @@ def build_flow(config: ErrorCountConfig) -> Dataflow:
         chunk_bytes=source.chunk_bytes,
     )
     streams = add_source(
-        flow, "", inp, rolling, schema=None, settle_ms=config.settle_ms, kafka_env=config.kafka_env
+        flow,
+        "",
+        inp,
+        rolling,
+        schema=None,
+        settle_ms=config.settle_ms,
+        kafka_env=config.kafka_env,
+        routing=config.routing,
     )
     add_outputs(config, [streams], config.pipeline_version)
     return flow

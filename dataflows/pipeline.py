@@ -23,6 +23,7 @@ from streamml.operators.recovery_state import (
     recovery_binding,
 )
 from streamml.operators.rolling import RollingConfig, ShardUpdate, rolling_count
+from streamml.operators.routing import ROUTINGS
 from streamml.operators.shard import shard_events
 from streamml.operators.sinks import HistorySink, JsonLinesSink, StatsSink
 from streamml.operators.sources import FileSource, GeneratorConfig, GeneratorSource
@@ -79,7 +80,11 @@ def _decode_stats(d: Decoded) -> dict[str, int]:
 
 
 def _update_stats(u: ShardUpdate) -> dict[str, int]:
-    return {**u.counts(), "skipped": u.skipped, "replayed": u.replayed}
+    stats = {**u.counts(), "skipped": u.skipped, "replayed": u.replayed}
+    if u.crossed:
+        stats["crossed_batches"] = u.crossed
+        stats["crossed_events"] = u.crossed_events
+    return stats
 
 
 def _late_records(u: ShardUpdate) -> list[dict[str, object]]:
@@ -134,6 +139,14 @@ def _open_source(
     return KafkaSource(KafkaSourceConfig.from_env(env=env), **where)
 
 
+def _fed_by(owner_of, shards: int):
+    def fed_by(name: str) -> range:
+        index, count = owner_of(name)
+        return range(index, shards, count)
+
+    return fed_by
+
+
 def add_source(
     flow: Dataflow,
     prefix: str,
@@ -143,12 +156,17 @@ def add_source(
     schema: SourceSchema | None,
     settle_ms: int,
     kafka_env: tuple[tuple[str, str], ...],
+    routing: str = "exchange",
 ) -> SourceStreams:
     """Add one source's pipeline (read, decode, shard, aggregate) to `flow`.
 
     `prefix` starts every step id of the source (``""`` for a flow of one source). `schema`
-    decodes the source's events; None uses the signal-error decoder.
+    decodes the source's events; None uses the signal-error decoder. `routing` is ``exchange``
+    or ``partition`` (see `streamml.operators.shard`): with ``partition`` each shard's state
+    stays in the process reading the file or topic partition its accounts come from.
     """
+    if routing not in ROUTINGS:
+        raise ValueError(f"routing must be one of {', '.join(ROUTINGS)}, got {routing!r}")
     source = _open_source(
         inp,
         state_dir=rolling.state_dir,
@@ -162,7 +180,19 @@ def add_source(
         decoded = decode_events(f"{prefix}decode", raw)
     else:
         decoded = decode_source_events(f"{prefix}decode", raw, schema)
-    keyed = shard_events(f"{prefix}shard", decoded.events, rolling.layout.shards)
+    layout = rolling.layout
+    owner_of = None
+    if routing == "partition":
+        if not hasattr(source, "partition_owner"):
+            raise RefusedError(
+                f"{inp.name}: partition routing needs a file or Kafka source, got {inp.kind}; "
+                "use --routing exchange"
+            )
+        owner_of = source.partition_owner
+        source.stored.fed_by = _fed_by(owner_of, layout.shards)
+    keyed = shard_events(
+        f"{prefix}shard", decoded.events, layout.shards, layout.shard_hash, owner_of
+    )
     by_shard = rolling_count(f"{prefix}rolling", keyed, rolling)
     updates = op.key_rm(f"{prefix}unkey", by_shard)
     return SourceStreams(decoded.decoded, decoded.dead, by_shard, updates, rolling)

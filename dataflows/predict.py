@@ -76,7 +76,6 @@ from streamml.operators.shard import shard_key
 from streamml.operators.sinks import JsonLinesSink, PredictionStoreSink, StatsSink
 from streamml.operators.sources import FileSource
 from streamml.state.layout import StateLayout
-from streamml.state.sharding import shard_of
 
 __all__ = ["PIPELINE_VERSION", "PredictFlowConfig", "RequestsConfig", "build_flow", "prepare"]
 
@@ -277,7 +276,7 @@ def build_flow(config: PredictFlowConfig) -> Dataflow:
     is_meta = op.branch("metadata", parsed, lambda x: isinstance(x, ModelMetadata))
     valid = op.branch("valid", is_meta.falses, lambda x: isinstance(x, PredictionRequest))
     requests = op.key_on(
-        "shard", valid.trues, lambda r: shard_key(shard_of(r.account.encode(), shards))
+        "shard", valid.trues, lambda r: shard_key(layout.shard_of(r.account.encode()))
     )
     meta = metadata_to_shards("metadata-to-shards", is_meta.trues, shards)
     outputs = predict(

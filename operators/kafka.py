@@ -575,6 +575,7 @@ class KafkaSource(FixedPartitionedSource[RecordList, int]):
             Path(recovery_dir) if recovery_dir is not None else None,
         )
         self.incarnation = 1
+        self._partition_count: int | None = None
         if state_dir is not None:
             self.incarnation = SourceRegistry(state_dir).resolve_stream(f"kafka:{config.topic}")
 
@@ -582,9 +583,22 @@ class KafkaSource(FixedPartitionedSource[RecordList, int]):
         """Return `kafka:{topic}:{p}` for every partition of the topic."""
         cfg = self.config
         parts = topic_partitions(cfg.brokers, cfg.topic, cfg.security)
+        self._partition_count = len(parts)
         return [
             incarnation_name(kafka_partition_name(cfg.topic, p), self.incarnation) for p in parts
         ]
+
+    def partition_owner(self, name: str) -> tuple[int, int]:
+        """Return (the topic partition's number, the topic's partition count)."""
+        parsed = parse_kafka_partition_name(name)
+        if parsed is None:
+            raise ValueError(
+                f"expected a partition named kafka:{self.config.topic}:N, got {name!r}"
+            )
+        if self._partition_count is None:
+            cfg = self.config
+            self._partition_count = len(topic_partitions(cfg.brokers, cfg.topic, cfg.security))
+        return parsed[1], self._partition_count
 
     def build_part(
         self, step_id: str, for_part: str, resume_state: int | None

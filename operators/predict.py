@@ -130,9 +130,10 @@ _SCORERS: dict[tuple[Path, ScoringConfig | None], Scorer] = {}
 class _SharedFetcher:
     """One `AsyncFetcher` per service and process, its results sorted by shard for the logics."""
 
-    def __init__(self, config: FetchConfig, shards: int) -> None:
+    def __init__(self, config: FetchConfig, shards: int, shard_hash: str) -> None:
         self.fetcher = AsyncFetcher(config)
         self.shards = shards
+        self.shard_hash = shard_hash
         self.inbox: dict[int, list[FetchResult]] = {}
         self.users = 0
 
@@ -141,18 +142,21 @@ class _SharedFetcher:
 
     def poll(self, shard: int) -> list[FetchResult]:
         for r in self.fetcher.poll():
-            self.inbox.setdefault(shard_of(r.key.encode(), self.shards), []).append(r)
+            shard = shard_of(r.key.encode(), self.shards, self.shard_hash)
+            self.inbox.setdefault(shard, []).append(r)
         return self.inbox.pop(shard, [])
 
 
-_FETCHERS: dict[tuple[str, FetchConfig, int], _SharedFetcher] = {}
+_FETCHERS: dict[tuple[str, FetchConfig, int, str], _SharedFetcher] = {}
 
 
-def _acquire_fetcher(service: str, config: FetchConfig, shards: int) -> _SharedFetcher:
-    key = (service, config, shards)
+def _acquire_fetcher(
+    service: str, config: FetchConfig, shards: int, shard_hash: str = "crc32"
+) -> _SharedFetcher:
+    key = (service, config, shards, shard_hash)
     shared = _FETCHERS.get(key)
     if shared is None or shared.fetcher.closed:
-        shared = _FETCHERS[key] = _SharedFetcher(config, shards)
+        shared = _FETCHERS[key] = _SharedFetcher(config, shards, shard_hash)
     shared.users += 1
     return shared
 
@@ -187,7 +191,8 @@ class _PredictLogic(StatefulBatchLogic[Any, PredictOutput, Any]):
         self.online_refreshed_ns = clock_ns()
         self.ondemand = OnDemandStore(config.state_dir)
         self.fetchers = {
-            name: _acquire_fetcher(name, fc, config.layout.shards) for name, fc in config.services
+            name: _acquire_fetcher(name, fc, config.layout.shards, config.layout.shard_hash)
+            for name, fc in config.services
         }
         self.waiting: set[str] = set()
         self.meta: ModelMetadata | None = None
@@ -234,7 +239,7 @@ class _PredictLogic(StatefulBatchLogic[Any, PredictOutput, Any]):
                 continue
             counts["requests"] += 1
             if self.shard < 0:
-                self.shard = shard_of(v.account.encode(), self.config.layout.shards)
+                self.shard = self.config.layout.shard_of(v.account.encode())
             rid = v.request_id
             if rid in self.pending or rid in self.ended:
                 counts["dead"] += 1

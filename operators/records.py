@@ -67,6 +67,8 @@ class EventBatch:
     read, in this batch or an earlier one (-1 when unknown), so a shard that applies the batch
     can record the partition as applied through it even when none of the events are its own.
     `fields` holds the float64 values of the numeric fields features aggregate, one per event.
+    `origin` is the id of the process that split the batch by shard (0 before the split), so the
+    step that applies it can tell a batch that crossed processes.
     """
 
     partition: str
@@ -76,6 +78,7 @@ class EventBatch:
     shard: int = -1
     through: int = -1
     fields: Mapping[str, np.ndarray] = field(default_factory=dict)
+    origin: int = 0
 
     def __len__(self) -> int:
         return len(self.ts)

@@ -19,6 +19,7 @@ import hashlib
 import os
 import pickle
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +31,10 @@ from streamml.state.rolling_store import stored_positions
 
 __all__ = [
     "BINDING_FILE",
+    "ROUTING_FILE",
     "StoredStart",
     "bind_recovery_dir",
+    "bind_routing",
     "check_output_file",
     "check_output_length",
     "committed_positions",
@@ -117,6 +120,8 @@ class StoredStart:
         self.state_dir = state_dir
         self.shards = shards
         self.recovery_dir = recovery_dir
+        self.fed_by: Callable[[str], range] | None = None
+        """With partition routing: a partition's name -> the shards it feeds (only they count)."""
         self._applied: dict[str, int] | None = None
 
     def through(self, partition: str) -> int:
@@ -124,9 +129,46 @@ class StoredStart:
         if self.state_dir is None:
             return -1
         if self._applied is None:
-            self._applied = stored_positions(self.state_dir, self.shards)
+            self._applied = stored_positions(self.state_dir, self.shards, self.fed_by)
         applied = self._applied.get(partition, -1)
         return first_start(self.recovery_dir, f"source:{partition}", applied)
+
+
+ROUTING_FILE = "streamml-routing.json"
+
+
+def bind_routing(recovery_dir: str | os.PathLike[str], routing: str, workers: int) -> None:
+    """Tie `recovery_dir` to the shard routing of its first run, refusing another one.
+
+    With partition routing the keys of the shards' state depend on the worker count
+    (`streamml.operators.routing.key_on_worker`): a resume with another count, or another
+    routing, would not find the state snapshotted under the old keys, and would emit again
+    rows the outputs already hold. A recovery dir with snapshots and no routing record ran
+    with exchange routing.
+    """
+    recovery_dir = Path(recovery_dir)
+    wanted = {"routing": routing, "workers": workers if routing == "partition" else None}
+    path = recovery_dir / ROUTING_FILE
+    if not path.exists():
+        if routing == "exchange" or not _has_snapshots(recovery_dir):
+            create_exclusive(path, orjson.dumps(wanted))
+        else:
+            create_exclusive(path, orjson.dumps({"routing": "exchange", "workers": None}))
+    stored = orjson.loads(path.read_bytes())
+    if stored != wanted:
+
+        def said(r: dict[str, Any]) -> str:
+            if r.get("routing") == "partition":
+                return f"partition routing over {r.get('workers')} worker(s)"
+            return "exchange routing"
+
+        raise RefusedError(
+            f"recovery dir {recovery_dir} was written with {said(stored)}, but this run asks "
+            f"for {said(wanted)}: the shards' snapshots are keyed by the routing, so resuming "
+            "would emit again what the outputs hold. Run with the recorded routing and process "
+            f"count, or start the recovery dir over with `streamml recovery reset {recovery_dir} "
+            "--state-dir STATE_DIR`"
+        )
 
 
 def recovery_binding(recovery_dir: str | os.PathLike[str]) -> dict[str, Any] | None:

@@ -14,6 +14,7 @@ kernel, which the one-count record reproduces byte for byte.
 
 from __future__ import annotations
 
+import os
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -285,7 +286,9 @@ class ShardUpdate:
     on it) and late ones (late for every feature).
     `skipped` counts events that were already applied before (a replay); `replayed` counts rows
     emitted again from the outbox for them after a restart with recovery: they come first in
-    `rows` and are not counted again by `counts`.
+    `rows` and are not counted again by `counts`. `crossed` is 1 when the batch was split by
+    shard in another process than the one that applied it (it crossed processes), with
+    `crossed_events` events.
     """
 
     partition: str
@@ -293,6 +296,8 @@ class ShardUpdate:
     skipped: int = 0
     replayed: int = 0
     counts_features: tuple[str, ...] = ()
+    crossed: int = 0
+    crossed_events: int = 0
 
     def _kind(self) -> np.ndarray:
         return self.rows.column("kind").to_numpy()
@@ -413,6 +418,7 @@ class _RollingLogic(StatefulBatchLogic[EventBatch, ShardUpdate, dict[str, int]])
                 "(--postgres-dsn or STREAMML_POSTGRES_DSN)"
             )
         self._shard = -1
+        self._pid = os.getpid()
         self.applied: dict[str, int] = {}
         self.emitted: dict[str, int] = {}
         self.resume = dict(resume or {})
@@ -537,7 +543,16 @@ class _RollingLogic(StatefulBatchLogic[EventBatch, ShardUpdate, dict[str, int]])
             rows = parts[0]
         else:
             rows = pa.Table.from_batches(parts).combine_chunks().to_batches()[0]
-        return ShardUpdate(partition, rows, skipped, n_replayed, self.counts)
+        crossed = int(batch.origin not in (0, self._pid))
+        return ShardUpdate(
+            partition,
+            rows,
+            skipped,
+            n_replayed,
+            self.counts,
+            crossed,
+            crossed * len(batch.positions),
+        )
 
     def _commit_postgres(
         self, accounts: list[bytes], records: np.ndarray, partition: str, through: int

@@ -14,7 +14,7 @@ import pyarrow as pa
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 from streamml.operators.recovery_state import check_output_length, first_start
 from streamml.operators.rolling import ShardUpdate
-from streamml.operators.shard import shard_key
+from streamml.operators.shard import shard_key, shard_of_key
 from streamml.state._parquet import DayPartitionedWriter
 from streamml.state.definitions import FeatureDef
 from streamml.state.history import HistoryWriter
@@ -137,7 +137,7 @@ class HistorySink(FixedPartitionedSink[ShardUpdate, dict[str, tuple[str, int]]])
 
     def part_fn(self, item_key: str) -> int:
         """Route a shard's updates to that shard's partition."""
-        return int(item_key.rsplit("-", 1)[1])
+        return shard_of_key(item_key)
 
     def build_part(
         self, step_id: str, for_part: str, resume_state: dict[str, tuple[str, int]] | None
@@ -236,7 +236,7 @@ class DayStoreSink(FixedPartitionedSink[Any, tuple]):
 
     def part_fn(self, item_key: str) -> int:
         """Route a shard's outputs to that shard's partition."""
-        return int(item_key.rsplit("-", 1)[1])
+        return shard_of_key(item_key)
 
     def build_part(
         self, step_id: str, for_part: str, resume_state: tuple | None

@@ -194,6 +194,11 @@ class FileSource(FixedPartitionedSource[LinesChunk, int]):
         """Return one partition name per file."""
         return list(self.names)
 
+    def partition_owner(self, name: str) -> tuple[int, int]:
+        """Return (the index of the partition's file in the input list, the number of files)."""
+        names = list(self.names)
+        return names.index(name), len(names)
+
     def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _FilePartition:
         """Open one file at `resume_state`, or after what the state dir has applied."""
         path = self.names[for_part]

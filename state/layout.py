@@ -73,14 +73,26 @@ class StateLayout:
     bucket_ms: int = 3_600_000
     window_buckets: int = 24
     format: int = _FORMAT
+    shard_hash: str = "crc32"
+    """How an account's shard is chosen (`streamml.state.sharding`): ``crc32``, or ``murmur2``,
+    Kafka's default key partitioner, which lets a flow keep each shard in the process that reads
+    its input partition (``--routing partition``)."""
 
     def __post_init__(self) -> None:
+        if self.shard_hash not in ("crc32", "murmur2"):
+            raise ValueError(f"shard_hash must be crc32 or murmur2, got {self.shard_hash!r}")
         if self.shards < 1 or self.shards > 4096:
             raise ValueError(f"shards must be in [1, 4096], got {self.shards}")
         if self.bucket_ms < 1:
             raise ValueError(f"bucket_ms must be >= 1, got {self.bucket_ms}")
         if self.window_buckets < 1 or self.window_buckets > 4096:
             raise ValueError(f"window_buckets must be in [1, 4096], got {self.window_buckets}")
+
+    def shard_of(self, account: bytes) -> int:
+        """Return the shard of one account in this layout."""
+        from streamml.state.sharding import shard_of
+
+        return shard_of(account, self.shards, self.shard_hash)
 
     @property
     def window_ms(self) -> int:

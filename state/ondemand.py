@@ -23,7 +23,6 @@ from rocksdict import AccessType, Rdict, WriteBatch, WriteOptions
 from streamml.state import keys
 from streamml.state.layout import StateLayout
 from streamml.state.rolling_store import StoreTuning, _options, open_db, primary_files
-from streamml.state.sharding import shard_of
 
 __all__ = ["Entry", "OnDemandReader", "OnDemandStore", "is_fresh", "values_service"]
 
@@ -83,7 +82,7 @@ class _Shards:
 
     def shard_of(self, account: bytes) -> int:
         """Return the shard holding `account`."""
-        return shard_of(account, self.layout.shards)
+        return self.layout.shard_of(account)
 
     def get_many(self, shard: int, service: str, accounts: Sequence[bytes]) -> list[Entry | None]:
         """Return ``(fetched_at_ms, payload)`` or None per account of `shard` (one multi-get)."""

@@ -26,7 +26,6 @@ from streamml.state.feature_manifest import StoredSource, read_sources
 from streamml.state.feature_records import RecordLayout, read_features
 from streamml.state.layout import StateLayout
 from streamml.state.rolling_store import RollingStateStore, fill_records
-from streamml.state.sharding import shard_of
 
 __all__ = ["FeatureRead", "FeatureValue", "OnlineStore", "freshness", "window_value"]
 
@@ -185,7 +184,7 @@ class OnlineStore:
     def get(self, account: str | bytes, as_of: int | None = None) -> FeatureValue:
         """Return the value of the feature for `account` as of `as_of` (epoch ms; default now)."""
         key = account.encode("utf-8") if isinstance(account, str) else account
-        store = self._shard(shard_of(key, self.layout.shards))
+        store = self._shard(self.layout.shard_of(key))
         record = None if store is None else store.load_one(key)
         if record is None:
             return FeatureValue(0, None)
@@ -214,7 +213,7 @@ class OnlineStore:
         keys = [a.encode("utf-8") if isinstance(a, str) else a for a in accounts]
         by_shard: dict[int, list[int]] = {}
         for i, key in enumerate(keys):
-            by_shard.setdefault(shard_of(key, self.layout.shards), []).append(i)
+            by_shard.setdefault(self.layout.shard_of(key), []).append(i)
         out = [_ABSENT] * len(keys)
         bucket_ms, window = self.layout.bucket_ms, self.layout.window_buckets
         for shard, idx in by_shard.items():
@@ -327,8 +326,7 @@ class OnlineStore:
         if not in_rocksdb:
             return self._postgres_records(stored, template, keys)
         n = len(keys)
-        shards = self.layout.shards
-        of = [shard_of(key, shards) for key in keys]
+        of = [self.layout.shard_of(key) for key in keys]
         by_shard: dict[int, list[int]] = {}
         for i, shard in enumerate(of):
             by_shard.setdefault(shard, []).append(i)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +39,7 @@ __all__ = [
     "fill_records",
     "open_db",
     "record_dtype",
+    "shard_positions",
     "stored_positions",
 ]
 
@@ -344,14 +346,26 @@ def create_shard(path: str | os.PathLike[str]) -> None:
     RollingStateStore(path, feature=0, window=1).close()
 
 
-def stored_positions(state_dir: str | os.PathLike[str], shards: int) -> dict[str, int]:
+def stored_positions(
+    state_dir: str | os.PathLike[str], shards: int, fed_by: Callable[[str], range] | None = None
+) -> dict[str, int]:
     """Return, per source partition, the position through which every shard has applied it.
 
     Each shard records how far it applied each partition (every shard sees every batch, even
     with none of its events), so reading can resume after the smallest of them; a partition that
-    some shard has not recorded yet answers -1. Opens the shards read-only, so it works while a
-    flow writes them.
+    some shard has not recorded yet answers -1. With `fed_by` (partition routing: a partition's
+    name -> the shards it feeds) only those shards count for a partition. Opens the shards
+    read-only, so it works while a flow writes them.
     """
+    per_shard = shard_positions(state_dir, shards)
+    names = set().union(*per_shard) if per_shard else set()
+    if fed_by is None:
+        return {n: min(p.get(n, -1) for p in per_shard) for n in names}
+    return {n: min(per_shard[s].get(n, -1) for s in fed_by(n)) for n in names}
+
+
+def shard_positions(state_dir: str | os.PathLike[str], shards: int) -> list[dict[str, int]]:
+    """Return, per shard, the position through which it has applied each source partition."""
     from streamml.state.layout import StateLayout
 
     per_shard: list[dict[str, int]] = []
@@ -365,5 +379,4 @@ def stored_positions(state_dir: str | os.PathLike[str], shards: int) -> dict[str
             per_shard.append(store.applied_positions())
         finally:
             store.close()
-    names = set().union(*per_shard) if per_shard else set()
-    return {n: min(p.get(n, -1) for p in per_shard) for n in names}
+    return per_shard

@@ -54,6 +54,18 @@ def _lines(accounts: pa.Array, ts: np.ndarray, codes: np.ndarray, fmt: str) -> b
     return ("\n".join(joined.to_pylist()) + "\n").encode() if len(joined) else b""
 
 
+def _with_junk(data: bytes, junk_rate: float, rng) -> bytes:
+    """Return `data` (whole lines) with a fraction `junk_rate` of malformed lines mixed in."""
+    if junk_rate <= 0:
+        return data
+    lines = data.split(b"\n")[:-1]
+    n_junk = rng.binomial(len(lines), junk_rate)
+    for _ in range(n_junk):
+        at = int(rng.integers(0, len(lines) + 1))
+        lines.insert(at, JUNK_LINES[int(rng.integers(0, len(JUNK_LINES)))])
+    return b"\n".join(lines) + b"\n"
+
+
 def write_events(
     path: Path,
     config: GeneratorConfig,
@@ -62,11 +74,15 @@ def write_events(
     files: int = 1,
     junk_rate: float = 0.0,
     progress: Progress | None = None,
+    by_key: bool = False,
 ) -> list[Path]:
     """Write the generated stream; with `files` > 1, each file holds its own set of accounts.
 
     Batches of the generator partitions are interleaved in each file, so event time advances
-    through the file. A fraction `junk_rate` of extra malformed lines is mixed in.
+    through the file. A fraction `junk_rate` of extra malformed lines is mixed in. With
+    `by_key`, file i holds the accounts Kafka's default key partitioner puts in partition i of
+    `files` (``murmur2(account) mod files``), as a topic keyed by account would: the input
+    that ``--routing partition`` reads without any exchange.
     """
     if files < 1:
         raise ValueError(f"files must be >= 1, got {files}")
@@ -79,8 +95,10 @@ def write_events(
         paths = [path.with_name(f"{path.stem}-{i:02d}{path.suffix}") for i in range(files)]
     handles = [open(p, "wb") for p in paths]  # noqa: SIM115
     import numpy as np
+    import pyarrow as pa
 
     from streamml.operators.sources import generate_events, partition_sizes
+    from streamml.state.sharding import murmur2_many
 
     code_names = np.array(_CODES)
     rng = np.random.default_rng([config.seed, 0x1A4C])
@@ -99,15 +117,22 @@ def write_events(
                 ev = generate_events(config, i, pos[i], step)
                 pos[i] += len(ev.ts)
                 codes = code_names[rng.integers(0, len(code_names), len(ev.ts))]
-                data = _lines(ev.accounts, ev.ts, codes, fmt)
-                if junk_rate > 0:
-                    lines = data.split(b"\n")[:-1]
-                    n_junk = rng.binomial(len(lines), junk_rate)
-                    for _ in range(n_junk):
-                        at = int(rng.integers(0, len(lines) + 1))
-                        lines.insert(at, JUNK_LINES[int(rng.integers(0, len(JUNK_LINES)))])
-                    data = b"\n".join(lines) + b"\n"
-                handles[i % files].write(data)
+                if by_key and files > 1:
+                    target = (murmur2_many(ev.accounts) % np.uint64(files)).astype(np.int64)
+                    pieces = [
+                        (f, np.flatnonzero(target == f))
+                        for f in range(files)
+                        if (target == f).any()
+                    ]
+                else:
+                    pieces = [(i % files, None)]
+                for f, rows in pieces:
+                    if rows is None:
+                        data = _lines(ev.accounts, ev.ts, codes, fmt)
+                    else:
+                        picked = ev.accounts.take(pa.array(rows))
+                        data = _lines(picked, ev.ts[rows], codes[rows], fmt)
+                    handles[f].write(_with_junk(data, junk_rate, rng))
                 written += len(ev.ts)
                 if progress is not None:
                     progress.update(f"generated {human(written)} / {human(config.events)} events")
@@ -186,6 +211,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--files", type=int, default=1, help="split into this many files, each with its accounts"
     )
+    p.add_argument(
+        "--by-key",
+        action="store_true",
+        help="with --files N: file i holds the accounts Kafka's default key partitioner puts in "
+        "partition i of N (murmur2), the input `run error-count --routing partition` reads with "
+        "no exchange between processes",
+    )
     p.add_argument("--junk-rate", type=float, default=0.0, help="fraction of malformed lines")
     p.add_argument(
         "--end",
@@ -257,7 +289,13 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         print(write_speed_tests(args.out, config))
         return 0
     paths = write_events(
-        args.out, config, fmt=fmt, files=args.files, junk_rate=args.junk_rate, progress=Progress()
+        args.out,
+        config,
+        fmt=fmt,
+        files=args.files,
+        junk_rate=args.junk_rate,
+        progress=Progress(),
+        by_key=args.by_key,
     )
     for p in paths:
         print(p)

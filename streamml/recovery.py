@@ -9,7 +9,7 @@ import sqlite3
 import sys
 from pathlib import Path
 
-from streamml.operators.recovery_state import BINDING_FILE, bind_recovery_dir
+from streamml.operators.recovery_state import BINDING_FILE, ROUTING_FILE, bind_recovery_dir
 from streamml.state.errors import RefusedError
 from streamml.state.layout import StateLayout
 
@@ -82,7 +82,7 @@ def reset_recovery_dir(
     root = Path(path)
     if StateLayout.read(state_dir) is None:
         raise RefusedError(f"{state_dir} holds no state; run the flow once to create it")
-    for item in [*root.glob("part-*.sqlite3"), root / BINDING_FILE]:
+    for item in [*root.glob("part-*.sqlite3"), root / BINDING_FILE, root / ROUTING_FILE]:
         item.unlink(missing_ok=True)
     shutil.rmtree(root / "streamml-outputs", ignore_errors=True)
     ensure_recovery_dir(root, partitions)

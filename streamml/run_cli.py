@@ -143,6 +143,25 @@ def add_error_count_options(p: argparse.ArgumentParser) -> None:
     feat.add_argument(
         "--shards", type=int, default=16, help="state shards (fixed when the state dir is created)"
     )
+    feat.add_argument(
+        "--shard-hash",
+        choices=("crc32", "murmur2"),
+        default="crc32",
+        help="how an account's shard is chosen (fixed when the state dir is created): murmur2 is "
+        "Kafka's default key partitioner, which --routing partition needs (default: crc32)",
+    )
+    feat.add_argument(
+        "--routing",
+        choices=("exchange", "partition"),
+        default="exchange",
+        help="exchange: each shard's batches go to the process Bytewax hashes the shard to, "
+        "wherever they were read (any input). partition: for input already partitioned by "
+        "account (a topic keyed by account with Kafka's default partitioner, or files written "
+        "by `streamml generate --files N --by-key`, given in order), each shard stays in the "
+        "process that reads its partition and no shard batch crosses processes; needs "
+        "--shard-hash murmur2 and a shard count that the partition count divides, and refuses "
+        "an account that arrives on another partition (default: exchange)",
+    )
 
 
 def add_cluster_options(p: argparse.ArgumentParser) -> None:
@@ -309,7 +328,10 @@ def config_from_args(args: argparse.Namespace, stats_path: Path | None) -> Error
         generator=GeneratorConfig(events=args.events, accounts=args.accounts, seed=args.seed),
     )
     layout = StateLayout(
-        shards=args.shards, bucket_ms=args.bucket_ms, window_buckets=args.window_buckets
+        shards=args.shards,
+        bucket_ms=args.bucket_ms,
+        window_buckets=args.window_buckets,
+        shard_hash=args.shard_hash,
     )
     state_dir = Path(args.state_dir).resolve()
     history = None
@@ -330,6 +352,7 @@ def config_from_args(args: argparse.Namespace, stats_path: Path | None) -> Error
         if getattr(args, "recovery_dir", None)
         else None,
         settle_ms=args.settle_ms,
+        routing=args.routing,
         **memory,
     )
 

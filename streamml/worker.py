@@ -9,6 +9,7 @@ every worker this way.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 from datetime import timedelta
@@ -41,6 +42,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     addresses = kwargs.pop("addresses")
     if addresses is not None:
         kwargs["addresses"] = addresses.split(";")
+    # Partition routing (`streamml.operators.routing`) keys shards by this worker's index.
+    per_process = kwargs.get("workers_per_process") or 1
+    processes = len(kwargs["addresses"]) if addresses is not None else 1
+    os.environ["STREAMML_PROCESS_ID"] = str((kwargs.get("process_id") or 0) * per_process)
+    os.environ["STREAMML_PROCESSES"] = str(processes * per_process)
     module, _, attr = kwargs.pop("import_str").partition(":")
     try:
         kwargs["flow"] = bytewax_run._locate_dataflow(module, attr or "flow")
