@@ -22,7 +22,7 @@ from pathlib import Path
 from rocksdict import AccessType, Rdict, WriteBatch, WriteOptions
 from streamml.state import keys
 from streamml.state.layout import StateLayout
-from streamml.state.rolling_store import StoreTuning, _options, primary_files
+from streamml.state.rolling_store import StoreTuning, _options, open_db, primary_files
 from streamml.state.sharding import shard_of
 
 __all__ = ["Entry", "OnDemandReader", "OnDemandStore", "is_fresh", "values_service"]
@@ -148,7 +148,7 @@ class OnDemandStore(_Shards):
     def _open(self, shard: int) -> Rdict:
         path = StateLayout.ondemand_dir(self.state_dir, shard)
         path.mkdir(parents=True, exist_ok=True)
-        return Rdict(str(path), _options(self._tuning, create=True))
+        return open_db(path, _options(self._tuning, create=True))
 
     def put_many(self, shard: int, service: str, items: Iterable[tuple[bytes, int, bytes]]) -> None:
         """Store ``(account, fetched_at_ms, payload)`` items of `shard` in one atomic WriteBatch."""
@@ -215,13 +215,13 @@ class OnDemandReader(_Shards):
             return None
         options = _options(self._tuning, create=False)
         if not self.follow:
-            return Rdict(str(path), options, access_type=AccessType.read_only(False))
+            return open_db(path, options, AccessType.read_only(False))
         if self._secondary_root is None:
             self._secondary_root = Path(tempfile.mkdtemp(prefix="streamml-ondemand-"))
         options.set_max_open_files(-1)
         self._caught_up[shard] = primary_files(path)
         secondary = AccessType.secondary(str(self._secondary_root / f"shard-{shard:03d}"))
-        return Rdict(str(path), options, access_type=secondary)
+        return open_db(path, options, secondary)
 
     def refresh(self) -> None:
         """Let later reads see the latest writes (catch up, or reopen the shards)."""

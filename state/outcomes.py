@@ -24,10 +24,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from rocksdict import Rdict, WriteBatch, WriteOptions
+from rocksdict import WriteBatch, WriteOptions
 from streamml.state._parquet import DayPartitionedWriter, read_partitioned
 from streamml.state.errors import RefusedError
-from streamml.state.rolling_store import StoreTuning, _options
+from streamml.state.rolling_store import StoreTuning, _options, open_db
 
 __all__ = [
     "OUTCOMES_DIR",
@@ -152,7 +152,7 @@ class JoinStore:
     ) -> None:
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
-        self._db = Rdict(str(self.path), _options(tuning or StoreTuning(), create=True))
+        self._db = open_db(self.path, _options(tuning or StoreTuning(), create=True))
         self._write_opts = WriteOptions()
         self.undo = undo
         raw = self._db.get(_SEQ)

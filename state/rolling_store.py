@@ -36,6 +36,7 @@ __all__ = [
     "create_shard",
     "empty_records",
     "fill_records",
+    "open_db",
     "record_dtype",
     "stored_positions",
 ]
@@ -145,6 +146,20 @@ def _options(tuning: StoreTuning, *, create: bool) -> Options:
     return opts
 
 
+def open_db(path: str | os.PathLike[str], options: Options, access_type=None) -> Rdict:
+    """Open the RocksDB database at `path` with `options` (its block cache, filters, memory).
+
+    The options are given for the default column family too: without them, rocksdict opens an
+    existing database with the column family options stored in its OPTIONS file, and so with
+    RocksDB's default table settings (its own 8 MiB block cache, no bloom filter) instead of the
+    shared budget.
+    """
+    families = {"default": options}
+    if access_type is None:
+        return Rdict(str(path), options, column_families=families)
+    return Rdict(str(path), options, column_families=families, access_type=access_type)
+
+
 _OPEN: dict[str, list] = {}
 """Writable shard databases open in this process: path -> [Rdict, number of stores using it]."""
 _OPEN_LOCK = threading.Lock()
@@ -184,10 +199,10 @@ class RollingStateStore:
             opts = _options(tuning, create=False)
             opts.set_max_open_files(-1)
             access = AccessType.secondary(str(secondary_dir))
-            self._db = Rdict(str(self.path), opts, access_type=access)
+            self._db = open_db(self.path, opts, access)
         elif read_only:
             access = AccessType.read_only(False)
-            self._db = Rdict(str(self.path), _options(tuning, create=False), access_type=access)
+            self._db = open_db(self.path, _options(tuning, create=False), access)
         else:
             self.path.mkdir(parents=True, exist_ok=True)
             self._shared = str(self.path.resolve())
@@ -195,7 +210,7 @@ class RollingStateStore:
                 entry = _OPEN.get(self._shared)
                 if entry is None:
                     entry = _OPEN[self._shared] = [
-                        Rdict(str(self.path), _options(tuning, create=True)),
+                        open_db(self.path, _options(tuning, create=True)),
                         0,
                     ]
                 entry[1] += 1
