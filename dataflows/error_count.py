@@ -35,7 +35,7 @@ STREAMML_RECOVERY_DIR         the Bytewax recovery dir (``-r``) when run with on
                               again, and output files are cut back on resume
 STREAMML_SETTLE_MS            a last line without a newline is read once its file    10000
                               has not changed for this long (0: files are complete)
-STREAMML_CHUNK_BYTES          bytes the file source reads at a time (whole lines)    67108864
+STREAMML_CHUNK_BYTES          bytes the file source reads at a time (whole lines)    16777216
 STREAMML_KAFKA_*              Kafka source and sinks (see `streamml.operators.kafka`):
                               ``BROKERS``, ``TOPIC``, ``START``, ``STOP_AT_END``,
                               ``ALERTS_TOPIC``, ``DEAD_LETTERS_TOPIC`` and the

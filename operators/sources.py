@@ -37,10 +37,6 @@ __all__ = [
 ]
 
 DEFAULT_CHUNK_BYTES = 16 << 20
-EVENTS_CHUNK_BYTES = 64 << 20
-"""What `FileSource` reads at a time: one batch of events, read from each shard's state in one
-sorted multi-get. Larger batches touch more accounts of each RocksDB block, which matters once
-the state outgrows the block cache (benchmarks/RESULTS.md, "10M distinct accounts")."""
 DEFAULT_SETTLE_MS = 10_000
 """A last line without a newline is read once its file has not changed for this long."""
 
@@ -164,7 +160,7 @@ class FileSource(FixedPartitionedSource[LinesChunk, int]):
         paths: list[str | os.PathLike[str]],
         *,
         fmt: str | None = None,
-        chunk_bytes: int = EVENTS_CHUNK_BYTES,
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
         state_dir: str | os.PathLike[str] | None = None,
         shards: int = 0,
         recovery_dir: str | os.PathLike[str] | None = None,

@@ -239,9 +239,7 @@ def test_file_source_survives_kill_9(tmp_path):
         fmt="csv",
         junk_rate=0.0001,
     )
-    # 16 MiB batches: several per file (the default, 64 MiB, reads this one in two), so the
-    # kill windows fall between snapshots.
-    source = SourceConfig(kind="file", paths=(str(path),), chunk_bytes=16 << 20)
+    source = SourceConfig(kind="file", paths=(str(path),))
     clean = config_for(tmp_path, "clean", source, recovery=False)
     run_clean(clean)
     crashed = config_for(tmp_path, "crashed", source, recovery=True)
