@@ -284,11 +284,11 @@ def PredictionStoreSink(
 
 
 class _StatsPartition(StatefulSinkPartition[Mapping[str, int], None]):
-    def __init__(self, path: Path | None, interval_s: float) -> None:
+    def __init__(self, path: Path | None, interval_s: float, started: float) -> None:
         self.path = path
         self.interval_s = interval_s
         self.counters: Counter[str] = Counter()
-        self.started = time.time()
+        self.started = started
         self.last_write = 0.0
         self._write(False)
 
@@ -324,16 +324,19 @@ class _StatsPartition(StatefulSinkPartition[Mapping[str, int], None]):
 class StatsSink(FixedPartitionedSink[Mapping[str, int], None]):
     """Sum counters from every worker into one JSON file, rewritten at most every `interval_s`.
 
-    The file holds ``{"counters": {...}, "started_at", "updated_at", "finished"}``.
+    The file holds ``{"counters": {...}, "started_at", "updated_at", "finished"}``;
+    ``started_at`` is when the sink was made, as the flow was built: before the first input is
+    read, so a run whose input is one batch still counts the time that batch took.
     """
 
     def __init__(self, path: str | os.PathLike[str] | None, interval_s: float = 0.5) -> None:
         self.path = Path(path) if path is not None else None
         self.interval_s = interval_s
+        self.started = time.time()
         if self.path is not None:
             # Bytewax builds the partition on the first item: a run with nothing to read
             # still reports zeros, not the counters of an earlier run.
-            _StatsPartition(self.path, interval_s)
+            _StatsPartition(self.path, interval_s, self.started)
 
     def list_parts(self) -> list[str]:
         """Return the single partition."""
@@ -341,7 +344,7 @@ class StatsSink(FixedPartitionedSink[Mapping[str, int], None]):
 
     def build_part(self, step_id: str, for_part: str, resume_state: None):
         """Start counting."""
-        return _StatsPartition(self.path, self.interval_s)
+        return _StatsPartition(self.path, self.interval_s, self.started)
 
 
 def read_stats(path: str | os.PathLike[str]) -> dict[str, Any] | None:
