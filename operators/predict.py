@@ -142,8 +142,8 @@ class _SharedFetcher:
 
     def poll(self, shard: int) -> list[FetchResult]:
         for r in self.fetcher.poll():
-            shard = shard_of(r.key.encode(), self.shards, self.shard_hash)
-            self.inbox.setdefault(shard, []).append(r)
+            owner = shard_of(r.key.encode(), self.shards, self.shard_hash)
+            self.inbox.setdefault(owner, []).append(r)
         return self.inbox.pop(shard, [])
 
 

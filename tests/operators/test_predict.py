@@ -10,11 +10,12 @@ import pytest
 from streamml.onnx_models import ensure_demo_registry
 from streamml.operators.fetch import FetchConfig
 from streamml.operators.metadata import load_metadata
-from streamml.operators.predict import PredictConfig, _PredictLogic
+from streamml.operators.predict import PredictConfig, _PredictLogic, _SharedFetcher
 from streamml.operators.records import PredictionRequest
 from streamml.operators.requests import parse_request
 from streamml.state.layout import StateLayout
 from streamml.state.ondemand import OnDemandStore
+from streamml.state.sharding import shard_of
 
 from streamml.telemetry import TelemetryConfig
 from streamml.telemetry_process import start_telemetry_process
@@ -151,3 +152,26 @@ def test_a_reused_request_id_keeps_its_own_deadline(tmp_path, slow_service) -> N
     out, _ = logic.on_notify()
     assert ended(out) == ["r0"] and logic.pending == {}
     logic.close()
+
+
+def test_the_shared_fetcher_gives_each_shard_its_own_answers() -> None:
+    shards = 16
+    accounts = ["acct-0", next(f"acct-{i}" for i in range(1, 99) if shard_of(
+        f"acct-{i}".encode(), shards) != shard_of(b"acct-0", shards))]  # fmt: skip
+    first, second = (shard_of(a.encode(), shards) for a in accounts)
+    with start_telemetry_process(
+        TelemetryConfig(latency_ms=1, jitter_ms=0, failure_rate=0.0)
+    ) as service:
+        shared = _SharedFetcher(FetchConfig(service.url, timeout_ms=5000), shards, "crc32")
+        try:
+            # the second shard's answer completes last, so it is the last one polled
+            for done, account in enumerate(accounts, 1):
+                shared.submit(account, account)
+                deadline = time.time() + 10
+                while len(shared.fetcher._core.done) < done:
+                    assert time.time() < deadline, "the telemetry service did not answer"
+                    shared.fetcher.wait_for_results(0.05)
+            assert [r.key for r in shared.poll(first)] == [accounts[0]]
+            assert [r.key for r in shared.poll(second)] == [accounts[1]]
+        finally:
+            shared.fetcher.close()
