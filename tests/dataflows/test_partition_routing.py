@@ -301,28 +301,13 @@ def test_kafka_partition_routing_matches_oracle_with_no_crossing(
     assert_matches_oracle(state, alerts, oracle, fired)
 
 
-WORKER_LAUNCHER = """
-import subprocess, sys, time
-addresses, n, args = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
-cmd = [sys.executable, "-m", "streamml.worker", "streamml.dataflows.error_count:flow", *args]
-procs = [subprocess.Popen([*cmd, "-i", str(i), "-a", addresses]) for i in range(n)]
-while any(p.poll() is None for p in procs):
-    if any(p.returncode for p in procs):
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    time.sleep(0.05)
-sys.exit(next((p.returncode for p in procs if p.returncode), 0))
-"""
-"""The workers started as the CLI starts them (`streamml.worker` tells each its process id)."""
-
-
 def test_two_processes_with_partition_routing_survive_kill_9(tmp_path, monkeypatch):
     from dataclasses import replace
 
     from tests.dataflows import test_recovery as rec
 
-    monkeypatch.setattr(rec, "LAUNCHER", WORKER_LAUNCHER)
+    # the workers started as the CLI starts them (`streamml.worker` tells each its process id)
+    monkeypatch.setattr(rec, "RUNNER", "streamml.worker")
     paths = write_events(
         tmp_path / "errors.csv",
         GeneratorConfig(events=3_000_000, accounts=2_000, seed=5),

@@ -87,14 +87,17 @@ def start_flow(config: ErrorCountConfig, args: list[str], processes: int) -> sub
         cmd = flow_cmd(args)
     else:
         addresses = ";".join(f"127.0.0.1:{p}" for p in free_ports(processes))
-        cmd = [sys.executable, "-c", LAUNCHER, addresses, str(processes), *args]
+        cmd = [sys.executable, "-c", LAUNCHER, RUNNER, addresses, str(processes), *args]
     return subprocess.Popen(cmd, env=env_for(config), start_new_session=True)
 
 
+RUNNER = "bytewax.run"
+"""The module the launcher runs each worker with (`streamml.worker` tells each its process id)."""
+
 LAUNCHER = """
 import subprocess, sys, time
-addresses, n, args = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
-cmd = [sys.executable, "-m", "bytewax.run", "streamml.dataflows.error_count:flow", *args]
+runner, addresses, n, args = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4:]
+cmd = [sys.executable, "-m", runner, "streamml.dataflows.error_count:flow", *args]
 procs = [subprocess.Popen([*cmd, "-i", str(i), "-a", addresses]) for i in range(n)]
 while any(p.poll() is None for p in procs):
     if any(p.returncode for p in procs):
