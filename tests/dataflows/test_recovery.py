@@ -238,7 +238,7 @@ def assert_same(clean: ErrorCountConfig, crashed: ErrorCountConfig) -> None:
 def test_file_source_survives_kill_9(tmp_path):
     [path] = write_events(
         tmp_path / "errors.csv",
-        GeneratorConfig(events=3_000_000, accounts=2_000, seed=3),
+        GeneratorConfig(events=5_000_000, accounts=2_000, seed=3),
         fmt="csv",
         junk_rate=0.0001,
     )
