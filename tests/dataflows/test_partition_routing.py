@@ -310,7 +310,7 @@ def test_two_processes_with_partition_routing_survive_kill_9(tmp_path, monkeypat
     monkeypatch.setattr(rec, "RUNNER", "streamml.worker")
     paths = write_events(
         tmp_path / "errors.csv",
-        GeneratorConfig(events=3_000_000, accounts=2_000, seed=5),
+        GeneratorConfig(events=6_000_000, accounts=2_000, seed=5),
         fmt="csv",
         files=2,
         junk_rate=0.0001,

@@ -342,7 +342,7 @@ def test_kafka_source_two_processes_survive_kill_9(tmp_path, kafka_broker, make_
 def test_file_source_two_processes_survive_kill_9(tmp_path):
     paths = write_events(
         tmp_path / "errors.csv",
-        GeneratorConfig(events=3_000_000, accounts=2_000, seed=5),
+        GeneratorConfig(events=4_000_000, accounts=2_000, seed=5),
         fmt="csv",
         files=2,
         junk_rate=0.0001,
