@@ -31,6 +31,7 @@ from streamml.onnx_models.errors import ModelNotFoundError, RegistryError
 from streamml.onnx_models.registry import ModelRegistry
 from streamml.operators.monitoring import METRICS_SCHEMA, WINDOWS, metrics_of
 from streamml.operators.monitoring_stats import GroupStats, Key, window_stats
+from streamml.state._parquet import read_partitioned
 from streamml.state.outcomes import OUTCOME_SCHEMA, OUTCOMES_DIR
 from streamml.state.predictions import PREDICTION_SCHEMA, PREDICTIONS_DIR
 
@@ -76,7 +77,6 @@ _OUTCOME_COLUMNS = (
     "classes",
     "outcome",
 )
-_HIVE = ds.partitioning(pa.schema([("date", pa.string())]), flavor="hive")
 
 
 @dataclass(frozen=True)
@@ -106,20 +106,13 @@ def metrics_path(out: str | os.PathLike[str]) -> Path:
     return p if p.suffix == ".parquet" else p / METRICS_FILE
 
 
-def _read(folder: Path, schema: pa.Schema, columns: Iterable[str]) -> pa.Table:
-    cols = list(columns)
-    if not folder.is_dir():
-        return pa.schema([schema.field(c) for c in cols]).empty_table()
-    full = schema.append(pa.field("date", pa.string()))
-    dataset = ds.dataset(folder, schema=full, format="parquet", partitioning=_HIVE)
-    return dataset.to_table(columns=cols)
-
-
 def read_monitoring_inputs(root: str | os.PathLike[str]) -> tuple[pa.Table, pa.Table]:
     """Return the prediction rows and outcome rows of the store at `root` (needed columns)."""
     base = Path(root)
-    predictions = _read(base / PREDICTIONS_DIR, PREDICTION_SCHEMA, _PREDICTION_COLUMNS)
-    outcomes = _read(base / OUTCOMES_DIR, OUTCOME_SCHEMA, _OUTCOME_COLUMNS)
+    predictions = read_partitioned(
+        base / PREDICTIONS_DIR, PREDICTION_SCHEMA, columns=_PREDICTION_COLUMNS
+    )
+    outcomes = read_partitioned(base / OUTCOMES_DIR, OUTCOME_SCHEMA, columns=_OUTCOME_COLUMNS)
     return predictions, outcomes
 
 

@@ -173,12 +173,20 @@ class DayPartitionedWriter(ABC, Generic[R]):
 
 
 def read_partitioned(
-    root: str | os.PathLike[str], schema: pa.Schema, filter: ds.Expression | None = None
+    root: str | os.PathLike[str],
+    schema: pa.Schema,
+    filter: ds.Expression | None = None,
+    columns: Sequence[str] | None = None,
 ) -> pa.Table:
-    """Read every file under `root` as one table of `schema` plus the `date` partition column."""
+    """Read every file under `root` as one table of `schema` plus the `date` partition column.
+
+    With `columns`, only those columns are read.
+    """
     full = schema.append(pa.field("date", pa.string()))
+    cols = None if columns is None else list(columns)
     path = Path(root)
     if not path.is_dir():
-        return full.empty_table()
+        empty = full.empty_table()
+        return empty if cols is None else empty.select(cols)
     dataset = ds.dataset(path, schema=full, format="parquet", partitioning=_PARTITIONING)
-    return dataset.to_table(filter=filter)
+    return dataset.to_table(columns=cols, filter=filter)
