@@ -494,9 +494,28 @@ def _kafka_values(table: pa.Table) -> list[bytes]:
     return [v.encode() for v in joined.to_pylist()]
 
 
+def kafka_input(
+    out: Path, args: argparse.Namespace
+) -> tuple[list[bytes], list[bytes], list[pa.Table]]:
+    """Return the generated events of a Kafka run: keys, JSON values and each partition's rows.
+
+    The events are those of the one-file run with the same `args` (events, accounts, seed,
+    zipf); each partition's rows are in file order, the order keyed producing keeps them in.
+    """
+    from streamml.benchmarks.kafka_bench import key_partitions
+
+    paths = _input_files(out, args.events, args.accounts, args.seed, 1, args.zipf)
+    table = _read_table(paths[0])
+    keys = [a.encode() for a in table.column("account").to_pylist()]
+    values = _kafka_values(table)
+    targets = np.asarray(key_partitions(keys, args.partitions))
+    tables = [table.filter(pa.array(targets == k)) for k in range(args.partitions)]
+    return keys, values, tables
+
+
 def run_kafka_bench(args: argparse.Namespace) -> dict[str, object]:
     """Produce the generated events keyed by account, then time a bare consumer and the flow."""
-    from streamml.benchmarks.kafka_bench import bare_consume_rate, key_partitions, produce_events
+    from streamml.benchmarks.kafka_bench import bare_consume_rate, produce_events
 
     from streamml.broker import start_broker
 
@@ -505,14 +524,8 @@ def run_kafka_bench(args: argparse.Namespace) -> dict[str, object]:
     procs = sorted({int(p) for p in str(args.processes).split(",")})
     routing = getattr(args, "routing", "exchange")
     client = getattr(args, "kafka_client", "kafka-python")
-    paths = _input_files(out, args.events, args.accounts, args.seed, 1, args.zipf)
-    table = _read_table(paths[0])
-    keys = [a.encode() for a in table.column("account").to_pylist()]
-    values = _kafka_values(table)
+    keys, values, tables = kafka_input(out, args)
     partitions = args.partitions
-    targets = np.asarray(key_partitions(keys, partitions))
-    # with keyed producing, each partition holds its records in file order
-    tables = [table.filter(pa.array(targets == k)) for k in range(partitions)]
     broker = None if args.brokers else start_broker()
     bootstrap = args.brokers or broker.bootstrap  # type: ignore[union-attr]
     topic = f"bench-errors-{args.events}-{args.accounts}-p{partitions}-{time.time_ns():x}"

@@ -27,9 +27,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import orjson
-import pyarrow as pa
 
 from streamml.console import format_table, human
 
@@ -59,17 +57,10 @@ def _spread(values: Sequence[float]) -> dict[str, object]:
 
 def run_clients_bench(args: argparse.Namespace) -> dict[str, object]:
     """Produce once; time bare consumers and the flow per client, `args.runs` times each."""
-    from streamml.benchmarks.error_count import (
-        _check_tables,
-        _input_files,
-        _kafka_values,
-        _read_table,
-        run_kafka_once,
-    )
+    from streamml.benchmarks.error_count import _check_tables, kafka_input, run_kafka_once
     from streamml.benchmarks.kafka_bench import (
         bare_confluent_consume_rate,
         bare_consume_rate,
-        key_partitions,
         produce_events,
     )
 
@@ -77,13 +68,8 @@ def run_clients_bench(args: argparse.Namespace) -> dict[str, object]:
 
     out = Path(args.data_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = _input_files(out, args.events, args.accounts, args.seed, 1, args.zipf)
-    table = _read_table(paths[0])
-    keys = [a.encode() for a in table.column("account").to_pylist()]
-    values = _kafka_values(table)
+    keys, values, tables = kafka_input(out, args)
     partitions = args.partitions
-    targets = np.asarray(key_partitions(keys, partitions))
-    tables = [table.filter(pa.array(targets == k)) for k in range(partitions)]
     broker = None if args.brokers else start_broker()
     bootstrap = args.brokers or broker.bootstrap  # type: ignore[union-attr]
     topic = f"bench-clients-{args.events}-p{partitions}-{time.time_ns():x}"
