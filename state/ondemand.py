@@ -22,7 +22,13 @@ from pathlib import Path
 from rocksdict import AccessType, Rdict, WriteBatch, WriteOptions
 from streamml.state import keys
 from streamml.state.layout import StateLayout
-from streamml.state.rolling_store import StoreTuning, _options, open_db, primary_files
+from streamml.state.rolling_store import (
+    StoreTuning,
+    _options,
+    memory_budget,
+    open_db,
+    primary_files,
+)
 
 __all__ = ["Entry", "OnDemandReader", "OnDemandStore", "is_fresh", "values_service"]
 
@@ -118,6 +124,10 @@ class _Shards:
                 out[i] = entry
         return out
 
+    def databases(self) -> list[Rdict]:
+        """Return the open shard databases (for their memory budget)."""
+        return [db for db in self._dbs.values() if db is not None]
+
     def close(self) -> None:
         """Close every open shard."""
         for db in self._dbs.values():
@@ -143,6 +153,8 @@ class OnDemandStore(_Shards):
         super().__init__(state_dir, layout)
         self._tuning = tuning or StoreTuning()
         self._write_opts = WriteOptions()
+        self._budget = memory_budget(self._tuning)
+        self._budget.watch(self)
 
     def _open(self, shard: int) -> Rdict:
         path = StateLayout.ondemand_dir(self.state_dir, shard)
@@ -158,6 +170,7 @@ class OnDemandStore(_Shards):
         for account, fetched_at_ms, payload in items:
             wb.put(prefix + account, _TIME.pack(fetched_at_ms) + payload)
         db.write(wb, self._write_opts)
+        self._budget.tick()
 
     def prune_older_than(self, shard: int, cutoff_ms: int, service: str | None = None) -> int:
         """Delete the answers of `shard` fetched before `cutoff_ms` (of one service or all).
@@ -204,6 +217,8 @@ class OnDemandReader(_Shards):
     ) -> None:
         super().__init__(state_dir, None)
         self._tuning = tuning or StoreTuning()
+        self._budget = memory_budget(self._tuning)
+        self._budget.watch(self)
         self.follow = follow
         self._secondary_root: Path | None = None
         self._caught_up: dict[int, tuple[tuple[str, int, int], ...]] = {}
@@ -235,6 +250,7 @@ class OnDemandReader(_Shards):
             if signature != self._caught_up.get(shard):
                 db.try_catch_up_with_primary()
                 self._caught_up[shard] = signature
+        self._budget.tick()
 
     def close(self) -> None:
         """Close every open shard (and drop the secondary instances' files)."""

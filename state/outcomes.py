@@ -24,10 +24,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from rocksdict import WriteBatch, WriteOptions
+from rocksdict import Rdict, WriteBatch, WriteOptions
 from streamml.state._parquet import DayPartitionedWriter, read_partitioned
 from streamml.state.errors import RefusedError
-from streamml.state.rolling_store import StoreTuning, _options, open_db
+from streamml.state.rolling_store import StoreTuning, _options, memory_budget, open_db
 
 __all__ = [
     "OUTCOMES_DIR",
@@ -152,8 +152,11 @@ class JoinStore:
     ) -> None:
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
-        self._db = open_db(self.path, _options(tuning or StoreTuning(), create=True))
+        tuning = tuning or StoreTuning()
+        self._db = open_db(self.path, _options(tuning, create=True))
         self._write_opts = WriteOptions()
+        self._budget = memory_budget(tuning)
+        self._budget.watch(self)
         self.undo = undo
         raw = self._db.get(_SEQ)
         self.seq = int.from_bytes(raw, "big") if raw else 0
@@ -207,6 +210,11 @@ class JoinStore:
                     if self._written_low is None or at < self._written_low:
                         self._written_low = at
         self._db.write(wb, self._write_opts)
+        self._budget.tick()
+
+    def databases(self) -> list[Rdict]:
+        """Return the open database (for its memory budget)."""
+        return [self._db]
 
     def due(self, before: int, limit: int = 100_000) -> list[tuple[bytes, bytes]]:
         """Return up to `limit` (index key, entry key) pairs expiring before `before`.

@@ -11,7 +11,10 @@ the state it produced, so a replay after a crash can skip what was already appli
 from __future__ import annotations
 
 import os
+import re
 import threading
+import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +24,7 @@ from rocksdict import (
     AccessType,
     BlockBasedOptions,
     Cache,
+    DbClosedError,
     DBCompressionType,
     Options,
     Rdict,
@@ -32,15 +36,18 @@ from streamml.state import keys
 
 __all__ = [
     "ALERT_FLAG",
+    "MemoryBudget",
     "RollingStateStore",
     "StoreTuning",
     "create_shard",
     "empty_records",
     "fill_records",
+    "memory_budget",
     "open_db",
     "record_dtype",
     "shard_positions",
     "stored_positions",
+    "table_bytes",
 ]
 
 ALERT_FLAG = 1
@@ -77,6 +84,7 @@ class StoreTuning:
     RocksDB's memory in a process stays within `memory_bytes` whatever the number of shards or
     records: without the budget each shard had its own cache and memtables, up to 16 x 64 MiB,
     filled at about 125 bytes per event read from Kafka (one rewritten account record each).
+    The cache holds no more blocks than about twice the state needs (`MemoryBudget`).
     `write_buffer_bytes` bounds one memtable.
 
     `block_bytes` is the size of a data block before compression. A read that misses the block
@@ -110,28 +118,108 @@ _MEMTABLE_BLOOM_RATIO = 0.1
 """Share of each memtable's size given to its whole-key bloom filter."""
 
 
-_SHARED: dict[int, tuple[Cache, WriteBufferManager]] = {}
-"""The block cache and write buffer manager of each memory budget, shared by this process."""
+_BLOCK_CACHE_HEADROOM = 2
+"""The block cache holds up to this many times the table data of the databases it serves."""
+_MIN_BLOCK_CACHE_BYTES = 16 << 20
+_RESIZE_INTERVAL_S = 1.0
+_TABLE_BYTES = re.compile(
+    r"raw key size=(\d+);.*raw value size=(\d+);.*index block size[^=]*=(\d+); "
+    r"filter block size=(\d+)"
+)
 
 
-def _shared_memory(memory_bytes: int) -> tuple[Cache, WriteBufferManager]:
-    shared = _SHARED.get(memory_bytes)
-    if shared is None:
-        cache = Cache(memory_bytes)
-        manager = WriteBufferManager.new_write_buffer_manager_with_cache(
-            memory_bytes // 4, False, cache
+def table_bytes(db: Rdict) -> int:
+    """Return the bytes the table files of `db` take in a block cache (0 if it is closed).
+
+    Their keys and values before compression, plus their index and filter blocks, from RocksDB's
+    table properties (which count the versions compaction has not dropped yet).
+    """
+    try:
+        props = db.property_value("rocksdb.aggregated-table-properties")
+    except DbClosedError:
+        return 0
+    match = _TABLE_BYTES.search(props or "")
+    return sum(int(g) for g in match.groups()) if match else 0
+
+
+class MemoryBudget:
+    """The RocksDB memory of one process for one `memory_bytes`, shared by its databases.
+
+    A block cache, and a write buffer manager that charges every memtable to that cache. A quarter
+    of the budget is for memtables. The rest is for blocks, but the cache is sized down to
+    `_BLOCK_CACHE_HEADROOM` times the table data of the stores it serves (at least 16 MiB),
+    checked at most once a second as they write (`tick`): RocksDB leaves the blocks of a table
+    file in the cache after compaction replaced the file, so with state smaller than the budget,
+    blocks nobody can read again filled the whole cache over a long run (the RSS of the Kafka
+    flow rose by 200 MiB from 1M to 10M records at the default budget). A state larger than the
+    budget gets all of it.
+    """
+
+    def __init__(self, memory_bytes: int) -> None:
+        self.memory_bytes = memory_bytes
+        self.memtable_bytes = memory_bytes // 4
+        self.cache = Cache(memory_bytes)
+        self.manager = WriteBufferManager.new_write_buffer_manager_with_cache(
+            self.memtable_bytes, False, self.cache
         )
-        shared = _SHARED[memory_bytes] = (cache, manager)
-    return shared
+        self.capacity = memory_bytes
+        self._stores: weakref.WeakSet = weakref.WeakSet()
+        self._next_resize = 0.0
+        self._lock = threading.Lock()
+
+    def watch(self, store: object) -> None:
+        """Size the cache for `store` too: an object whose `databases()` returns its open Rdicts.
+
+        The budget keeps no reference to it.
+        """
+        self._stores.add(store)
+
+    def tick(self) -> None:
+        """Resize the cache if the last resize is more than a second old."""
+        now = time.monotonic()
+        if now >= self._next_resize:
+            self._next_resize = now + _RESIZE_INTERVAL_S
+            self.resize()
+
+    def resize(self) -> int:
+        """Size the cache to the table data of the watched stores now; return its capacity."""
+        with self._lock:
+            seen: set[int] = set()
+            data = 0
+            for store in list(self._stores):
+                for db in store.databases():
+                    if id(db) not in seen:
+                        seen.add(id(db))
+                        data += table_bytes(db)
+            blocks = max(_MIN_BLOCK_CACHE_BYTES, _BLOCK_CACHE_HEADROOM * data)
+            capacity = self.memtable_bytes + min(self.memory_bytes - self.memtable_bytes, blocks)
+            if capacity != self.capacity:
+                self.cache.set_capacity(capacity)
+                self.capacity = capacity
+            return capacity
+
+
+_BUDGETS: dict[int, MemoryBudget] = {}
+"""The memory budget of each `memory_bytes`, shared by the databases of this process."""
+_BUDGETS_LOCK = threading.Lock()
+
+
+def memory_budget(tuning: StoreTuning) -> MemoryBudget:
+    """Return this process's memory budget for `tuning` (created on first use)."""
+    with _BUDGETS_LOCK:
+        budget = _BUDGETS.get(tuning.memory_bytes)
+        if budget is None:
+            budget = _BUDGETS[tuning.memory_bytes] = MemoryBudget(tuning.memory_bytes)
+        return budget
 
 
 def _options(tuning: StoreTuning, *, create: bool) -> Options:
-    cache, manager = _shared_memory(tuning.memory_bytes)
+    budget = memory_budget(tuning)
     opts = Options(raw_mode=True)
     opts.create_if_missing(create)
     opts.set_write_buffer_size(tuning.write_buffer_bytes)
     opts.set_max_write_buffer_number(tuning.max_write_buffers)
-    opts.set_write_buffer_manager(manager)
+    opts.set_write_buffer_manager(budget.manager)
     # Most reads of a state larger than the memtables miss them: a whole-key bloom filter per
     # memtable answers those without searching its skiplist.
     opts.set_memtable_prefix_bloom_ratio(_MEMTABLE_BLOOM_RATIO)
@@ -139,7 +227,7 @@ def _options(tuning: StoreTuning, *, create: bool) -> Options:
     opts.set_compression_type(DBCompressionType.lz4())
     opts.set_max_background_jobs(2)
     table = BlockBasedOptions()
-    table.set_block_cache(cache)
+    table.set_block_cache(budget.cache)
     table.set_block_size(tuning.block_bytes)
     table.set_bloom_filter(10, False)
     table.set_cache_index_and_filter_blocks(True)
@@ -218,6 +306,12 @@ class RollingStateStore:
                 entry[1] += 1
             self._db = entry[0]
             self._write_opts = WriteOptions()
+        self._budget = memory_budget(tuning)
+        self._budget.watch(self)
+
+    def databases(self) -> list[Rdict]:
+        """Return the open database of this store (for its memory budget)."""
+        return [self._db]
 
     def close(self) -> None:
         """Close the database (a writable one once every store of this process sharing it did)."""
@@ -248,6 +342,7 @@ class RollingStateStore:
             return
         self._db.try_catch_up_with_primary()
         self._caught_up = signature
+        self._budget.tick()
 
     def key(self, account: bytes) -> bytes:
         """Return the RocksDB key of an account."""
@@ -297,6 +392,7 @@ class RollingStateStore:
             partition, first, last, payload = outbox
             wb.put(keys.outbox_key(partition, last), first.to_bytes(8, "big") + payload)
         self._db.write(wb, self._write_opts)
+        self._budget.tick()
 
     def outbox(self, partition: str, first: int, last: int) -> list[bytes]:
         """Return the outbox payloads of `partition` holding positions in ``[first, last]``."""

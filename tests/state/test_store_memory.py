@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 
 import numpy as np
 import pytest
 from rocksdict import AccessType
+from streamml.state import rolling_store
 from streamml.state.layout import StateLayout
 from streamml.state.ondemand import OnDemandStore
 from streamml.state.outcomes import JoinStore
-from streamml.state.rolling_store import RollingStateStore, StoreTuning, _options, open_db
+from streamml.state.rolling_store import (
+    RollingStateStore,
+    StoreTuning,
+    _options,
+    memory_budget,
+    open_db,
+    table_bytes,
+)
 
 MiB = 1 << 20
 BUDGET = 24 * MiB  # unlike RocksDB's default block cache (8 MiB) and the default budget
+ROCKSDB_DEFAULT_CACHE = 8 * MiB
 
 
 def capacity(db) -> int:
@@ -39,7 +49,7 @@ def test_a_reopened_database_keeps_the_shared_cache(tmp_path: Path, access: str)
     opts.set_max_open_files(-1)
     db = open_db(tmp_path / "db", opts, kinds[access])
     try:
-        assert capacity(db) == BUDGET
+        assert capacity(db) == memory_budget(tuning).capacity
         assert db[b"k"] == b"v"
     finally:
         db.close()
@@ -59,7 +69,7 @@ def test_the_shards_of_a_state_dir_share_one_cache_after_a_restart(tmp_path: Pat
     stores = [RollingStateStore(p, feature=0, window=24, tuning=tuning) for p in paths]
     try:
         for store in stores:
-            assert capacity(store._db) == BUDGET
+            assert capacity(store._db) == memory_budget(tuning).capacity
             assert list(store.load(accounts)["max_bucket"]) == list(range(len(accounts)))
         # one cache: the blocks every shard read show in the usage every shard reports
         usages = {shared_usage(s._db) for s in stores}
@@ -74,7 +84,7 @@ def test_the_ondemand_and_join_stores_reopen_within_the_budget(tmp_path: Path) -
     JoinStore(tmp_path / "join", undo=False, tuning=tuning).close()
     join = JoinStore(tmp_path / "join", undo=False, tuning=tuning)
     try:
-        assert capacity(join._db) == BUDGET
+        assert capacity(join._db) == memory_budget(tuning).capacity
     finally:
         join.close()
     store = OnDemandStore(tmp_path / "state", layout=StateLayout(shards=1), tuning=tuning)
@@ -82,6 +92,85 @@ def test_the_ondemand_and_join_stores_reopen_within_the_budget(tmp_path: Path) -
     store.close()
     store = OnDemandStore(tmp_path / "state", tuning=tuning)
     try:
-        assert capacity(store._open(0)) == BUDGET
+        assert capacity(store._open(0)) == memory_budget(tuning).capacity
     finally:
         store.close()
+
+
+def test_the_budgets_cache_is_not_rocksdbs_default() -> None:
+    assert memory_budget(StoreTuning(memory_bytes=BUDGET)).capacity != ROCKSDB_DEFAULT_CACHE
+
+
+def _rewrite_all(store: RollingStateStore, accounts: list[bytes], round_: int) -> None:
+    """Read every account, write each back changed, and compact: the old files' blocks die."""
+    recs = store.load(accounts)
+    recs["max_bucket"] = round_
+    recs["counts"][:, round_ % 24] += 1
+    store.commit(accounts, recs, {})
+    store._db.flush()
+    store._db.compact_range(None, None)
+
+
+def test_a_small_state_holds_no_more_cache_than_twice_its_tables(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(rolling_store, "_RESIZE_INTERVAL_S", 0.0)
+    tuning = StoreTuning(memory_bytes=96 * MiB)
+    budget = memory_budget(tuning)
+    store = RollingStateStore(tmp_path / "shard", feature=0, window=24, tuning=tuning)
+    accounts = [f"acct-{i:07d}".encode() for i in range(20_000)]
+    try:
+        most = 0
+        for round_ in range(40):
+            _rewrite_all(store, accounts, round_)
+            data = table_bytes(store._db)
+            assert 0 < data < 8 * MiB
+            expected = budget.memtable_bytes + max(16 * MiB, 2 * data)
+            assert budget.capacity == expected
+            assert capacity(store._db) == expected
+            most = max(most, shared_usage(store._db))
+        # each round left about 2.7 MB of blocks of deleted files: 108 MB over 40 rounds, more
+        # than the budget, had the cache kept them
+        assert most <= budget.memtable_bytes + 16 * MiB + MiB
+        assert list(store.load(accounts[:3])["max_bucket"]) == [39, 39, 39]
+    finally:
+        store.close()
+
+
+def test_a_state_larger_than_the_budget_gets_all_of_it(tmp_path: Path) -> None:
+    tuning = StoreTuning(memory_bytes=20 * MiB)
+    budget = memory_budget(tuning)
+    store = RollingStateStore(tmp_path / "shard", feature=0, window=24, tuning=tuning)
+    accounts = [f"acct-{i:07d}".encode() for i in range(150_000)]
+    try:
+        store.commit(accounts, store.load(accounts), {})
+        store._db.flush()
+        assert table_bytes(store._db) > 16 * MiB
+        assert budget.resize() == 20 * MiB
+        assert capacity(store._db) == 20 * MiB
+    finally:
+        store.close()
+
+
+def test_the_budget_skips_closed_stores_and_forgets_dropped_ones(tmp_path: Path) -> None:
+    tuning = StoreTuning(memory_bytes=40 * MiB)
+    budget = memory_budget(tuning)
+    accounts = [f"acct-{i:07d}".encode() for i in range(150_000)]
+    kept = RollingStateStore(tmp_path / "kept", feature=0, window=24, tuning=tuning)
+    closed = RollingStateStore(tmp_path / "closed", feature=0, window=24, tuning=tuning)
+    dropped = RollingStateStore(tmp_path / "dropped", feature=0, window=24, tuning=tuning)
+    try:
+        for written in (closed, dropped):
+            written.commit(accounts, written.load(accounts), {})
+            written._db.flush()
+        del written
+        big = budget.resize()
+        closed.close()
+        dropped_db = dropped._db
+        del dropped
+        gc.collect()
+        assert budget.resize() < big
+        assert budget.resize() == budget.memtable_bytes + 16 * MiB
+        dropped_db.close()
+    finally:
+        kept.close()
