@@ -61,8 +61,8 @@ from streamml.state.online import OnlineStore
 from streamml.state.rolling_store import RollingStateStore
 
 from streamml.console import Progress, format_table, human
-from streamml.generate_cli import write_events
-from streamml.run_cli import run_error_count
+from streamml.generate import write_events
+from streamml.jobs import run_error_count
 
 __all__ = [
     "BenchRun",

@@ -64,8 +64,8 @@ def run_demo(args: argparse.Namespace) -> int:
         print_figures(figures)
         return 0
     from streamml.dataflows.features import FeaturesConfig, SourceInput
-    from streamml.features_run_cli import run_features
-    from streamml.generate_cli import write_events, write_speed_tests
+    from streamml.generate import write_events, write_speed_tests
+    from streamml.jobs import run_features
     from streamml.operators.sources import GeneratorConfig
     from streamml.run_cli import summary_rows
     from streamml.state.online import OnlineStore
@@ -211,7 +211,7 @@ def _predict_demo(root: Path, accounts: int, seed: int, as_of: int, requests: in
 def _outcomes_demo(root: Path, gen: RequestGeneratorConfig) -> bool:
     """Join the requests' outcomes (the generator's hidden truth) to the predictions."""
     from streamml.dataflows.outcomes import OutcomesFlowConfig
-    from streamml.generate_cli import write_outcomes
+    from streamml.generate import write_outcomes
     from streamml.outcomes_cli import run_outcomes
     from streamml.outcomes_cli import summary_rows as outcome_rows
     from streamml.state.outcomes import read_outcomes

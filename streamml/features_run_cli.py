@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from streamml.console import Progress, human
+from streamml.console import human
 from streamml.dataflows.environment import KAFKA_PREFIX, add_kafka_client_option, kafka_env_with
 from streamml.run_cli import DEFAULT_SETTLE_MS, add_cluster_options, cluster_from_args
 from streamml.runner import report_run
@@ -17,11 +17,9 @@ from streamml.state.definitions import DefinitionError
 from streamml.state.errors import RefusedError
 
 if TYPE_CHECKING:
-    from streamml.cluster import ClusterMember
     from streamml.dataflows.features import FeaturesConfig
-    from streamml.runner import RunResult
 
-__all__ = ["add_backfill_parser", "add_run_parser", "run_features"]
+__all__ = ["add_backfill_parser", "add_run_parser"]
 
 
 def _pairs(values: list[str], flag: str) -> list[tuple[str, str]]:
@@ -202,47 +200,8 @@ def config_from_args(args: argparse.Namespace, stats_path: Path | None) -> Featu
     )
 
 
-def run_features(
-    config: FeaturesConfig,
-    *,
-    processes: int = 1,
-    show_progress: bool | None = None,
-    snapshot_interval_s: int = 10,
-    reset_sources: tuple[str, ...] = (),
-    member: ClusterMember | None = None,
-) -> RunResult:
-    """Run the features flow in worker processes; shows progress on a terminal.
-
-    With `member`, runs this host's process of a cluster over several hosts. Raises
-    `RefusedError` when the state dir, recovery dir, definitions and inputs disagree (nothing is
-    applied then).
-    """
-    from streamml.dataflows.features import prepare_features_state
-    from streamml.recovery import ensure_recovery_dir, recovery_args
-    from streamml.runner import event_progress, run_flow_processes
-
-    extra: list[str] = []
-    if config.recovery_dir is not None:
-        ensure_recovery_dir(config.recovery_dir)
-        extra = recovery_args(config.recovery_dir, snapshot_interval_s)
-    prepare_features_state(config, reset_sources=reset_sources)
-    bar = Progress(enabled=show_progress)
-
-    try:
-        return run_flow_processes(
-            "streamml.dataflows.features:flow",
-            config.to_env(),
-            processes=processes,
-            stats_path=config.stats_path,
-            progress=event_progress(bar),
-            extra_args=extra,
-            member=member,
-        )
-    finally:
-        bar.done()
-
-
 def _cmd_run(args: argparse.Namespace) -> int:
+    from streamml.jobs import run_features
     from streamml.processes import stop_on_sigterm
     from streamml.run_cli import summary_rows
 

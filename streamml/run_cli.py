@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from streamml.commands import Command, add_commands
-from streamml.console import Progress, human
+from streamml.console import human
 from streamml.dataflows.environment import KAFKA_PREFIX, add_kafka_client_option, kafka_env_with
 from streamml.runner import cost_rows, report_run
 from streamml.state.errors import RefusedError
@@ -29,7 +29,6 @@ __all__ = [
     "cluster_from_args",
     "config_from_args",
     "register",
-    "run_error_count",
     "summary_rows",
 ]
 
@@ -357,47 +356,6 @@ def config_from_args(args: argparse.Namespace, stats_path: Path | None) -> Error
     )
 
 
-def run_error_count(
-    config: ErrorCountConfig,
-    *,
-    processes: int = 1,
-    show_progress: bool | None = None,
-    recovery_dir: Path | None = None,
-    snapshot_interval_s: int = 10,
-    reset_sources: tuple[str, ...] = (),
-    member: ClusterMember | None = None,
-) -> RunResult:
-    """Run the error-count flow in worker processes; shows progress on a terminal.
-
-    With `member`, runs this host's process of a cluster over several hosts. Raises
-    `RefusedError` when the state dir, recovery dir and inputs disagree (nothing is written
-    then).
-    """
-    from streamml.dataflows.error_count import prepare_state
-    from streamml.recovery import ensure_recovery_dir, recovery_args
-    from streamml.runner import event_progress, run_flow_processes
-
-    extra: list[str] = []
-    if recovery_dir is not None:
-        ensure_recovery_dir(recovery_dir)
-        extra = recovery_args(recovery_dir, snapshot_interval_s)
-    prepare_state(config, reset_sources=reset_sources)
-    bar = Progress(enabled=show_progress)
-
-    try:
-        return run_flow_processes(
-            "streamml.dataflows.error_count:flow",
-            config.to_env(),
-            processes=processes,
-            stats_path=config.stats_path,
-            progress=event_progress(bar),
-            extra_args=extra,
-            member=member,
-        )
-    finally:
-        bar.done()
-
-
 def summary_rows(result: RunResult) -> list[tuple[str, str]]:
     """Return the summary of a run as (name, value) rows."""
     c = result.counters
@@ -422,6 +380,7 @@ def summary_rows(result: RunResult) -> list[tuple[str, str]]:
 
 
 def _cmd_error_count(args: argparse.Namespace) -> int:
+    from streamml.jobs import run_error_count
     from streamml.processes import stop_on_sigterm
 
     stop_on_sigterm()

@@ -75,6 +75,16 @@ def test_dependencies_point_one_way():
                     assert target in ok, f"{path} imports {name}"
 
 
+def test_benchmarks_and_the_rest_service_call_no_cli_module():
+    for path in [
+        *(ROOT / "benchmarks").rglob("*.py"),
+        *(ROOT / "streamml" / "server").rglob("*.py"),
+    ]:
+        for name in imported_names(path):
+            module = name.split(".")[1] if name.startswith("streamml.") else ""
+            assert not module.endswith("_cli") and module != "cli", f"{path} imports {name}"
+
+
 def test_nothing_of_ours_is_importable_under_a_generic_top_level_name(tmp_path):
     probe = (
         "import importlib.util, json, sys\n"

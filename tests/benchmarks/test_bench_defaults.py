@@ -14,7 +14,7 @@ from streamml.operators.sources import GeneratorConfig
 from streamml.state.history import read_history
 
 from streamml.cli import build_parser, main
-from streamml.generate_cli import write_events
+from streamml.generate import write_events
 
 
 def _parse(argv: list[str]):

@@ -22,7 +22,7 @@ from streamml.benchmarks.flink_checks import (
 from streamml.benchmarks.flink_job import _scan_csv
 from streamml.operators.sources import GeneratorConfig
 
-from streamml.generate_cli import write_events
+from streamml.generate import write_events
 
 
 def _csv(path: Path, rows: list[tuple[str, int]]) -> Path:

@@ -19,7 +19,7 @@ from streamml.state.errors import RefusedError
 from streamml.state.layout import StateLayout
 from streamml.state.sharding import murmur2_account, murmur2_many, shard_of
 
-from streamml.generate_cli import write_events
+from streamml.generate import write_events
 from tests.oracle import RollingOracle
 from tests.streamml.test_cli import streamml
 

@@ -17,7 +17,7 @@ from streamml.state.history import read_history
 from streamml.state.layout import StateLayout
 from streamml.state.rolling_store import RollingStateStore
 
-from streamml.generate_cli import write_events
+from streamml.generate import write_events
 from streamml.recovery import ensure_recovery_dir, recovery_args
 from streamml.runner import free_ports
 

@@ -35,7 +35,7 @@ from streamml.state.definitions import (
 )
 from streamml.state.predictions import PREDICTIONS_DIR, read_predictions
 
-from streamml.generate_cli import write_events, write_speed_tests
+from streamml.generate import write_events, write_speed_tests
 
 MODEL = "speedtest-triage"
 ONLINE = {

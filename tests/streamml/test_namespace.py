@@ -10,7 +10,7 @@ from pathlib import Path
 import orjson
 from streamml.operators.sources import GeneratorConfig
 
-from streamml.generate_cli import write_events
+from streamml.generate import write_events
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
