@@ -84,7 +84,7 @@ class StoreTuning:
     RocksDB's memory in a process stays within `memory_bytes` whatever the number of shards or
     records: without the budget each shard had its own cache and memtables, up to 16 x 64 MiB,
     filled at about 125 bytes per event read from Kafka (one rewritten account record each).
-    The cache holds no more blocks than about twice the state needs (`MemoryBudget`).
+    The cache holds no more blocks than the state's table files (`MemoryBudget`).
     `write_buffer_bytes` bounds one memtable.
 
     `block_bytes` is the size of a data block before compression. A read that misses the block
@@ -118,8 +118,6 @@ _MEMTABLE_BLOOM_RATIO = 0.1
 """Share of each memtable's size given to its whole-key bloom filter."""
 
 
-_BLOCK_CACHE_HEADROOM = 2
-"""The block cache holds up to this many times the table data of the databases it serves."""
 _MIN_BLOCK_CACHE_BYTES = 16 << 20
 _RESIZE_INTERVAL_S = 1.0
 _TABLE_BYTES = re.compile(
@@ -146,13 +144,13 @@ class MemoryBudget:
     """The RocksDB memory of one process for one `memory_bytes`, shared by its databases.
 
     A block cache, and a write buffer manager that charges every memtable to that cache. A quarter
-    of the budget is for memtables. The rest is for blocks, but the cache is sized down to
-    `_BLOCK_CACHE_HEADROOM` times the table data of the stores it serves (at least 16 MiB),
-    checked at most once a second as they write (`tick`): RocksDB leaves the blocks of a table
-    file in the cache after compaction replaced the file, so with state smaller than the budget,
-    blocks nobody can read again filled the whole cache over a long run (the RSS of the Kafka
-    flow rose by 200 MiB from 1M to 10M records at the default budget). A state larger than the
-    budget gets all of it.
+    of the budget is for memtables. The rest is for blocks, but the cache is sized down to the
+    table data of the stores it serves (at least 16 MiB), checked at most once a second as they
+    write (`tick`). Every block a read can load belongs to a current table file, so that is room
+    for all of them; but RocksDB leaves the blocks of a table file in the cache after compaction
+    replaced the file, and with state smaller than the budget these blocks, which nobody reads
+    again, filled the whole cache over a long run (the RSS of the Kafka flow rose by 200 MiB from
+    1M to 10M records at the default budget). A state larger than the budget gets all of it.
     """
 
     def __init__(self, memory_bytes: int) -> None:
@@ -191,7 +189,7 @@ class MemoryBudget:
                     if id(db) not in seen:
                         seen.add(id(db))
                         data += table_bytes(db)
-            blocks = max(_MIN_BLOCK_CACHE_BYTES, _BLOCK_CACHE_HEADROOM * data)
+            blocks = max(_MIN_BLOCK_CACHE_BYTES, data)
             capacity = self.memtable_bytes + min(self.memory_bytes - self.memtable_bytes, blocks)
             if capacity != self.capacity:
                 self.cache.set_capacity(capacity)

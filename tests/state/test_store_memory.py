@@ -111,7 +111,7 @@ def _rewrite_all(store: RollingStateStore, accounts: list[bytes], round_: int) -
     store._db.compact_range(None, None)
 
 
-def test_a_small_state_holds_no_more_cache_than_twice_its_tables(
+def test_a_small_state_holds_no_more_cache_than_its_tables(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(rolling_store, "_RESIZE_INTERVAL_S", 0.0)
@@ -125,7 +125,7 @@ def test_a_small_state_holds_no_more_cache_than_twice_its_tables(
             _rewrite_all(store, accounts, round_)
             data = table_bytes(store._db)
             assert 0 < data < 8 * MiB
-            expected = budget.memtable_bytes + max(16 * MiB, 2 * data)
+            expected = budget.memtable_bytes + max(16 * MiB, data)
             assert budget.capacity == expected
             assert capacity(store._db) == expected
             most = max(most, shared_usage(store._db))
