@@ -151,11 +151,14 @@ class _FastPartitionRecords(Fetcher.PartitionRecords):  # type: ignore[name-defi
         self._skipping = True  # records before fetch_offset (mid-batch fetch) are dropped
         self._last_next: int | None = None  # after a v2 batch, the offset that follows it
         self._c_batch = _c_batch_class()
+        self._error: Exception | None = None  # a batch that failed: raised by every later take
         # kafka-python's generator stays unstarted: `record_iterator` only marks "not drained".
 
     def take(self, n: int | None = None) -> list[bytes | None]:
         """Return the values of up to `n` records (their offsets go to the sink)."""
         self._maybe_raise_next_inline_exception()
+        if self._error is not None:
+            raise self._error
         out: list[bytes | None] = []
         if self.record_iterator is None:
             return out
@@ -182,6 +185,7 @@ class _FastPartitionRecords(Fetcher.PartitionRecords):  # type: ignore[name-defi
                 self.records_read += j - i
                 self.next_fetch_offset = self._offsets[j - 1] + 1
         except Exception as exc:
+            self._error = exc  # never skip past a corrupt batch to the records after it
             if not out:
                 raise
             self._next_inline_exception = exc  # raised by the next take, as kafka-python does

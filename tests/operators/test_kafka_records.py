@@ -231,8 +231,9 @@ def test_a_corrupt_batch_fails_as_in_kafka_python():
         isolation_level=IsolationLevel.READ_UNCOMMITTED,
     )  # fmt: skip
     assert part.take(10) == [b"ok"] and sink.take() == [0]
-    with pytest.raises(CorruptRecordError):
-        part.take(10)
+    for _ in range(2):  # and at every take after it: the records behind it are never reached
+        with pytest.raises(CorruptRecordError):
+            part.take(10)
     assert parse_records(bytes(bad), 0, check_crcs=False)[1] == [0, 1]
 
 
