@@ -276,10 +276,12 @@ def run_kafka_once(
     history: bool,
     client: str = "kafka-python",
     routing: str = "exchange",
+    fast_records: bool = True,
 ) -> BenchRun:
     """Run the flow over `topic` from its start to its end offsets with a fresh state dir.
 
-    `client` is the Kafka client the flow reads with (`--kafka-client`).
+    `client` is the Kafka client the flow reads with (`--kafka-client`); `fast_records` is the
+    source's `KafkaSourceConfig.fast_records` (kafka-python: aiokafka's C record parser).
     """
     state = work / f"state-kafka-p{processes}"
     shutil.rmtree(state, ignore_errors=True)
@@ -293,6 +295,7 @@ def run_kafka_once(
         kafka_env=(
             (KAFKA_PREFIX + "BROKERS", bootstrap),
             (KAFKA_PREFIX + "CLIENT", client),
+            (KAFKA_PREFIX + "FAST_RECORDS", "1" if fast_records else "0"),
             (KAFKA_PREFIX + "STOP_AT_END", "1"),
             (KAFKA_PREFIX + "TOPIC", topic),
         ),

@@ -8,6 +8,8 @@ times, for each client of ``--kafka-client`` in turn, on the same topic:
 - a bare consumer of that client reads the whole topic (one consumer, every partition assigned,
   the source's large fetch settings; it takes each value and checks every offset);
 - the error-count flow (`streamml run error-count --source kafka --stop-at-end`, one process,
+  with kafka-python parsing fetched records by aiokafka's C parser unless
+  ``--kafka-python-records kafka-python``,
   fresh RocksDB state and online store, and the history store unless ``--no-history``, as
   `streamml run error-count` by default) reads it end to
   end with that client; its state is checked against a brute-force count of sampled accounts
@@ -94,7 +96,13 @@ def run_clients_bench(args: argparse.Namespace) -> dict[str, object]:
                     rate = bare_read(bootstrap, topic, n)
                     bare[client].append(rate.per_second)
                     run = run_kafka_once(
-                        bootstrap, topic, 1, work, not args.no_history, client=client
+                        bootstrap,
+                        topic,
+                        1,
+                        work,
+                        not args.no_history,
+                        client=client,
+                        fast_records=args.kafka_python_records == "fast",
                     )
                     c = orjson.loads((work / "stats-kafka-p1.json").read_bytes())["counters"]
                     assert c.get("read", 0) == n, (c, n)
@@ -118,6 +126,7 @@ def run_clients_bench(args: argparse.Namespace) -> dict[str, object]:
         "partitions": partitions,
         "runs": args.runs,
         "history": not args.no_history,
+        "kafka_python_records": args.kafka_python_records,
         "produce": {"name": produced.name, "records": n, "per_s": produced.per_second},
         "clients": {
             c: {
@@ -167,6 +176,14 @@ def register(bench_sub: argparse._SubParsersAction) -> None:  # type: ignore[typ
         "--no-history",
         action="store_true",
         help="do not write the history store (by default written, as by `run error-count`)",
+    )
+    p.add_argument(
+        "--kafka-python-records",
+        choices=("fast", "kafka-python"),
+        default="fast",
+        help="how the kafka-python flow parses fetched records: aiokafka's C parser (the "
+        "source's default, fast_records) or kafka-python's own; the bare consumer always uses "
+        "kafka-python's own",
     )
     p.add_argument("--no-check", action="store_true", help="skip the state check (not the count)")
     p.add_argument("--check-accounts", type=int, default=20, help="accounts checked per partition")

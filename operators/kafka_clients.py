@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError, KafkaTimeoutError
 from kafka.structs import OffsetAndMetadata
+from streamml.operators import kafka_records
+from streamml.operators.kafka_records import OffsetSink
 
 if TYPE_CHECKING:
     from streamml.operators.kafka import KafkaSinkConfig, KafkaSourceConfig
@@ -142,14 +144,22 @@ def _confluent() -> Any:
 
 
 class KafkaPythonReader:
-    """`PartitionReader` on kafka-python's `KafkaConsumer` (one per partition)."""
+    """`PartitionReader` on kafka-python's `KafkaConsumer` (one per partition).
+
+    With `config.fast_records` (the default) the fetched records are parsed by aiokafka's C
+    record parser (`streamml.operators.kafka_records`) in place of kafka-python's pure-Python
+    one; kafka-python still does everything else.
+    """
 
     def __init__(self, config: KafkaSourceConfig, partition: int) -> None:
         self._tp = TopicPartition(config.topic, partition)
         self._group = config.group_id
         self._name = f"{config.topic}:{partition}"
         self._consumer = KafkaConsumer(**config.consumer_kwargs())
+        self._offsets: OffsetSink | None = None
         try:
+            if config.fast_records:
+                self._offsets = kafka_records.install(self._consumer)
             self._consumer.assign([self._tp])
         except BaseException:
             self._consumer.close(autocommit=False)
@@ -168,8 +178,21 @@ class KafkaPythonReader:
 
     def poll(self, max_records: int, timeout_ms: int) -> tuple[list[bytes | None], list[int]]:
         """Return the values and offsets of the records ready now."""
+        if self._offsets is not None:
+            self._offsets.take()  # nothing left over from a poll that raised
         polled = self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
         records = polled.get(self._tp) if polled else None
+        if self._offsets is not None:  # fast parsing: values, their offsets in the sink
+            offsets = self._offsets.take()
+            if not records:
+                return [], []
+            if len(offsets) != len(records):
+                raise RuntimeError(
+                    f"{self._name}: the fast record parser handed over {len(records)} values "
+                    f"and {len(offsets)} offsets; expected as many of each (a kafka-python "
+                    "change?): set STREAMML_KAFKA_FAST_RECORDS=0 and report it"
+                )
+            return records, offsets
         if not records:
             return [], []
         first, last = records[0].offset, records[-1].offset

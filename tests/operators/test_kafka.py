@@ -238,6 +238,10 @@ def test_config_from_env():
     with pytest.raises(ValueError, match="STREAMML_KAFKA_DEAD_LETTERS_TOPIC"):
         KafkaSinkConfig.from_env(env=env, topic_var="DEAD_LETTERS_TOPIC")
     assert (src.client, sink.client) == ("kafka-python", "kafka-python")
+    assert src.fast_records is True
+    assert src.consumer_kwargs()["metrics_enabled"] is False
+    slow = KafkaSourceConfig.from_env(env={**env, "STREAMML_KAFKA_FAST_RECORDS": "0"})
+    assert slow.fast_records is False
     confluent = {
         **env,
         "STREAMML_KAFKA_CLIENT": "confluent",
