@@ -240,7 +240,8 @@ def bare_consume_rate(
 ) -> Rate:
     """Time a bare kafka-python consumer (assigned partitions, large fetches) reading `expected`.
 
-    Asserts every partition's offsets arrive contiguous from 0 and the total equals `expected`.
+    kafka-python parses every record; the loop asserts that each poll's first offset per
+    partition follows the last one of the poll before (from 0), and the total equals `expected`.
     """
     consumer = KafkaConsumer(
         bootstrap_servers=bootstrap,

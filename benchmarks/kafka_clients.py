@@ -6,7 +6,9 @@ are produced once, keyed by account, into a topic of ``--partitions`` partitions
 times, for each client of ``--kafka-client`` in turn, on the same topic:
 
 - a bare consumer of that client reads the whole topic (one consumer, every partition assigned,
-  the source's large fetch settings; it takes each value and checks every offset);
+  the source's large fetch settings; the client parses every record, the confluent consumer
+  takes each value and checks every offset, the kafka-python one checks that each poll's first
+  offset follows the last of the poll before);
 - the error-count flow (`streamml run error-count --source kafka --stop-at-end`, one process,
   with kafka-python parsing fetched records by aiokafka's C parser unless
   ``--kafka-python-records kafka-python``,
