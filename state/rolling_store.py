@@ -3,6 +3,18 @@
 Each account's state is one fixed-size record (little-endian):
 ``max_bucket i64 | updated_at i64 | flags u32 | counts u32[window]``, where ``counts[k]`` is the
 number of accepted events in bucket ``max_bucket - k``. A new account has ``max_bucket = -1``.
+(Records of several features of one source have a larger dtype, see
+`streamml.state.feature_records.RecordLayout`; everything below holds for them alike.)
+
+How a record is stored is fixed per database by its value codec, named under the metadata key
+`CODEC_KEY`: ``sparse`` (`streamml.state.value_codec.SparseCodec`: a bitmap of the record's
+non-zero 4-byte words, then those words; 24-28 bytes for an account holding one or two events,
+instead of 116), or, for a database without the key, ``raw``: the record's bytes as they are,
+which every database written before the codec existed holds. A writer decides the codec of a
+database that holds no account records yet when it writes its first ones (`StoreTuning.codec`,
+default ``sparse``), and writes the key in the same WriteBatch; a database that already holds
+records without the key stays ``raw``, so old state dirs read and continue as they were. Every
+read (`load`, `load_records`, `load_one`, `iter_records`) decodes with the database's codec.
 
 The last applied source position of every source partition is written in the same WriteBatch as
 the state it produced, so a replay after a crash can skip what was already applied.
@@ -29,9 +41,12 @@ from rocksdict import (
     WriteOptions,
 )
 from streamml.state import keys
+from streamml.state.value_codec import SparseCodec
 
 __all__ = [
     "ALERT_FLAG",
+    "CODECS",
+    "CODEC_KEY",
     "RollingStateStore",
     "StoreTuning",
     "create_shard",
@@ -45,6 +60,13 @@ __all__ = [
 
 ALERT_FLAG = 1
 _POSITION = np.dtype(">i8")
+CODEC_KEY = keys.meta_key("value-codec")
+"""Metadata key naming the value codec of a database's account records (absent: ``raw``)."""
+CODECS = ("sparse", "raw")
+"""Value codecs of account records: see the module docstring."""
+_CODEC_TAG = b"sparse-v1"
+_ACCOUNTS = keys.account_prefix(0)[:2]
+"""The prefix of every account key, whatever its record id."""
 
 
 def record_dtype(window: int) -> np.dtype:
@@ -86,15 +108,28 @@ class StoreTuning:
     CPU-microseconds per event than RocksDB's 4 KiB (benchmarks/RESULTS.md, "10M distinct
     accounts"); a block only changes what new files are written with, so any existing state
     reads as before.
+
+    `codec` is the value codec a database gets when this process writes its first account
+    records (``sparse`` or ``raw``, see the module docstring); a database that has one keeps it.
+
+    `compression` is RocksDB's block compression: ``lz4`` or ``none``.
     """
 
     memory_bytes: int = 256 << 20
     write_buffer_bytes: int = 16 << 20
     max_write_buffers: int = 2
     block_bytes: int = 16 << 10
+    codec: str = "sparse"
+    compression: str = "lz4"
 
     def __post_init__(self) -> None:
-        """Check the sizes."""
+        """Check the sizes and names."""
+        if self.codec not in CODECS:
+            raise ValueError(f"StoreTuning: codec must be sparse or raw, got {self.codec!r}")
+        if self.compression not in ("lz4", "none"):
+            raise ValueError(
+                f"StoreTuning: compression must be lz4 or none, got {self.compression!r}"
+            )
         if self.memory_bytes < 1 << 20 or self.write_buffer_bytes < 64 << 10:
             raise ValueError(
                 "StoreTuning: expected memory_bytes >= 1 MiB and write_buffer_bytes >= 64 KiB, "
@@ -136,7 +171,10 @@ def _options(tuning: StoreTuning, *, create: bool) -> Options:
     # memtable answers those without searching its skiplist.
     opts.set_memtable_prefix_bloom_ratio(_MEMTABLE_BLOOM_RATIO)
     opts.set_memtable_whole_key_filtering(True)
-    opts.set_compression_type(DBCompressionType.lz4())
+    if tuning.compression == "lz4":
+        opts.set_compression_type(DBCompressionType.lz4())
+    else:
+        opts.set_compression_type(DBCompressionType.none())
     opts.set_max_background_jobs(2)
     table = BlockBasedOptions()
     table.set_block_cache(cache)
@@ -196,28 +234,65 @@ class RollingStateStore:
         self.dtype = record_dtype(window) if template is None else template.dtype
         self._prefix = keys.account_prefix(feature)
         self._caught_up: tuple[tuple[str, int, int], ...] | None = None
+        empty = empty_records(1, window) if template is None else template.reshape(-1)[:1]
+        self._sparse = SparseCodec(self.dtype, empty)
+        self._codecs: dict[tuple[np.dtype, bytes], SparseCodec] = {
+            (self.dtype, empty.tobytes()): self._sparse
+        }
         tuning = tuning or StoreTuning()
+        self._writer = False
         if secondary_dir is not None:
             opts = _options(tuning, create=False)
             opts.set_max_open_files(-1)
             access = AccessType.secondary(str(secondary_dir))
             self._db = open_db(self.path, opts, access)
+            self._codec = _reader_codec(self._db)
         elif read_only:
             access = AccessType.read_only(False)
             self._db = open_db(self.path, _options(tuning, create=False), access)
+            self._codec = _reader_codec(self._db)
         else:
             self.path.mkdir(parents=True, exist_ok=True)
             self._shared = str(self.path.resolve())
             with _OPEN_LOCK:
                 entry = _OPEN.get(self._shared)
                 if entry is None:
-                    entry = _OPEN[self._shared] = [
-                        open_db(self.path, _options(tuning, create=True)),
-                        0,
-                    ]
+                    db = open_db(self.path, _options(tuning, create=True))
+                    entry = _OPEN[self._shared] = [db, 0, _DbCodec(db, tuning.codec)]
                 entry[1] += 1
             self._db = entry[0]
+            self._db_codec: _DbCodec = entry[2]
+            self._writer = True
             self._write_opts = WriteOptions()
+
+    @property
+    def codec(self) -> str | None:
+        """The database's value codec, or None while a writer has not decided it (no records)."""
+        if self._writer:
+            return self._db_codec.codec
+        return self._codec or "raw"
+
+    def _read_codec(self) -> str:
+        """Return the codec to decode the values read now with."""
+        if self._writer:
+            return self._db_codec.codec or "raw"
+        if self._codec is None:
+            # No key yet: raw, unless a writer has since written its first records (and the key
+            # in the same batch) and this instance sees them.
+            self._codec = _reader_codec(self._db)
+        return self._codec or "raw"
+
+    def _decode(self, out: np.ndarray, raw: list[bytes | None], codec: SparseCodec) -> np.ndarray:
+        if self._read_codec() == "sparse":
+            return codec.fill(out, raw)
+        return fill_records(out, raw)
+
+    def _codec_of(self, template: np.ndarray) -> SparseCodec:
+        key = (template.dtype, template.tobytes())
+        codec = self._codecs.get(key)
+        if codec is None:
+            codec = self._codecs[key] = SparseCodec(template.dtype, template)
+        return codec
 
     def close(self) -> None:
         """Close the database (a writable one once every store of this process sharing it did)."""
@@ -259,18 +334,30 @@ class RollingStateStore:
             empty = empty_records(len(accounts), self.window)
         else:
             empty = np.repeat(self._template, len(accounts))
-        return fill_records(empty, self._db.get([self._prefix + a for a in accounts]))
+        raw = self._db.get([self._prefix + a for a in accounts])
+        return self._decode(empty, raw, self._sparse)
 
-    def get_raw(self, feature: int, accounts: list[bytes]) -> list[bytes | None]:
-        """Return the record bytes of `accounts` under record id `feature` (one multi-get)."""
+    def load_records(
+        self, feature: int, accounts: list[bytes], template: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Return the records of `accounts` under record id `feature` (one multi-get).
+
+        `template` is the record of an entity never seen (one row of the records' dtype): the
+        records of accounts never written are copies of it. Also returns which were found.
+        """
         prefix = keys.account_prefix(feature)
-        return self._db.get([prefix + a for a in accounts])
+        raw = self._db.get([prefix + a for a in accounts])
+        out = np.repeat(template.reshape(-1)[:1], len(accounts))
+        found = np.fromiter((v is not None for v in raw), dtype=bool, count=len(raw))
+        return self._decode(out, raw, self._codec_of(template.reshape(-1)[:1])), found
 
     def load_one(self, account: bytes) -> np.void | None:
         """Return the record of one account, or None if it was never written."""
         raw = self._db.get(self._prefix + account)
         if raw is None:
             return None
+        if self._read_codec() == "sparse":
+            return self._sparse.decode([raw])[0]
         return np.frombuffer(raw, dtype=self.dtype)[0]
 
     def commit(
@@ -285,12 +372,26 @@ class RollingStateStore:
         `outbox` is ``(partition, first position, last position, payload)``: what this batch
         emitted, kept so that a replay after a restart can emit it again.
         """
-        buf = records.astype(self.dtype, copy=False).tobytes()
-        size = self.dtype.itemsize
         wb = WriteBatch(raw_mode=True)
         prefix = self._prefix
-        for i, account in enumerate(accounts):
-            wb.put(prefix + account, buf[i * size : (i + 1) * size])
+        if accounts:
+            state = self._db_codec
+            if state.codec is None:
+                state.codec = state.new_codec
+                if state.codec != "raw":
+                    wb.put(CODEC_KEY, _CODEC_TAG)
+            records = records.astype(self.dtype, copy=False)
+            if state.codec == "sparse":
+                buf, ends = self._sparse.encode(records)
+                start = 0
+                for account, end in zip(accounts, ends, strict=True):
+                    wb.put(prefix + account, buf[start:end])
+                    start = end
+            else:
+                buf = records.tobytes()
+                size = self.dtype.itemsize
+                for i, account in enumerate(accounts):
+                    wb.put(prefix + account, buf[i * size : (i + 1) * size])
         for partition, position in positions.items():
             wb.put(keys.position_key(partition), int(position).to_bytes(8, "big", signed=True))
         if outbox is not None:
@@ -330,12 +431,73 @@ class RollingStateStore:
             out[keys.decode_position_key(k)] = int.from_bytes(v, "big", signed=True)
         return out
 
-    def iter_records(self):
-        """Yield `(account, record)` for every account in key order."""
+    def iter_records(self, chunk: int = 4096):
+        """Yield `(account, record)` for every account in key order (decoded `chunk` at a time)."""
+        n = len(self._prefix)
+        names: list[bytes] = []
+        values: list[bytes] = []
         for k, v in self._db.items(from_key=self._prefix):
             if not k.startswith(self._prefix):
                 break
-            yield k[len(self._prefix) :], np.frombuffer(v, dtype=self.dtype)[0]
+            names.append(k[n:])
+            values.append(v)
+            if len(values) >= chunk:
+                yield from self._decoded(names, values)
+                names, values = [], []
+        if values:
+            yield from self._decoded(names, values)
+
+    def _decoded(self, names: list[bytes], values: list[bytes]):
+        if self._read_codec() == "sparse":
+            records = self._sparse.decode(values)
+        else:
+            records = np.frombuffer(b"".join(values), dtype=self.dtype)
+        return zip(names, records, strict=True)
+
+
+class _DbCodec:
+    """The value codec of one writable database, shared by the stores that write it.
+
+    `codec` is None while the database holds no account records and has no codec key: the
+    first commit of records then sets it to `new_codec` (and writes the key in its batch).
+    """
+
+    __slots__ = ("codec", "new_codec")
+
+    def __init__(self, db: Rdict, new_codec: str) -> None:
+        self.new_codec = new_codec
+        stored = _stored_codec(db)
+        if stored is None and _has_records(db):
+            stored = "raw"
+        self.codec: str | None = stored
+
+
+def _stored_codec(db: Rdict) -> str | None:
+    """Return the codec named by a database's codec key, or None if it has none."""
+    tag = db.get(CODEC_KEY)
+    if tag is None:
+        return None
+    if tag != _CODEC_TAG:
+        raise ValueError(
+            f"this state database's values are encoded as {tag!r}, which this version of "
+            f"streamml does not know (it reads {_CODEC_TAG!r} and raw records): upgrade streamml"
+        )
+    return "sparse"
+
+
+def _reader_codec(db: Rdict) -> str | None:
+    """Return the codec a reader of `db` decodes with: None while it holds no records."""
+    stored = _stored_codec(db)
+    if stored is None and _has_records(db):
+        return "raw"
+    return stored
+
+
+def _has_records(db: Rdict) -> bool:
+    """Whether a database holds any account record (of any record id)."""
+    for k in db.keys(from_key=_ACCOUNTS):
+        return k.startswith(_ACCOUNTS)
+    return False
 
 
 def primary_files(path: str | os.PathLike[str]) -> tuple[tuple[str, int, int], ...]:
