@@ -267,10 +267,10 @@ class RollingStateStore:
 
     @property
     def codec(self) -> str | None:
-        """The database's value codec, or None while a writer has not decided it (no records)."""
+        """The database's value codec (``sparse`` or ``raw``), None while it holds no records."""
         if self._writer:
             return self._db_codec.codec
-        return self._codec or "raw"
+        return self._codec
 
     def _read_codec(self) -> str:
         """Return the codec to decode the values read now with."""
