@@ -8,7 +8,7 @@ number of accepted events in bucket ``max_bucket - k``. A new account has ``max_
 
 How a record is stored is fixed per database by its value codec, named under the metadata key
 `CODEC_KEY`: ``sparse`` (`streamml.state.value_codec.SparseCodec`: a bitmap of the record's
-non-zero 4-byte words, then those words; 24-28 bytes for an account holding one or two events,
+non-zero 4-byte words, then those words; 20-28 bytes for an account holding one or two events,
 instead of 116), or, for a database without the key, ``raw``: the record's bytes as they are,
 which every database written before the codec existed holds. A writer decides the codec of a
 database that holds no account records yet when it writes its first ones (`StoreTuning.codec`,

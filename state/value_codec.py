@@ -13,7 +13,8 @@ of 4, else 2 or 1) and bit j of the bitmap (little-endian bit order) says whethe
 non-zero. Words of array fields are first XORed with the same words of the record of an entity
 never seen (`base`), so empty buckets that are not zero there (the +inf of an empty maximum, the
 -1 of an empty last time) cost nothing either; scalar fields are stored as they are. A count
-record of an account with one or two events takes 24-28 bytes.
+record of an account with one or two events takes 20-28 bytes (20 with one non-empty bucket, 4
+more for a second one, 4 more while in alert).
 
 Encoding and decoding are vectorised over a batch (a few numpy operations per batch, none per
 record), and exact: every record round-trips bit for bit, NaN payloads and signed zeros
