@@ -18,6 +18,9 @@ read (`load`, `load_records`, `load_one`, `iter_records`) decodes with the datab
 
 The last applied source position of every source partition is written in the same WriteBatch as
 the state it produced, so a replay after a crash can skip what was already applied.
+
+RocksDB's settings and the process's memory budget (`StoreTuning`, `open_db`) live in
+`streamml.state.rocksdb_options`; they are importable from here too.
 """
 
 from __future__ import annotations
@@ -25,23 +28,13 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from rocksdict import (
-    AccessType,
-    BlockBasedOptions,
-    Cache,
-    DBCompressionType,
-    Options,
-    Rdict,
-    WriteBatch,
-    WriteBufferManager,
-    WriteOptions,
-)
+from rocksdict import AccessType, Rdict, WriteBatch, WriteOptions
 from streamml.state import keys
-from streamml.state.value_codec import SparseCodec
+from streamml.state.rocksdb_options import StoreTuning, _options, open_db
+from streamml.state.value_codec import CODECS, SparseCodec
 
 __all__ = [
     "ALERT_FLAG",
@@ -62,8 +55,6 @@ ALERT_FLAG = 1
 _POSITION = np.dtype(">i8")
 CODEC_KEY = keys.meta_key("value-codec")
 """Metadata key naming the value codec of a database's account records (absent: ``raw``)."""
-CODECS = ("sparse", "raw")
-"""Value codecs of account records: see the module docstring."""
 _CODEC_TAG = b"sparse-v1"
 _ACCOUNTS = keys.account_prefix(0)[:2]
 """The prefix of every account key, whatever its record id."""
@@ -87,117 +78,6 @@ def empty_records(n: int, window: int) -> np.ndarray:
     rec["max_bucket"] = -1
     rec["updated_at"] = -1
     return rec
-
-
-@dataclass(frozen=True, slots=True)
-class StoreTuning:
-    """RocksDB memory settings of the databases of one process.
-
-    Every database a process opens with equal settings shares one block cache of
-    `memory_bytes`, and their memtables are charged to that cache by one write buffer manager
-    (which flushes the largest memtable once all of them together hold `memory_bytes / 4`). So
-    RocksDB's memory in a process stays within `memory_bytes` whatever the number of shards or
-    records: without the budget each shard had its own cache and memtables, up to 16 x 64 MiB,
-    filled at about 125 bytes per event read from Kafka (one rewritten account record each).
-    `write_buffer_bytes` bounds one memtable.
-
-    `block_bytes` is the size of a data block before compression. A read that misses the block
-    cache reads, checks and decompresses a whole block; a batch reads a shard's accounts in one
-    sorted multi-get, so accounts of one batch that share a block share that work. With state
-    much larger than the cache (millions of accounts drawn uniformly) 16 KiB blocks cost fewer
-    CPU-microseconds per event than RocksDB's 4 KiB (benchmarks/RESULTS.md, "10M distinct
-    accounts"); a block only changes what new files are written with, so any existing state
-    reads as before.
-
-    `codec` is the value codec a database gets when this process writes its first account
-    records (``sparse`` or ``raw``, see the module docstring); a database that has one keeps it.
-
-    `compression` is RocksDB's block compression: ``lz4`` or ``none``.
-    """
-
-    memory_bytes: int = 256 << 20
-    write_buffer_bytes: int = 16 << 20
-    max_write_buffers: int = 2
-    block_bytes: int = 16 << 10
-    codec: str = "sparse"
-    compression: str = "lz4"
-
-    def __post_init__(self) -> None:
-        """Check the sizes and names."""
-        if self.codec not in CODECS:
-            raise ValueError(f"StoreTuning: codec must be sparse or raw, got {self.codec!r}")
-        if self.compression not in ("lz4", "none"):
-            raise ValueError(
-                f"StoreTuning: compression must be lz4 or none, got {self.compression!r}"
-            )
-        if self.memory_bytes < 1 << 20 or self.write_buffer_bytes < 64 << 10:
-            raise ValueError(
-                "StoreTuning: expected memory_bytes >= 1 MiB and write_buffer_bytes >= 64 KiB, "
-                f"got {self.memory_bytes} and {self.write_buffer_bytes}"
-            )
-        if not 1 << 10 <= self.block_bytes <= 4 << 20:
-            raise ValueError(
-                f"StoreTuning: expected block_bytes in [1 KiB, 4 MiB], got {self.block_bytes}"
-            )
-
-
-_MEMTABLE_BLOOM_RATIO = 0.1
-"""Share of each memtable's size given to its whole-key bloom filter."""
-
-
-_SHARED: dict[int, tuple[Cache, WriteBufferManager]] = {}
-"""The block cache and write buffer manager of each memory budget, shared by this process."""
-
-
-def _shared_memory(memory_bytes: int) -> tuple[Cache, WriteBufferManager]:
-    shared = _SHARED.get(memory_bytes)
-    if shared is None:
-        cache = Cache(memory_bytes)
-        manager = WriteBufferManager.new_write_buffer_manager_with_cache(
-            memory_bytes // 4, False, cache
-        )
-        shared = _SHARED[memory_bytes] = (cache, manager)
-    return shared
-
-
-def _options(tuning: StoreTuning, *, create: bool) -> Options:
-    cache, manager = _shared_memory(tuning.memory_bytes)
-    opts = Options(raw_mode=True)
-    opts.create_if_missing(create)
-    opts.set_write_buffer_size(tuning.write_buffer_bytes)
-    opts.set_max_write_buffer_number(tuning.max_write_buffers)
-    opts.set_write_buffer_manager(manager)
-    # Most reads of a state larger than the memtables miss them: a whole-key bloom filter per
-    # memtable answers those without searching its skiplist.
-    opts.set_memtable_prefix_bloom_ratio(_MEMTABLE_BLOOM_RATIO)
-    opts.set_memtable_whole_key_filtering(True)
-    if tuning.compression == "lz4":
-        opts.set_compression_type(DBCompressionType.lz4())
-    else:
-        opts.set_compression_type(DBCompressionType.none())
-    opts.set_max_background_jobs(2)
-    table = BlockBasedOptions()
-    table.set_block_cache(cache)
-    table.set_block_size(tuning.block_bytes)
-    table.set_bloom_filter(10, False)
-    table.set_cache_index_and_filter_blocks(True)
-    table.set_pin_l0_filter_and_index_blocks_in_cache(True)
-    opts.set_block_based_table_factory(table)
-    return opts
-
-
-def open_db(path: str | os.PathLike[str], options: Options, access_type=None) -> Rdict:
-    """Open the RocksDB database at `path` with `options` (its block cache, filters, memory).
-
-    The options are given for the default column family too: without them, rocksdict opens an
-    existing database with the column family options stored in its OPTIONS file, and so with
-    RocksDB's default table settings (its own 8 MiB block cache, no bloom filter) instead of the
-    shared budget.
-    """
-    families = {"default": options}
-    if access_type is None:
-        return Rdict(str(path), options, column_families=families)
-    return Rdict(str(path), options, column_families=families, access_type=access_type)
 
 
 _OPEN: dict[str, list] = {}

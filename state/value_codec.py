@@ -26,7 +26,10 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["SparseCodec", "word_dtype"]
+__all__ = ["CODECS", "SparseCodec", "word_dtype"]
+
+CODECS = ("sparse", "raw")
+"""Value codecs of state records: `SparseCodec`, or ``raw``, the record's bytes as they are."""
 
 
 def word_dtype(itemsize: int) -> np.dtype:
