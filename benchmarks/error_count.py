@@ -245,10 +245,12 @@ def run_once(
     recovery: bool = False,
     tag: str | None = None,
     routing: str = "exchange",
+    store: dict[str, object] | None = None,
 ) -> BenchRun:
     """Run the flow over `paths` with a fresh state dir (and recovery dir); return its figures.
 
     The state dir is ``work/state-TAG`` (TAG: `tag`, else from `processes` and `recovery`).
+    `store` holds `ErrorCountConfig`'s state settings (see `store_settings`).
     """
     tag = tag or f"p{processes}" + ("-recovery" if recovery else "")
     state = work / f"state-{tag}"
@@ -264,8 +266,24 @@ def run_once(
         stats_path=work / f"stats-{tag}.json",
         recovery_dir=recovery_dir,
         routing=routing,
+        **(store or {}),  # type: ignore[arg-type]
     )
     return _timed_run(config, processes)
+
+
+def store_settings(args: argparse.Namespace) -> dict[str, object]:
+    """Return the flow's state settings given on the command line (memory, codec, compression)."""
+    out: dict[str, object] = {}
+    memory = getattr(args, "state_memory_mb", None)
+    if memory is not None:
+        if memory < 8:
+            raise ValueError("--state-memory-mb must be >= 8")
+        out["state_memory_bytes"] = memory << 20
+    for name in ("state_codec", "state_compression"):
+        value = getattr(args, name, None)
+        if value is not None:
+            out[name] = value
+    return out
 
 
 def run_kafka_once(
@@ -277,11 +295,13 @@ def run_kafka_once(
     client: str = "kafka-python",
     routing: str = "exchange",
     fast_records: bool = True,
+    store: dict[str, object] | None = None,
 ) -> BenchRun:
     """Run the flow over `topic` from its start to its end offsets with a fresh state dir.
 
     `client` is the Kafka client the flow reads with (`--kafka-client`); `fast_records` is the
-    source's `KafkaSourceConfig.fast_records` (kafka-python: aiokafka's C record parser).
+    source's `KafkaSourceConfig.fast_records` (kafka-python: aiokafka's C record parser); `store`
+    as `run_once`.
     """
     state = work / f"state-kafka-p{processes}"
     shutil.rmtree(state, ignore_errors=True)
@@ -299,6 +319,7 @@ def run_kafka_once(
             (KAFKA_PREFIX + "STOP_AT_END", "1"),
             (KAFKA_PREFIX + "TOPIC", topic),
         ),
+        **(store or {}),  # type: ignore[arg-type]
     )
     return _timed_run(config, processes)
 
@@ -361,6 +382,15 @@ def run_rows(runs: list[BenchRun]) -> dict[str, object]:
     return out
 
 
+def _store_report(store: dict[str, object]) -> dict[str, object]:
+    config = ErrorCountConfig(source=SourceConfig(kind="generate"), state_dir=Path("."), **store)  # type: ignore[arg-type]
+    return {
+        "memory_mib": config.state_memory_bytes >> 20,
+        "codec": config.state_codec,
+        "compression": config.state_compression,
+    }
+
+
 def run_bench(args: argparse.Namespace) -> dict[str, object]:
     """Generate (or reuse) the input, run the flow per process count, compare with Flink."""
     if getattr(args, "source", "file") == "kafka":
@@ -375,6 +405,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, object]:
         out, args.events, args.accounts, args.seed, files, zipf, routing == "partition"
     )
     history = not args.no_history
+    store = store_settings(args)
     repeats = _repeats(args)
     runs: dict[int, list[BenchRun]] = {p: [] for p in procs}
     stored: dict[int, int] = {}
@@ -384,7 +415,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, object]:
         # Process counts take turns, so a change of the machine's load falls on all of them.
         for _ in range(repeats):
             for p in procs:
-                run = run_once(paths, p, work, history, routing=routing)
+                run = run_once(paths, p, work, history, routing=routing, store=store)
                 runs[p].append(run)
                 if not args.no_check:
                     c = orjson.loads((work / f"stats-p{p}.json").read_bytes())["counters"]
@@ -405,6 +436,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, object]:
         "files": files,
         "history": history,
         "routing": routing,
+        "store": _store_report(store),
         "runs": rows,
     }
     if len(rows) > 1:
@@ -555,7 +587,14 @@ def run_kafka_bench(args: argparse.Namespace) -> dict[str, object]:
                 for p in procs:
                     print(f"run {i + 1}/{repeats}, {p} process(es)", file=sys.stderr)
                     run = run_kafka_once(
-                        bootstrap, topic, p, work, history, client=client, routing=routing
+                        bootstrap,
+                        topic,
+                        p,
+                        work,
+                        history,
+                        client=client,
+                        routing=routing,
+                        store=store_settings(args),
                     )
                     runs[p].append(run)
                     c = orjson.loads((work / f"stats-kafka-p{p}.json").read_bytes())["counters"]
@@ -657,6 +696,23 @@ def register(bench_sub: argparse._SubParsersAction) -> None:
         "--recovery",
         action="store_true",
         help="also time a run with recovery on (snapshots every 10 s) against one without",
+    )
+    p.add_argument(
+        "--state-memory-mb",
+        type=int,
+        help="RocksDB memory of each flow process (as `run error-count --state-memory-mb`; "
+        "default: the flow's, 256)",
+    )
+    p.add_argument(
+        "--state-codec",
+        choices=["sparse", "raw"],
+        help="how the new state dir stores account records (STREAMML_STATE_CODEC; default: "
+        "the flow's, sparse); raw is the format of state dirs written before the codec",
+    )
+    p.add_argument(
+        "--state-compression",
+        choices=["lz4", "none"],
+        help="RocksDB block compression (STREAMML_STATE_COMPRESSION; default: the flow's, lz4)",
     )
     p.add_argument("--no-check", action="store_true", help="skip the correctness check")
     p.add_argument(

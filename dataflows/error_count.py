@@ -30,6 +30,10 @@ STREAMML_ROUTING              ``exchange``: shard batches go to the process Byte
                               `streamml.operators.shard`)
 STREAMML_STATE_MEMORY_MB      RocksDB memory of a process (block cache and           256
                               memtables of all its shards)
+STREAMML_STATE_CODEC          how new shard databases store account records:         ``sparse``
+                              ``sparse`` (non-zero words and their bitmap) or
+                              ``raw``; a database keeps the codec it has
+STREAMML_STATE_COMPRESSION    RocksDB block compression: ``lz4`` or ``none``         ``lz4``
 STREAMML_BUCKET_MS            bucket length in ms                                    3600000
 STREAMML_WINDOW_BUCKETS       buckets per window                                     24
 STREAMML_THRESHOLD            alert when the count goes above this                   2000
@@ -124,10 +128,22 @@ class ErrorCountConfig:
     settle_ms: int = DEFAULT_SETTLE_MS
     state_memory_bytes: int = StoreTuning().memory_bytes
     routing: str = "exchange"
+    state_codec: str = StoreTuning().codec
+    state_compression: str = StoreTuning().compression
+
+    @property
+    def tuning(self) -> StoreTuning:
+        """The RocksDB settings of the flow's shard databases."""
+        return StoreTuning(
+            memory_bytes=self.state_memory_bytes,
+            codec=self.state_codec,
+            compression=self.state_compression,
+        )
 
     def __post_init__(self) -> None:
         if self.routing not in ROUTINGS:
             raise ValueError(f"routing must be one of {', '.join(ROUTINGS)}, got {self.routing!r}")
+        _ = self.tuning  # checks the codec and compression names
 
     @property
     def recovery(self) -> bool:
@@ -182,6 +198,8 @@ class ErrorCountConfig:
             settle_ms=int(get("SETTLE_MS", str(DEFAULT_SETTLE_MS))),
             state_memory_bytes=int(get("STATE_MEMORY_MB", "0")) << 20 or StoreTuning().memory_bytes,
             routing=get("ROUTING", "exchange") or "exchange",
+            state_codec=get("STATE_CODEC", "sparse") or "sparse",
+            state_compression=get("STATE_COMPRESSION", "lz4") or "lz4",
         )
 
     def to_env(self) -> dict[str, str]:
@@ -211,6 +229,8 @@ class ErrorCountConfig:
             "RECOVERY_DIR": str(self.recovery_dir or ""),
             "SETTLE_MS": str(self.settle_ms),
             "STATE_MEMORY_MB": str(self.state_memory_bytes >> 20),
+            "STATE_CODEC": self.state_codec,
+            "STATE_COMPRESSION": self.state_compression,
         }
         return {**{f"STREAMML_{k}": v for k, v in env.items()}, **dict(self.kafka_env)}
 
@@ -251,7 +271,7 @@ def build_flow(config: ErrorCountConfig) -> Dataflow:
         config.state_dir,
         config.layout,
         config.threshold,
-        tuning=StoreTuning(memory_bytes=config.state_memory_bytes),
+        tuning=config.tuning,
         recovery_dir=config.recovery_dir,
         source_step="error_count.source",
         replay_accepted=config.history_dir is not None,

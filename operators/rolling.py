@@ -395,6 +395,23 @@ def _rows(
     )
 
 
+def _sorted_dictionary(accounts: pa.DictionaryArray) -> tuple[pa.Array, np.ndarray]:
+    """Return the batch's distinct accounts in byte order, and each event's index into them.
+
+    The shard's reads and writes then go in key order: RocksDB's multi-get sorts its keys
+    anyway, and a memtable inserts keys in increasing order faster (each insert starts its
+    skiplist search where the previous one ended).
+    """
+    dictionary = accounts.dictionary
+    codes = accounts.indices.to_numpy(zero_copy_only=False)
+    perm = pc.sort_indices(dictionary).to_numpy()
+    if len(perm) < 2 or np.all(perm[1:] > perm[:-1]):
+        return dictionary, codes
+    rank = np.empty(len(perm), dtype=np.int64)
+    rank[perm] = np.arange(len(perm))
+    return dictionary.take(pa.array(perm)), rank[codes]
+
+
 def _empty_rows(schema: pa.Schema) -> pa.RecordBatch:
     return pa.RecordBatch.from_pylist([], schema=schema)
 
@@ -506,10 +523,10 @@ class _RollingLogic(StatefulBatchLogic[EventBatch, ShardUpdate, dict[str, int]])
         if len(ts):
             if not pa.types.is_dictionary(accounts.type):
                 accounts = accounts.dictionary_encode()
-            codes = accounts.indices.to_numpy(zero_copy_only=False)
-            order = np.argsort(codes, kind="stable")
-            uniq = accounts.dictionary.to_pylist()
+            dictionary, codes = _sorted_dictionary(accounts)
             accounts = accounts.dictionary.take(accounts.indices)
+            order = np.argsort(codes, kind="stable")
+            uniq = dictionary.to_pylist()
             records = store.load(uniq)
             result = advance_features(self.record, records, codes, ts, fields, order=order)
             accepted = np.zeros(len(ts), dtype=bool)

@@ -22,13 +22,8 @@ from pathlib import Path
 from rocksdict import AccessType, Rdict, WriteBatch, WriteOptions
 from streamml.state import keys
 from streamml.state.layout import StateLayout
-from streamml.state.rolling_store import (
-    StoreTuning,
-    _options,
-    memory_budget,
-    open_db,
-    primary_files,
-)
+from streamml.state.rocksdb_options import StoreTuning, _options, memory_budget, open_db
+from streamml.state.rolling_store import primary_files
 
 __all__ = ["Entry", "OnDemandReader", "OnDemandStore", "is_fresh", "values_service"]
 

@@ -79,7 +79,11 @@ def freshness(updated_at: int | None, as_of: int, ttl_ms: int) -> Status:
 
 
 def _records(template: np.ndarray, raw: list[bytes | None]) -> np.ndarray:
-    """Return the records of `raw` (None: an entity never seen, given `template`); read-only."""
+    """Return the raw records of `raw` (None: an entity never seen, given `template`).
+
+    For values kept as raw record bytes (PostgreSQL); RocksDB values are decoded by the store
+    with its database's codec (`RollingStateStore.load_records`). May be read-only.
+    """
     if all(r is not None for r in raw):
         return np.frombuffer(b"".join(raw), dtype=template.dtype)  # type: ignore[arg-type]
     return fill_records(np.repeat(template, len(raw)), raw)
@@ -330,15 +334,19 @@ class OnlineStore:
         by_shard: dict[int, list[int]] = {}
         for i, shard in enumerate(of):
             by_shard.setdefault(shard, []).append(i)
-        raw: list[bytes | None] = [None] * n
+        if len(by_shard) == 1:
+            (shard,) = by_shard
+            store = self._shard(shard)
+            if store is None:
+                return np.repeat(template, n)
+            return store.load_records(stored.id, keys, template)[0]
+        records = np.repeat(template, n)
         for shard, idx in by_shard.items():
             store = self._shard(shard)
             if store is not None:
-                for i, value in zip(
-                    idx, store.get_raw(stored.id, [keys[i] for i in idx]), strict=True
-                ):
-                    raw[i] = value
-        return _records(template, raw)
+                got, _found = store.load_records(stored.id, [keys[i] for i in idx], template)
+                records[np.asarray(idx)] = got
+        return records
 
     def _postgres_records(self, stored: StoredSource, template: np.ndarray, keys: list[bytes]):
         if self.postgres_dsn is None:

@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 from rocksdict import Rdict, WriteBatch, WriteOptions
 from streamml.state._parquet import DayPartitionedWriter, read_partitioned
 from streamml.state.errors import RefusedError
-from streamml.state.rolling_store import StoreTuning, _options, memory_budget, open_db
+from streamml.state.rocksdb_options import StoreTuning, _options, memory_budget, open_db
 
 __all__ = [
     "OUTCOMES_DIR",

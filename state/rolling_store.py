@@ -3,55 +3,61 @@
 Each account's state is one fixed-size record (little-endian):
 ``max_bucket i64 | updated_at i64 | flags u32 | counts u32[window]``, where ``counts[k]`` is the
 number of accepted events in bucket ``max_bucket - k``. A new account has ``max_bucket = -1``.
+(Records of several features of one source have a larger dtype, see
+`streamml.state.feature_records.RecordLayout`; everything below holds for them alike.)
+
+How a record is stored is fixed per database by its value codec, named under the metadata key
+`CODEC_KEY`: ``sparse`` (`streamml.state.value_codec.SparseCodec`: a bitmap of the record's
+non-zero 4-byte words, then those words; 20-28 bytes for an account holding one or two events,
+instead of 116), or, for a database without the key, ``raw``: the record's bytes as they are,
+which every database written before the codec existed holds. A writer decides the codec of a
+database that holds no account records yet when it writes its first ones (`StoreTuning.codec`,
+default ``sparse``), and writes the key in the same WriteBatch; a database that already holds
+records without the key stays ``raw``, so old state dirs read and continue as they were. Every
+read (`load`, `load_records`, `load_one`, `iter_records`) decodes with the database's codec.
 
 The last applied source position of every source partition is written in the same WriteBatch as
 the state it produced, so a replay after a crash can skip what was already applied.
+
+RocksDB's settings and the process's memory budget (`StoreTuning`, `open_db`) live in
+`streamml.state.rocksdb_options`; they are importable from here too.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import threading
-import time
-import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from rocksdict import (
-    AccessType,
-    BlockBasedOptions,
-    Cache,
-    DbClosedError,
-    DBCompressionType,
-    Options,
-    Rdict,
-    WriteBatch,
-    WriteBufferManager,
-    WriteOptions,
-)
+from rocksdict import AccessType, Rdict, WriteBatch, WriteOptions
 from streamml.state import keys
+from streamml.state.rocksdb_options import StoreTuning, _options, memory_budget, open_db
+from streamml.state.value_codec import CODECS, SparseCodec
 
 __all__ = [
     "ALERT_FLAG",
-    "MemoryBudget",
+    "CODECS",
+    "CODEC_KEY",
     "RollingStateStore",
     "StoreTuning",
     "create_shard",
     "empty_records",
     "fill_records",
-    "memory_budget",
     "open_db",
     "record_dtype",
     "shard_positions",
     "stored_positions",
-    "table_bytes",
 ]
 
 ALERT_FLAG = 1
 _POSITION = np.dtype(">i8")
+CODEC_KEY = keys.meta_key("value-codec")
+"""Metadata key naming the value codec of a database's account records (absent: ``raw``)."""
+_CODEC_TAG = b"sparse-v1"
+_ACCOUNTS = keys.account_prefix(0)[:2]
+"""The prefix of every account key, whatever its record id."""
 
 
 def record_dtype(window: int) -> np.dtype:
@@ -72,180 +78,6 @@ def empty_records(n: int, window: int) -> np.ndarray:
     rec["max_bucket"] = -1
     rec["updated_at"] = -1
     return rec
-
-
-@dataclass(frozen=True, slots=True)
-class StoreTuning:
-    """RocksDB memory settings of the databases of one process.
-
-    Every database a process opens with equal settings shares one block cache of
-    `memory_bytes`, and their memtables are charged to that cache by one write buffer manager
-    (which flushes the largest memtable once all of them together hold `memory_bytes / 4`). So
-    RocksDB's memory in a process stays within `memory_bytes` whatever the number of shards or
-    records: without the budget each shard had its own cache and memtables, up to 16 x 64 MiB,
-    filled at about 125 bytes per event read from Kafka (one rewritten account record each).
-    The cache holds no more blocks than the state's table files (`MemoryBudget`).
-    `write_buffer_bytes` bounds one memtable.
-
-    `block_bytes` is the size of a data block before compression. A read that misses the block
-    cache reads, checks and decompresses a whole block; a batch reads a shard's accounts in one
-    sorted multi-get, so accounts of one batch that share a block share that work. With state
-    much larger than the cache (millions of accounts drawn uniformly) 16 KiB blocks cost fewer
-    CPU-microseconds per event than RocksDB's 4 KiB (benchmarks/RESULTS.md, "10M distinct
-    accounts"); a block only changes what new files are written with, so any existing state
-    reads as before.
-    """
-
-    memory_bytes: int = 256 << 20
-    write_buffer_bytes: int = 16 << 20
-    max_write_buffers: int = 2
-    block_bytes: int = 16 << 10
-
-    def __post_init__(self) -> None:
-        """Check the sizes."""
-        if self.memory_bytes < 1 << 20 or self.write_buffer_bytes < 64 << 10:
-            raise ValueError(
-                "StoreTuning: expected memory_bytes >= 1 MiB and write_buffer_bytes >= 64 KiB, "
-                f"got {self.memory_bytes} and {self.write_buffer_bytes}"
-            )
-        if not 1 << 10 <= self.block_bytes <= 4 << 20:
-            raise ValueError(
-                f"StoreTuning: expected block_bytes in [1 KiB, 4 MiB], got {self.block_bytes}"
-            )
-
-
-_MEMTABLE_BLOOM_RATIO = 0.1
-"""Share of each memtable's size given to its whole-key bloom filter."""
-
-
-_MIN_BLOCK_CACHE_BYTES = 16 << 20
-_RESIZE_INTERVAL_S = 1.0
-_TABLE_BYTES = re.compile(
-    r"raw key size=(\d+);.*raw value size=(\d+);.*index block size[^=]*=(\d+); "
-    r"filter block size=(\d+)"
-)
-
-
-def table_bytes(db: Rdict) -> int:
-    """Return the bytes the table files of `db` take in a block cache (0 if it is closed).
-
-    Their keys and values before compression, plus their index and filter blocks, from RocksDB's
-    table properties (which count the versions compaction has not dropped yet).
-    """
-    try:
-        props = db.property_value("rocksdb.aggregated-table-properties")
-    except DbClosedError:
-        return 0
-    match = _TABLE_BYTES.search(props or "")
-    return sum(int(g) for g in match.groups()) if match else 0
-
-
-class MemoryBudget:
-    """The RocksDB memory of one process for one `memory_bytes`, shared by its databases.
-
-    A block cache, and a write buffer manager that charges every memtable to that cache. A quarter
-    of the budget is for memtables. The rest is for blocks, but the cache is sized down to the
-    table data of the stores it serves (at least 16 MiB), checked at most once a second as they
-    write (`tick`). Every block a read can load belongs to a current table file, so that is room
-    for all of them; but RocksDB leaves the blocks of a table file in the cache after compaction
-    replaced the file, and with state smaller than the budget these blocks, which nobody reads
-    again, filled the whole cache over a long run (the RSS of the Kafka flow rose by 200 MiB from
-    1M to 10M records at the default budget). A state larger than the budget gets all of it.
-    """
-
-    def __init__(self, memory_bytes: int) -> None:
-        self.memory_bytes = memory_bytes
-        self.memtable_bytes = memory_bytes // 4
-        self.cache = Cache(memory_bytes)
-        self.manager = WriteBufferManager.new_write_buffer_manager_with_cache(
-            self.memtable_bytes, False, self.cache
-        )
-        self.capacity = memory_bytes
-        self._stores: weakref.WeakSet = weakref.WeakSet()
-        self._next_resize = 0.0
-        self._lock = threading.Lock()
-
-    def watch(self, store: object) -> None:
-        """Size the cache for `store` too: an object whose `databases()` returns its open Rdicts.
-
-        The budget keeps no reference to it.
-        """
-        self._stores.add(store)
-
-    def tick(self) -> None:
-        """Resize the cache if the last resize is more than a second old."""
-        now = time.monotonic()
-        if now >= self._next_resize:
-            self._next_resize = now + _RESIZE_INTERVAL_S
-            self.resize()
-
-    def resize(self) -> int:
-        """Size the cache to the table data of the watched stores now; return its capacity."""
-        with self._lock:
-            seen: set[int] = set()
-            data = 0
-            for store in list(self._stores):
-                for db in store.databases():
-                    if id(db) not in seen:
-                        seen.add(id(db))
-                        data += table_bytes(db)
-            blocks = max(_MIN_BLOCK_CACHE_BYTES, data)
-            capacity = self.memtable_bytes + min(self.memory_bytes - self.memtable_bytes, blocks)
-            if capacity != self.capacity:
-                self.cache.set_capacity(capacity)
-                self.capacity = capacity
-            return capacity
-
-
-_BUDGETS: dict[int, MemoryBudget] = {}
-"""The memory budget of each `memory_bytes`, shared by the databases of this process."""
-_BUDGETS_LOCK = threading.Lock()
-
-
-def memory_budget(tuning: StoreTuning) -> MemoryBudget:
-    """Return this process's memory budget for `tuning` (created on first use)."""
-    with _BUDGETS_LOCK:
-        budget = _BUDGETS.get(tuning.memory_bytes)
-        if budget is None:
-            budget = _BUDGETS[tuning.memory_bytes] = MemoryBudget(tuning.memory_bytes)
-        return budget
-
-
-def _options(tuning: StoreTuning, *, create: bool) -> Options:
-    budget = memory_budget(tuning)
-    opts = Options(raw_mode=True)
-    opts.create_if_missing(create)
-    opts.set_write_buffer_size(tuning.write_buffer_bytes)
-    opts.set_max_write_buffer_number(tuning.max_write_buffers)
-    opts.set_write_buffer_manager(budget.manager)
-    # Most reads of a state larger than the memtables miss them: a whole-key bloom filter per
-    # memtable answers those without searching its skiplist.
-    opts.set_memtable_prefix_bloom_ratio(_MEMTABLE_BLOOM_RATIO)
-    opts.set_memtable_whole_key_filtering(True)
-    opts.set_compression_type(DBCompressionType.lz4())
-    opts.set_max_background_jobs(2)
-    table = BlockBasedOptions()
-    table.set_block_cache(budget.cache)
-    table.set_block_size(tuning.block_bytes)
-    table.set_bloom_filter(10, False)
-    table.set_cache_index_and_filter_blocks(True)
-    table.set_pin_l0_filter_and_index_blocks_in_cache(True)
-    opts.set_block_based_table_factory(table)
-    return opts
-
-
-def open_db(path: str | os.PathLike[str], options: Options, access_type=None) -> Rdict:
-    """Open the RocksDB database at `path` with `options` (its block cache, filters, memory).
-
-    The options are given for the default column family too: without them, rocksdict opens an
-    existing database with the column family options stored in its OPTIONS file, and so with
-    RocksDB's default table settings (its own 8 MiB block cache, no bloom filter) instead of the
-    shared budget.
-    """
-    families = {"default": options}
-    if access_type is None:
-        return Rdict(str(path), options, column_families=families)
-    return Rdict(str(path), options, column_families=families, access_type=access_type)
 
 
 _OPEN: dict[str, list] = {}
@@ -282,27 +114,35 @@ class RollingStateStore:
         self.dtype = record_dtype(window) if template is None else template.dtype
         self._prefix = keys.account_prefix(feature)
         self._caught_up: tuple[tuple[str, int, int], ...] | None = None
+        empty = empty_records(1, window) if template is None else template.reshape(-1)[:1]
+        self._sparse = SparseCodec(self.dtype, empty)
+        self._codecs: dict[tuple[np.dtype, bytes], SparseCodec] = {
+            (self.dtype, empty.tobytes()): self._sparse
+        }
         tuning = tuning or StoreTuning()
+        self._writer = False
         if secondary_dir is not None:
             opts = _options(tuning, create=False)
             opts.set_max_open_files(-1)
             access = AccessType.secondary(str(secondary_dir))
             self._db = open_db(self.path, opts, access)
+            self._codec = _reader_codec(self._db)
         elif read_only:
             access = AccessType.read_only(False)
             self._db = open_db(self.path, _options(tuning, create=False), access)
+            self._codec = _reader_codec(self._db)
         else:
             self.path.mkdir(parents=True, exist_ok=True)
             self._shared = str(self.path.resolve())
             with _OPEN_LOCK:
                 entry = _OPEN.get(self._shared)
                 if entry is None:
-                    entry = _OPEN[self._shared] = [
-                        open_db(self.path, _options(tuning, create=True)),
-                        0,
-                    ]
+                    db = open_db(self.path, _options(tuning, create=True))
+                    entry = _OPEN[self._shared] = [db, 0, _DbCodec(db, tuning.codec)]
                 entry[1] += 1
             self._db = entry[0]
+            self._db_codec: _DbCodec = entry[2]
+            self._writer = True
             self._write_opts = WriteOptions()
         self._budget = memory_budget(tuning)
         self._budget.watch(self)
@@ -310,6 +150,35 @@ class RollingStateStore:
     def databases(self) -> list[Rdict]:
         """Return the open database of this store (for its memory budget)."""
         return [self._db]
+
+    @property
+    def codec(self) -> str | None:
+        """The database's value codec (``sparse`` or ``raw``), None while it holds no records."""
+        if self._writer:
+            return self._db_codec.codec
+        return self._codec
+
+    def _read_codec(self) -> str:
+        """Return the codec to decode the values read now with."""
+        if self._writer:
+            return self._db_codec.codec or "raw"
+        if self._codec is None:
+            # No key yet: raw, unless a writer has since written its first records (and the key
+            # in the same batch) and this instance sees them.
+            self._codec = _reader_codec(self._db)
+        return self._codec or "raw"
+
+    def _decode(self, out: np.ndarray, raw: list[bytes | None], codec: SparseCodec) -> np.ndarray:
+        if self._read_codec() == "sparse":
+            return codec.fill(out, raw)
+        return fill_records(out, raw)
+
+    def _codec_of(self, template: np.ndarray) -> SparseCodec:
+        key = (template.dtype, template.tobytes())
+        codec = self._codecs.get(key)
+        if codec is None:
+            codec = self._codecs[key] = SparseCodec(template.dtype, template)
+        return codec
 
     def close(self) -> None:
         """Close the database (a writable one once every store of this process sharing it did)."""
@@ -352,18 +221,30 @@ class RollingStateStore:
             empty = empty_records(len(accounts), self.window)
         else:
             empty = np.repeat(self._template, len(accounts))
-        return fill_records(empty, self._db.get([self._prefix + a for a in accounts]))
+        raw = self._db.get([self._prefix + a for a in accounts])
+        return self._decode(empty, raw, self._sparse)
 
-    def get_raw(self, feature: int, accounts: list[bytes]) -> list[bytes | None]:
-        """Return the record bytes of `accounts` under record id `feature` (one multi-get)."""
+    def load_records(
+        self, feature: int, accounts: list[bytes], template: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Return the records of `accounts` under record id `feature` (one multi-get).
+
+        `template` is the record of an entity never seen (one row of the records' dtype): the
+        records of accounts never written are copies of it. Also returns which were found.
+        """
         prefix = keys.account_prefix(feature)
-        return self._db.get([prefix + a for a in accounts])
+        raw = self._db.get([prefix + a for a in accounts])
+        out = np.repeat(template.reshape(-1)[:1], len(accounts))
+        found = np.fromiter((v is not None for v in raw), dtype=bool, count=len(raw))
+        return self._decode(out, raw, self._codec_of(template.reshape(-1)[:1])), found
 
     def load_one(self, account: bytes) -> np.void | None:
         """Return the record of one account, or None if it was never written."""
         raw = self._db.get(self._prefix + account)
         if raw is None:
             return None
+        if self._read_codec() == "sparse":
+            return self._sparse.decode([raw])[0]
         return np.frombuffer(raw, dtype=self.dtype)[0]
 
     def commit(
@@ -378,12 +259,26 @@ class RollingStateStore:
         `outbox` is ``(partition, first position, last position, payload)``: what this batch
         emitted, kept so that a replay after a restart can emit it again.
         """
-        buf = records.astype(self.dtype, copy=False).tobytes()
-        size = self.dtype.itemsize
         wb = WriteBatch(raw_mode=True)
         prefix = self._prefix
-        for i, account in enumerate(accounts):
-            wb.put(prefix + account, buf[i * size : (i + 1) * size])
+        if accounts:
+            state = self._db_codec
+            if state.codec is None:
+                state.codec = state.new_codec
+                if state.codec != "raw":
+                    wb.put(CODEC_KEY, _CODEC_TAG)
+            records = records.astype(self.dtype, copy=False)
+            if state.codec == "sparse":
+                buf, ends = self._sparse.encode(records)
+                start = 0
+                for account, end in zip(accounts, ends, strict=True):
+                    wb.put(prefix + account, buf[start:end])
+                    start = end
+            else:
+                buf = records.tobytes()
+                size = self.dtype.itemsize
+                for i, account in enumerate(accounts):
+                    wb.put(prefix + account, buf[i * size : (i + 1) * size])
         for partition, position in positions.items():
             wb.put(keys.position_key(partition), int(position).to_bytes(8, "big", signed=True))
         if outbox is not None:
@@ -424,12 +319,73 @@ class RollingStateStore:
             out[keys.decode_position_key(k)] = int.from_bytes(v, "big", signed=True)
         return out
 
-    def iter_records(self):
-        """Yield `(account, record)` for every account in key order."""
+    def iter_records(self, chunk: int = 4096):
+        """Yield `(account, record)` for every account in key order (decoded `chunk` at a time)."""
+        n = len(self._prefix)
+        names: list[bytes] = []
+        values: list[bytes] = []
         for k, v in self._db.items(from_key=self._prefix):
             if not k.startswith(self._prefix):
                 break
-            yield k[len(self._prefix) :], np.frombuffer(v, dtype=self.dtype)[0]
+            names.append(k[n:])
+            values.append(v)
+            if len(values) >= chunk:
+                yield from self._decoded(names, values)
+                names, values = [], []
+        if values:
+            yield from self._decoded(names, values)
+
+    def _decoded(self, names: list[bytes], values: list[bytes]):
+        if self._read_codec() == "sparse":
+            records = self._sparse.decode(values)
+        else:
+            records = np.frombuffer(b"".join(values), dtype=self.dtype)
+        return zip(names, records, strict=True)
+
+
+class _DbCodec:
+    """The value codec of one writable database, shared by the stores that write it.
+
+    `codec` is None while the database holds no account records and has no codec key: the
+    first commit of records then sets it to `new_codec` (and writes the key in its batch).
+    """
+
+    __slots__ = ("codec", "new_codec")
+
+    def __init__(self, db: Rdict, new_codec: str) -> None:
+        self.new_codec = new_codec
+        stored = _stored_codec(db)
+        if stored is None and _has_records(db):
+            stored = "raw"
+        self.codec: str | None = stored
+
+
+def _stored_codec(db: Rdict) -> str | None:
+    """Return the codec named by a database's codec key, or None if it has none."""
+    tag = db.get(CODEC_KEY)
+    if tag is None:
+        return None
+    if tag != _CODEC_TAG:
+        raise ValueError(
+            f"this state database's values are encoded as {tag!r}, which this version of "
+            f"streamml does not know (it reads {_CODEC_TAG!r} and raw records): upgrade streamml"
+        )
+    return "sparse"
+
+
+def _reader_codec(db: Rdict) -> str | None:
+    """Return the codec a reader of `db` decodes with: None while it holds no records."""
+    stored = _stored_codec(db)
+    if stored is None and _has_records(db):
+        return "raw"
+    return stored
+
+
+def _has_records(db: Rdict) -> bool:
+    """Whether a database holds any account record (of any record id)."""
+    for k in db.keys(from_key=_ACCOUNTS):
+        return k.startswith(_ACCOUNTS)
+    return False
 
 
 def primary_files(path: str | os.PathLike[str]) -> tuple[tuple[str, int, int], ...]:

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import orjson
+import pytest
 from bytewax.testing import run_main
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -20,7 +21,17 @@ def write_jsonl(path: Path, events) -> None:
     path.write_bytes(b"".join(orjson.dumps({"account": a, "ts": t}) + b"\n" for a, t in events))
 
 
-def run(tmp: Path, inputs, *, window=4, threshold=3, shards=3, name="state", chunk_bytes=None):
+def run(
+    tmp: Path,
+    inputs,
+    *,
+    window=4,
+    threshold=3,
+    shards=3,
+    name="state",
+    chunk_bytes=None,
+    codec="sparse",
+):
     config = ErrorCountConfig(
         source=SourceConfig(
             kind="file", paths=tuple(str(p) for p in inputs), chunk_bytes=chunk_bytes
@@ -32,6 +43,7 @@ def run(tmp: Path, inputs, *, window=4, threshold=3, shards=3, name="state", chu
         late_out=tmp / f"{name}-late.jsonl",
         history_dir=tmp / f"{name}-history",
         stats_path=tmp / f"{name}-stats.json",
+        state_codec=codec,
     )
     run_main(build_flow(config))
     alerts = [orjson.loads(x) for x in (tmp / f"{name}-alerts.jsonl").read_bytes().splitlines()]
@@ -144,3 +156,56 @@ def test_small_chunks_count_like_one_chunk(tmp_path):
     s1, s2 = OnlineStore(one.state_dir), OnlineStore(small.state_dir)
     for a in ACCOUNTS:
         assert s1.get(a, 1000) == s2.get(a, 1000)
+
+
+def _shard_codecs(config: ErrorCountConfig) -> set[str | None]:
+    from streamml.state.rolling_store import RollingStateStore
+
+    out = set()
+    for shard in range(config.layout.shards):
+        path = StateLayout.shard_dir(config.state_dir, shard)
+        store = RollingStateStore(path, feature=1, window=4, read_only=True)
+        out.add(store.codec)
+        store.close()
+    return out
+
+
+@pytest.mark.parametrize("later", ["sparse", "raw"])
+def test_a_raw_state_dir_reads_and_continues_as_one_run(tmp_path, later):
+    """A state dir written before the sparse codec (raw values) is read and continued exactly.
+
+    The first half is written raw (as every state dir before the codec); the second half runs
+    with today's default (sparse for new databases), which keeps each database's format.
+    """
+    import random
+
+    rng = random.Random(11)
+    events = [(rng.choice(ACCOUNTS), rng.randint(0, 300) + i) for i in range(400)]
+    one, first, second = (tmp_path / f"{n}.jsonl" for n in ("all", "first", "second"))
+    write_jsonl(one, events)
+    write_jsonl(first, events[:200])
+    write_jsonl(second, events[200:])
+    c1, alerts1, _ = run(tmp_path, [one], name="one")
+    c2, _, _ = run(tmp_path, [first], name="two", codec="raw")
+    assert _shard_codecs(c2) == {"raw"}
+    middle = OnlineStore(c2.state_dir)
+    oracle = RollingOracle(window=4, bucket_ms=10, threshold=3)
+    for a, t in events[:200]:
+        oracle.apply(a, t)
+    for a in ACCOUNTS:
+        at = oracle.max_bucket.get(a, 0) * 10
+        assert middle.get(a, as_of=at).value == oracle.value_as_of(a, at)
+    middle.close()
+    c2, alerts_b, stats_b = run(tmp_path, [second], name="two", codec=later)
+    assert stats_b["read"] == 200
+    assert _shard_codecs(c2) == {"raw"}
+    assert _shard_codecs(c1) == {"sparse"}
+    key = lambda x: (x["account"], x["ts"], x["value"])  # noqa: E731
+    assert sorted(map(key, alerts1)) == sorted(map(key, alerts_b))
+    s1, s2 = OnlineStore(c1.state_dir), OnlineStore(c2.state_dir)
+    for a in ACCOUNTS:
+        for as_of in (1000, 2000, 5000):
+            assert s1.get(a, as_of) == s2.get(a, as_of)
+        assert s1.get_features([a], as_of=5000) == s2.get_features([a], as_of=5000)
+    s1.close()
+    s2.close()

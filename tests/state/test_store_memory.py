@@ -8,18 +8,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 from rocksdict import AccessType
-from streamml.state import rolling_store
+from streamml.state import rocksdb_options
 from streamml.state.layout import StateLayout
 from streamml.state.ondemand import OnDemandStore
 from streamml.state.outcomes import JoinStore
-from streamml.state.rolling_store import (
-    RollingStateStore,
+from streamml.state.rocksdb_options import (
     StoreTuning,
     _options,
     memory_budget,
     open_db,
     table_bytes,
 )
+from streamml.state.rolling_store import RollingStateStore
 
 MiB = 1 << 20
 BUDGET = 24 * MiB  # unlike RocksDB's default block cache (8 MiB) and the default budget
@@ -101,11 +101,17 @@ def test_the_budgets_cache_is_not_rocksdbs_default() -> None:
     assert memory_budget(StoreTuning(memory_bytes=BUDGET)).capacity != ROCKSDB_DEFAULT_CACHE
 
 
+def _dense(store: RollingStateStore, accounts: list[bytes], seed: int) -> np.ndarray:
+    """The stored records of `accounts` with every bucket set: no zero word to leave out."""
+    recs = store.load(accounts)
+    recs["counts"] = np.random.default_rng(seed).integers(1, 1 << 30, recs["counts"].shape)
+    return recs
+
+
 def _rewrite_all(store: RollingStateStore, accounts: list[bytes], round_: int) -> None:
     """Read every account, write each back changed, and compact: the old files' blocks die."""
-    recs = store.load(accounts)
+    recs = _dense(store, accounts, round_)
     recs["max_bucket"] = round_
-    recs["counts"][:, round_ % 24] += 1
     store.commit(accounts, recs, {})
     store._db.flush()
     store._db.compact_range(None, None)
@@ -114,7 +120,7 @@ def _rewrite_all(store: RollingStateStore, accounts: list[bytes], round_: int) -
 def test_a_small_state_holds_no_more_cache_than_its_tables(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(rolling_store, "_RESIZE_INTERVAL_S", 0.0)
+    monkeypatch.setattr(rocksdb_options, "_RESIZE_INTERVAL_S", 0.0)
     tuning = StoreTuning(memory_bytes=96 * MiB)
     budget = memory_budget(tuning)
     store = RollingStateStore(tmp_path / "shard", feature=0, window=24, tuning=tuning)
@@ -143,7 +149,7 @@ def test_a_state_larger_than_the_budget_gets_all_of_it(tmp_path: Path) -> None:
     store = RollingStateStore(tmp_path / "shard", feature=0, window=24, tuning=tuning)
     accounts = [f"acct-{i:07d}".encode() for i in range(150_000)]
     try:
-        store.commit(accounts, store.load(accounts), {})
+        store.commit(accounts, _dense(store, accounts, 0), {})
         store._db.flush()
         assert table_bytes(store._db) > 16 * MiB
         assert budget.resize() == 20 * MiB
@@ -161,7 +167,7 @@ def test_the_budget_skips_closed_stores_and_forgets_dropped_ones(tmp_path: Path)
     dropped = RollingStateStore(tmp_path / "dropped", feature=0, window=24, tuning=tuning)
     try:
         for written in (closed, dropped):
-            written.commit(accounts, written.load(accounts), {})
+            written.commit(accounts, _dense(written, accounts, 0), {})
             written._db.flush()
         del written
         big = budget.resize()
