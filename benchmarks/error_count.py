@@ -3,11 +3,12 @@
 File source (the default): the flow reads a generated CSV file with RocksDB state and the online
 store, optionally compared with Flink SQL on the same file.
 
-Kafka source (``--source kafka``): a local tansu broker is started (or ``--brokers`` is used), the
-same generated events are produced as JSON values keyed by account into a topic of
-``--partitions`` partitions (Kafka's default key partitioner, so each account's events keep their
-order in one partition), then, ``--runs`` times in turn, a bare kafka-python consumer reads the
-topic for reference and the flow reads it with ``--stop-at-end``.
+Kafka source (``--source kafka``, run by `streamml.benchmarks.error_count_kafka`): a local
+tansu broker is started (or ``--brokers`` is used), the same generated events are produced as
+JSON values keyed by account into a topic of ``--partitions`` partitions (Kafka's default key
+partitioner, so each account's events keep their order in one partition), then, ``--runs`` times
+in turn, a bare kafka-python consumer reads the topic for reference and the flow reads it with
+``--stop-at-end``.
 
 The flow runs with the defaults of ``streamml run error-count``: it writes the history store
 (``STATE_DIR/history``) unless ``--no-history``; the report says which. Each process count is run
@@ -44,16 +45,13 @@ import shutil
 import statistics
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import orjson
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.csv as pacsv
-from streamml.dataflows.environment import KAFKA_PREFIX
 from streamml.dataflows.error_count import ErrorCountConfig, SourceConfig
 from streamml.operators.sources import GeneratorConfig
 from streamml.state.layout import StateLayout
@@ -70,8 +68,6 @@ __all__ = [
     "dir_bytes",
     "register",
     "run_bench",
-    "run_kafka_bench",
-    "run_kafka_once",
     "run_rows",
     "startup_seconds",
 ]
@@ -102,7 +98,7 @@ class BenchRun:
         return self.events / max(self.flow_s, 1e-9)
 
 
-def _input_files(
+def input_files(
     out: Path,
     events: int,
     accounts: int,
@@ -135,7 +131,7 @@ def _input_files(
     return paths
 
 
-def _read_table(path: Path) -> pa.Table:
+def read_table(path: Path) -> pa.Table:
     return pacsv.read_csv(
         path,
         convert_options=pacsv.ConvertOptions(
@@ -176,10 +172,10 @@ def count_accounts(state_dir: Path) -> int:
 
 def _check(paths: list[Path], state_dir: Path, counters: dict[str, int], sample: int) -> None:
     """Check every row is accounted for and sampled accounts equal a brute-force count."""
-    _check_tables([_read_table(p) for p in paths], state_dir, counters, sample)
+    check_tables([read_table(p) for p in paths], state_dir, counters, sample)
 
 
-def _check_tables(
+def check_tables(
     tables: list[pa.Table], state_dir: Path, counters: dict[str, int], sample: int
 ) -> None:
     """Check against `tables`, each one input partition (`account`, `ts`) in its read order."""
@@ -207,7 +203,7 @@ def _check_tables(
     store.close()
 
 
-def _timed_run(config: ErrorCountConfig, processes: int, snapshot_interval_s: int = 10) -> BenchRun:
+def timed_run(config: ErrorCountConfig, processes: int, snapshot_interval_s: int = 10) -> BenchRun:
     """Run the flow of `config` and return its figures (from its stats file)."""
     result = run_error_count(
         config,
@@ -233,7 +229,8 @@ def _timed_run(config: ErrorCountConfig, processes: int, snapshot_interval_s: in
     )
 
 
-def _layout(routing: str) -> StateLayout:
+def bench_layout(routing: str) -> StateLayout:
+    """Return the state layout of a run with `routing` (murmur2 shards for partition routing)."""
     return StateLayout(shard_hash="murmur2" if routing == "partition" else "crc32")
 
 
@@ -261,14 +258,14 @@ def run_once(
     config = ErrorCountConfig(
         source=SourceConfig(kind="file", paths=tuple(str(p) for p in paths)),
         state_dir=state,
-        layout=_layout(routing),
+        layout=bench_layout(routing),
         history_dir=state / "history" if history else None,
         stats_path=work / f"stats-{tag}.json",
         recovery_dir=recovery_dir,
         routing=routing,
         **(store or {}),  # type: ignore[arg-type]
     )
-    return _timed_run(config, processes)
+    return timed_run(config, processes)
 
 
 def store_settings(args: argparse.Namespace) -> dict[str, object]:
@@ -284,44 +281,6 @@ def store_settings(args: argparse.Namespace) -> dict[str, object]:
         if value is not None:
             out[name] = value
     return out
-
-
-def run_kafka_once(
-    bootstrap: str,
-    topic: str,
-    processes: int,
-    work: Path,
-    history: bool,
-    client: str = "kafka-python",
-    routing: str = "exchange",
-    fast_records: bool = True,
-    store: dict[str, object] | None = None,
-) -> BenchRun:
-    """Run the flow over `topic` from its start to its end offsets with a fresh state dir.
-
-    `client` is the Kafka client the flow reads with (`--kafka-client`); `fast_records` is the
-    source's `KafkaSourceConfig.fast_records` (kafka-python: aiokafka's C record parser); `store`
-    as `run_once`.
-    """
-    state = work / f"state-kafka-p{processes}"
-    shutil.rmtree(state, ignore_errors=True)
-    config = ErrorCountConfig(
-        source=SourceConfig(kind="kafka"),
-        state_dir=state,
-        layout=_layout(routing),
-        routing=routing,
-        history_dir=state / "history" if history else None,
-        stats_path=work / f"stats-kafka-p{processes}.json",
-        kafka_env=(
-            (KAFKA_PREFIX + "BROKERS", bootstrap),
-            (KAFKA_PREFIX + "CLIENT", client),
-            (KAFKA_PREFIX + "FAST_RECORDS", "1" if fast_records else "0"),
-            (KAFKA_PREFIX + "STOP_AT_END", "1"),
-            (KAFKA_PREFIX + "TOPIC", topic),
-        ),
-        **(store or {}),  # type: ignore[arg-type]
-    )
-    return _timed_run(config, processes)
 
 
 def startup_seconds(
@@ -394,6 +353,8 @@ def _store_report(store: dict[str, object]) -> dict[str, object]:
 def run_bench(args: argparse.Namespace) -> dict[str, object]:
     """Generate (or reuse) the input, run the flow per process count, compare with Flink."""
     if getattr(args, "source", "file") == "kafka":
+        from streamml.benchmarks.error_count_kafka import run_kafka_bench
+
         return run_kafka_bench(args)
     out = Path(args.data_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -401,12 +362,12 @@ def run_bench(args: argparse.Namespace) -> dict[str, object]:
     files = args.files or max(procs)
     zipf = getattr(args, "zipf", DEFAULT_ZIPF)
     routing = getattr(args, "routing", "exchange")
-    paths = _input_files(
+    paths = input_files(
         out, args.events, args.accounts, args.seed, files, zipf, routing == "partition"
     )
     history = not args.no_history
     store = store_settings(args)
-    repeats = _repeats(args)
+    repeats = runs_of(args)
     runs: dict[int, list[BenchRun]] = {p: [] for p in procs}
     stored: dict[int, int] = {}
     startup: tuple[float, list[float]] | None = None
@@ -458,7 +419,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, object]:
     return report
 
 
-def _repeats(args: argparse.Namespace) -> int:
+def runs_of(args: argparse.Namespace) -> int:
     """Return the runs of each process count: `--runs`, else 3 on Kafka and 1 on a file."""
     runs = getattr(args, "runs", None)
     if runs:
@@ -512,132 +473,6 @@ def _flink_comparison(
         "ratio_vs_flink": streamml_rate / fr.events_per_s,
         "ratio_vs_flink_first_to_last_record": float(row["events_per_s"]) / fr.events_per_s,  # type: ignore[arg-type]
     }
-
-
-def _kafka_values(table: pa.Table) -> list[bytes]:
-    """Return each row of `table` as a JSON event value."""
-    joined = pc.binary_join_element_wise(
-        '{"account": "',
-        table.column("account"),
-        '", "ts": ',
-        table.column("ts").cast(pa.string()),
-        ', "code": "',
-        table.column("code"),
-        '"}',
-        "",
-    )
-    return [v.encode() for v in joined.to_pylist()]
-
-
-def kafka_input(
-    out: Path, args: argparse.Namespace
-) -> tuple[list[bytes], list[bytes], list[pa.Table]]:
-    """Return the generated events of a Kafka run: keys, JSON values and each partition's rows.
-
-    The events are those of the one-file run with the same `args` (events, accounts, seed,
-    zipf); each partition's rows are in file order, the order keyed producing keeps them in.
-    """
-    from streamml.benchmarks.kafka_bench import key_partitions
-
-    paths = _input_files(out, args.events, args.accounts, args.seed, 1, args.zipf)
-    table = _read_table(paths[0])
-    keys = [a.encode() for a in table.column("account").to_pylist()]
-    values = _kafka_values(table)
-    targets = np.asarray(key_partitions(keys, args.partitions))
-    tables = [table.filter(pa.array(targets == k)) for k in range(args.partitions)]
-    return keys, values, tables
-
-
-def run_kafka_bench(args: argparse.Namespace) -> dict[str, object]:
-    """Produce the generated events keyed by account, then time a bare consumer and the flow."""
-    from streamml.benchmarks.kafka_bench import bare_consume_rate, produce_events
-
-    from streamml.broker import start_broker
-
-    out = Path(args.data_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    procs = sorted({int(p) for p in str(args.processes).split(",")})
-    routing = getattr(args, "routing", "exchange")
-    client = getattr(args, "kafka_client", "kafka-python")
-    keys, values, tables = kafka_input(out, args)
-    partitions = args.partitions
-    broker = None if args.brokers else start_broker()
-    bootstrap = args.brokers or broker.bootstrap  # type: ignore[union-attr]
-    topic = f"bench-errors-{args.events}-{args.accounts}-p{partitions}-{time.time_ns():x}"
-    history = not args.no_history
-    repeats = _repeats(args)
-    runs: dict[int, list[BenchRun]] = {p: [] for p in procs}
-    bares = []
-    try:
-        print(f"broker {bootstrap}, topic {topic}, {partitions} partitions", file=sys.stderr)
-        produced = produce_events(
-            bootstrap,
-            topic,
-            values,
-            partitions,
-            processes=args.produce_processes,
-            keys=keys,
-        )
-        del values, keys
-        with tempfile.TemporaryDirectory(prefix="streamml-bench-", dir=out) as tmp:
-            work = Path(tmp)
-            # rounds of the bare consumer and each process count in turn, on the same topic
-            for i in range(repeats):
-                bares.append(bare_consume_rate(bootstrap, topic, produced.records))
-                for p in procs:
-                    print(f"run {i + 1}/{repeats}, {p} process(es)", file=sys.stderr)
-                    run = run_kafka_once(
-                        bootstrap,
-                        topic,
-                        p,
-                        work,
-                        history,
-                        client=client,
-                        routing=routing,
-                        store=store_settings(args),
-                    )
-                    runs[p].append(run)
-                    c = orjson.loads((work / f"stats-kafka-p{p}.json").read_bytes())["counters"]
-                    assert c.get("read", 0) == produced.records, (c, produced.records)
-                    if not args.no_check:
-                        _check_tables(tables, work / f"state-kafka-p{p}", c, args.check_accounts)
-    finally:
-        if broker is not None:
-            broker.stop()
-    rows = [run_rows(runs[p]) for p in procs]
-    bare_rates = [b.per_second for b in bares]
-    bare_median = statistics.median(bare_rates)
-    report: dict[str, object] = {
-        "source": "kafka",
-        "events": args.events,
-        "accounts": args.accounts,
-        "zipf": args.zipf,
-        "partitions": partitions,
-        "history": history,
-        "routing": routing,
-        "kafka_client": client,
-        "produce": {
-            "name": produced.name,
-            "records": produced.records,
-            "seconds": produced.seconds,
-            "per_s": produced.per_second,
-        },
-        "bare_consumer": {
-            "records": bares[0].records,
-            "runs": len(bares),
-            "seconds": statistics.median(b.seconds for b in bares),
-            "per_s": bare_median,
-            "per_s_spread": [min(bare_rates), max(bare_rates)],
-        },
-        "runs": rows,
-        "ratio_vs_bare_consumer": [
-            float(r["events_per_s_per_process"]) / bare_median  # type: ignore[arg-type]
-            for r in rows
-        ],
-    }
-    if len(rows) > 1:
-        report["scaling"] = float(rows[-1]["events_per_s"]) / float(rows[0]["events_per_s"])  # type: ignore[arg-type]
-    return report
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):

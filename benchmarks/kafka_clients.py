@@ -61,7 +61,8 @@ def _spread(values: Sequence[float]) -> dict[str, object]:
 
 def run_clients_bench(args: argparse.Namespace) -> dict[str, object]:
     """Produce once; time bare consumers and the flow per client, `args.runs` times each."""
-    from streamml.benchmarks.error_count import _check_tables, kafka_input, run_kafka_once
+    from streamml.benchmarks.error_count import check_tables
+    from streamml.benchmarks.error_count_kafka import kafka_input, run_kafka_once
     from streamml.benchmarks.kafka_bench import (
         bare_confluent_consume_rate,
         bare_consume_rate,
@@ -109,7 +110,7 @@ def run_clients_bench(args: argparse.Namespace) -> dict[str, object]:
                     c = orjson.loads((work / "stats-kafka-p1.json").read_bytes())["counters"]
                     assert c.get("read", 0) == n, (c, n)
                     if not args.no_check:
-                        _check_tables(tables, work / "state-kafka-p1", c, args.check_accounts)
+                        check_tables(tables, work / "state-kafka-p1", c, args.check_accounts)
                     flow[client].append(run.events_per_s)
                     cpu[client].append(run.cpu_s)
                     rss[client].append(run.peak_rss_bytes / 2**20)
