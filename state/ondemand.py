@@ -120,8 +120,11 @@ class _Shards:
         return out
 
     def databases(self) -> list[Rdict]:
-        """Return the open shard databases (for their memory budget)."""
-        return [db for db in self._dbs.values() if db is not None]
+        """Return the open shard databases (for their memory budget).
+
+        The dict is copied at once: the budget may ask from another thread.
+        """
+        return [db for db in list(self._dbs.values()) if db is not None]
 
     def close(self) -> None:
         """Close every open shard."""
