@@ -392,14 +392,20 @@ def primary_files(path: str | os.PathLike[str]) -> tuple[tuple[str, int, int], .
     """Return the name, size and mtime of a RocksDB primary's logs, manifests and CURRENT.
 
     They change with every write (a log grows) and every flush or compaction (the manifest), so
-    a secondary instance whose primary shows the same files has nothing to catch up with.
+    a secondary instance whose primary shows the same files has nothing to catch up with. A file
+    the primary deletes between the listing and its stat (a log after a flush) counts as size and
+    mtime -1: a change too.
     """
     out = []
     with os.scandir(path) as entries:
         for e in entries:
             name = e.name
             if name.endswith(".log") or name.startswith("MANIFEST") or name == "CURRENT":
-                st = e.stat()
+                try:
+                    st = e.stat()
+                except FileNotFoundError:
+                    out.append((name, -1, -1))
+                    continue
                 out.append((name, st.st_size, st.st_mtime_ns))
     return tuple(sorted(out))
 

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
-from streamml.state.rolling_store import CODEC_KEY, RollingStateStore, StoreTuning, empty_records
+from streamml.state.rolling_store import (
+    CODEC_KEY,
+    RollingStateStore,
+    StoreTuning,
+    empty_records,
+    primary_files,
+)
 
 WINDOW = 24
 
@@ -157,3 +165,31 @@ def test_unknown_codec_names_are_refused():
         StoreTuning(codec="zstd")
     with pytest.raises(ValueError, match="compression must be lz4 or none"):
         StoreTuning(compression="snappy")
+
+
+def test_primary_files_counts_a_log_deleted_while_listed_as_a_change(tmp_path, monkeypatch):
+    (tmp_path / "000004.log").write_bytes(b"x")
+    (tmp_path / "CURRENT").write_bytes(b"MANIFEST-000001\n")
+    before = primary_files(tmp_path)
+    real_scandir = os.scandir
+
+    class _Listing:
+        """The listing of a directory whose log the primary deletes before it is looked at."""
+
+        def __init__(self, path):
+            self._inner = real_scandir(path)
+
+        def __enter__(self):
+            entries = list(self._inner)
+            (tmp_path / "000004.log").unlink()
+            return entries
+
+        def __exit__(self, *exc):
+            self._inner.close()
+
+    monkeypatch.setattr(os, "scandir", _Listing)
+    during = primary_files(tmp_path)
+    monkeypatch.undo()
+    after = primary_files(tmp_path)
+    assert ("000004.log", -1, -1) in during
+    assert len({before, during, after}) == 3
