@@ -354,10 +354,7 @@ class _DbCodec:
 
     def __init__(self, db: Rdict, new_codec: str) -> None:
         self.new_codec = new_codec
-        stored = _stored_codec(db)
-        if stored is None and _has_records(db):
-            stored = "raw"
-        self.codec: str | None = stored
+        self.codec: str | None = _reader_codec(db)
 
 
 def _stored_codec(db: Rdict) -> str | None:
