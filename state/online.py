@@ -334,12 +334,6 @@ class OnlineStore:
         by_shard: dict[int, list[int]] = {}
         for i, shard in enumerate(of):
             by_shard.setdefault(shard, []).append(i)
-        if len(by_shard) == 1:
-            (shard,) = by_shard
-            store = self._shard(shard)
-            if store is None:
-                return np.repeat(template, n)
-            return store.load_records(stored.id, keys, template)[0]
         records = np.repeat(template, n)
         for shard, idx in by_shard.items():
             store = self._shard(shard)
