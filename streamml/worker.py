@@ -9,14 +9,16 @@ every worker this way.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import sys
+import time
 from collections.abc import Sequence
 from datetime import timedelta
 
 from streamml.state.errors import RefusedError
 
-__all__ = ["REFUSED_EXIT", "main"]
+__all__ = ["REFUSED_EXIT", "listening_ports", "main", "wait_for_lower_peers"]
 
 REFUSED_EXIT = 3
 """Exit code of a worker whose run was refused (`RefusedError`) before it wrote anything."""
@@ -50,6 +52,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     module, _, attr = kwargs.pop("import_str").partition(":")
     try:
         kwargs["flow"] = bytewax_run._locate_dataflow(module, attr or "flow")
+        if addresses is not None:
+            wait_for_lower_peers(kwargs["addresses"], kwargs.get("process_id") or 0)
         bytewax_run.cli_main(**kwargs)
     except Exception as exc:
         refused = _refusal(exc)
@@ -57,6 +61,60 @@ def main(argv: Sequence[str] | None = None) -> None:
             raise
         print(f"streamml: refused: {refused}", file=sys.stderr, flush=True)
         sys.exit(REFUSED_EXIT)
+
+
+def listening_ports() -> set[int] | None:
+    """Return the TCP ports something on this host listens on, or None where /proc cannot tell."""
+    ports: set[int] = set()
+    try:
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            with open(table, encoding="ascii") as f:
+                next(f, None)
+                for line in f:
+                    fields = line.split()
+                    if len(fields) > 3 and fields[3] == "0A":  # TCP_LISTEN
+                        ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    except OSError:
+        return None
+    return ports
+
+
+def _loopback_port(address: str) -> int | None:
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return None
+    return int(port) if loopback and port.isdigit() else None
+
+
+def wait_for_lower_peers(
+    addresses: Sequence[str], process_id: int, timeout_s: float = 30.0, poll_s: float = 0.005
+) -> bool:
+    """Wait until the processes before `process_id` listen on their loopback addresses.
+
+    Process i connects to processes 0..i-1 as the run starts; when one of them does not listen
+    yet, Timely waits a whole second before it tries again, which made about two runs in three
+    of several processes on one host start a second late. Watching the listening sockets
+    (/proc/net/tcp) lets this process connect as soon as they are up, without a connection of
+    its own (the peer would take one for a worker). Addresses of other hosts are not watched:
+    Timely's retries stay for them, as for everything after `timeout_s`. Returns whether every
+    watched peer was seen listening.
+    """
+    wanted = {p for a in addresses[:process_id] if (p := _loopback_port(a)) is not None}
+    deadline = time.monotonic() + timeout_s
+    while wanted:
+        ports = listening_ports()
+        if ports is None:
+            return False
+        wanted -= ports
+        if not wanted:
+            break
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(poll_s)
+    return True
 
 
 def _refusal(exc: BaseException | None) -> RefusedError | None:
