@@ -84,36 +84,55 @@ class JsonLinesSink(FixedPartitionedSink[Any, int]):
         return _JsonLinesPartition(self.path, resume_state, self.recovery_dir)
 
 
-class _HistoryPartition(StatefulSinkPartition[ShardUpdate, dict[str, tuple[str, int]]]):
-    def __init__(self, writers: dict[str, HistoryWriter]) -> None:
+class _TimedFlushPartition(StatefulSinkPartition[Any, Any]):
+    """A sink partition whose writers buffer rows, written every `flush_interval_s` at least.
+
+    Each partition starts `phase` (0-1) of an interval early, so the shards of a worker flush
+    at evenly spread moments, not all in one pause of the worker.
+    """
+
+    def __init__(self, writers: dict[str, Any], flush_interval_s: float, phase: float) -> None:
         self.writers = writers
+        self.flush_interval_s = flush_interval_s
+        self.flushed = time.monotonic() - phase * flush_interval_s
 
-    def write_batch(self, items: list[ShardUpdate]) -> None:
-        for u in items:
-            for name in u.features:
-                writer = self.writers.get(name)
-                if writer is not None:
-                    writer.append(*u.feature_rows(name))
-
-    def snapshot(self) -> dict[str, tuple[str, int]]:
-        out = {}
-        for name, writer in self.writers.items():
+    def _flush(self) -> None:
+        for writer in self.writers.values():
             writer.flush()
-            out[name] = (writer.writer_id, writer.seq)
-        return out
+        self.flushed = time.monotonic()
+
+    def _flush_if_due(self) -> None:
+        if time.monotonic() - self.flushed >= self.flush_interval_s:
+            self._flush()
 
     def close(self) -> None:
         for writer in self.writers.values():
             writer.close()
 
 
+class _HistoryPartition(_TimedFlushPartition):
+    def write_batch(self, items: list[ShardUpdate]) -> None:
+        for u in items:
+            for name in u.features:
+                writer = self.writers.get(name)
+                if writer is not None:
+                    writer.append(*u.feature_rows(name))
+        self._flush_if_due()
+
+    def snapshot(self) -> dict[str, tuple[str, int]]:
+        self._flush()
+        return {name: (w.writer_id, w.seq) for name, w in self.writers.items()}
+
+
 class HistorySink(FixedPartitionedSink[ShardUpdate, dict[str, tuple[str, int]]]):
     """Append every accepted event's feature values to the history store, one writer per shard.
 
     Each feature of `features` is written under its own name (with its version); counts as
-    int64, other aggregations as float64. Items are keyed by shard (``shard-NNN``). A snapshot
-    flushes the shard's buffers; on resume, the files written after the resumed snapshot are
-    removed, since the replay writes them again.
+    int64, other aggregations as float64. Items are keyed by shard (``shard-NNN``). A shard's
+    buffers are written at `rows_per_flush` rows, `flush_interval_s` after its last write and
+    at each snapshot, so what a worker holds is bounded by the interval, whatever the snapshot
+    interval; on resume, the files written after the resumed snapshot are removed, since the
+    replay writes them again.
     """
 
     def __init__(
@@ -124,12 +143,16 @@ class HistorySink(FixedPartitionedSink[ShardUpdate, dict[str, tuple[str, int]]])
         *,
         shards: int,
         recovery_dir: str | os.PathLike[str] | None = None,
+        rows_per_flush: int = 250_000,
+        flush_interval_s: float = 5.0,
     ) -> None:
         self.root = Path(root)
         self.recovery_dir = Path(recovery_dir) if recovery_dir is not None else None
         self.features = features
         self.pipeline_version = pipeline_version
         self.shards = shards
+        self.rows_per_flush = rows_per_flush
+        self.flush_interval_s = flush_interval_s
 
     def list_parts(self) -> list[str]:
         """Return one partition per shard."""
@@ -162,43 +185,27 @@ class HistorySink(FixedPartitionedSink[ShardUpdate, dict[str, tuple[str, int]]])
                 seq=seq,
                 value_type=kind,
                 feature_version=f.version,
+                rows_per_flush=self.rows_per_flush,
             )
             writer.discard_from(seq)
             writers[f.name] = writer
-        return _HistoryPartition(writers)
+        phase = self.part_fn(for_part) / max(1, self.shards)
+        return _HistoryPartition(writers, self.flush_interval_s, phase)
 
 
-class _DayStorePartition(StatefulSinkPartition[Any, tuple]):
-    def __init__(
-        self, writers: dict[str, DayPartitionedWriter], flush_interval_s: float, phase: float
-    ) -> None:
-        self.writers = writers
-        self.flush_interval_s = flush_interval_s
-        # Shards flush at evenly spread moments, not all in one pause of the worker.
-        self.flushed = time.monotonic() - phase * flush_interval_s
-
-    def _flush(self) -> None:
-        for writer in self.writers.values():
-            writer.flush()
-        self.flushed = time.monotonic()
-
+class _DayStorePartition(_TimedFlushPartition):
     def write_batch(self, items: list[Any]) -> None:
         for out in items:
             for name, writer in self.writers.items():
                 records = getattr(out, name)
                 if records:
                     writer.extend(records)
-        if time.monotonic() - self.flushed >= self.flush_interval_s:
-            self._flush()
+        self._flush_if_due()
 
     def snapshot(self) -> tuple:
         self._flush()
         first = next(iter(self.writers.values()))
         return (first.writer_id, *(w.seq for w in self.writers.values()))
-
-    def close(self) -> None:
-        for writer in self.writers.values():
-            writer.close()
 
 
 class DayStoreSink(FixedPartitionedSink[Any, tuple]):
