@@ -32,6 +32,7 @@ from streamml.operators.records import (
     EventBatch,
     LinesChunk,
     RecordList,
+    positions_array,
 )
 
 __all__ = [
@@ -42,6 +43,7 @@ __all__ = [
     "decode_events",
     "decode_json_value",
     "decode_records",
+    "one_line_values",
 ]
 
 MAX_ACCOUNT_BYTES = 256
@@ -441,24 +443,42 @@ def decode_chunk(chunk: LinesChunk) -> Decoded:
 _EVENT_SCHEMA = pa.schema([("account", pa.string()), ("ts", pa.int64())])
 
 
+def one_line_values(values: list[bytes | None]) -> bytes | None:
+    """Return `values` joined by newlines if each is one line starting with "{", else None.
+
+    Checked on the joined bytes, without a Python step per value: exactly one newline between
+    values, each followed by "{". Then a JSON reader's rows are the values one to one (a value
+    holding two objects shows as a row too many).
+    """
+    try:
+        data = b"\n".join(values)  # type: ignore[arg-type]
+    except TypeError:  # a None value (a tombstone)
+        return None
+    if not data or data[0] != _LBRACE:
+        return None
+    buf = np.frombuffer(data, np.uint8)
+    newlines = np.flatnonzero(buf == _NEWLINE)
+    if len(newlines) != len(values) - 1:
+        return None
+    if len(newlines) and (newlines[-1] + 1 == len(buf) or (buf[newlines + 1] != _LBRACE).any()):
+        return None
+    return data
+
+
+_NEWLINE, _LBRACE = ord("\n"), ord("{")
+
+
 def _decode_records_arrow(records: RecordList) -> Decoded | None:
     """Decode records whose every value is a valid one-line JSON event with Arrow, else None."""
     values = records.values
-    if not values or None in values:
-        return None
-    data = b"\n".join(values)
-    # Every value one line starting with "{" (none blank, none holding a newline), checked
-    # without a Python step per value: then Arrow's rows are the values one to one, and a
-    # value holding two objects shows as a row too many. Other batches go one by one.
-    lines = len(values) - 1
-    if data[:1] != b"{" or data.count(b"\n") != lines or data.count(b"\n{") != lines:
+    data = one_line_values(values) if values else None
+    if data is None:
         return None
     columns = _arrow_events(data, len(values))
     if columns is None:
         return None
     accounts, ts = columns
-    positions = np.asarray(records.positions, dtype=np.int64)
-    events = EventBatch(records.partition, accounts, ts, positions)
+    events = EventBatch(records.partition, accounts, ts, positions_array(records.positions))
     return Decoded(events, [], len(values), len(data) - len(values) + 1)
 
 

@@ -33,6 +33,7 @@ from streamml.operators.decode import (
     InvalidRecord,
     decode_events,
     json_object,
+    one_line_values,
     read_json_lines,
 )
 from streamml.operators.records import (
@@ -41,6 +42,7 @@ from streamml.operators.records import (
     EventBatch,
     LinesChunk,
     RecordList,
+    positions_array,
 )
 from streamml.state.definitions import FeatureDef, SourceDef
 from streamml.state.feature_records import MAX_ABS_VALUE
@@ -294,10 +296,9 @@ def decode_source(schema: SourceSchema, item: LinesChunk | RecordList) -> Decode
     """Decode a chunk of lines or a list of records of the source into events and dead letters."""
     if isinstance(item, RecordList):
         values = item.values
-        positions = np.asarray(item.positions, dtype=np.int64)
-        if values and all(v is not None and b"\n" not in v and v.strip() for v in values):
-            data = b"\n".join(values)
-            fast = _fast(schema, data, len(values), item.partition, positions)
+        data = one_line_values(values) if values else None
+        if data is not None:
+            fast = _fast(schema, data, len(values), item.partition, positions_array(item.positions))
             if fast is not None:
                 events, filtered = fast
                 return Decoded(events, [], len(values), len(data) - len(values) + 1, 0, filtered)

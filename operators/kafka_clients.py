@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
@@ -74,8 +75,11 @@ class PartitionReader(Protocol):
         """Read from `offset` on; records fetched before are dropped."""
         ...
 
-    def poll(self, max_records: int, timeout_ms: int) -> tuple[list[bytes | None], list[int]]:
-        """Return the values and offsets of up to `max_records` records ready within the wait."""
+    def poll(self, max_records: int, timeout_ms: int) -> tuple[list[bytes | None], Sequence[int]]:
+        """Return the values and offsets of up to `max_records` records ready within the wait.
+
+        The offsets increase; they may be a `range` when they follow one another.
+        """
         ...
 
     def high_watermark(self) -> int | None:
@@ -176,7 +180,7 @@ class KafkaPythonReader:
         """Read from `offset` on."""
         self._consumer.seek(self._tp, offset)
 
-    def poll(self, max_records: int, timeout_ms: int) -> tuple[list[bytes | None], list[int]]:
+    def poll(self, max_records: int, timeout_ms: int) -> tuple[list[bytes | None], Sequence[int]]:
         """Return the values and offsets of the records ready now."""
         if self._offsets is not None:
             self._offsets.take()  # nothing left over from a poll that raised
@@ -197,7 +201,7 @@ class KafkaPythonReader:
             return [], []
         first, last = records[0].offset, records[-1].offset
         if last - first + 1 == len(records):  # offsets increase: these are first..last
-            return [r.value for r in records], list(range(first, last + 1))
+            return [r.value for r in records], range(first, last + 1)
         return [r.value for r in records], [r.offset for r in records]
 
     def high_watermark(self) -> int | None:

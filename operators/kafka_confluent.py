@@ -28,7 +28,7 @@ refused.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
@@ -131,19 +131,20 @@ class ConfluentReader:
         """Assign the partition at `offset` (dropping what was prefetched)."""
         self._consumer.assign([TopicPartition(self._topic, self._partition, offset)])
 
-    def poll(self, max_records: int, timeout_ms: int) -> tuple[list[bytes | None], list[int]]:
+    def poll(self, max_records: int, timeout_ms: int) -> tuple[list[bytes | None], Sequence[int]]:
         """Return the values and offsets of up to `max_records` records ready within the wait.
 
         Messages are taken from librdkafka's queue `_CHUNK` at a time (each chunk's message
         objects are freed before the next is taken: measured 0.45 us a message against 1.3 us
         in one call of 100k), until the batch is full or the queue is empty. Errors and values
         are taken with `map` over the unbound methods (about 0.05 us a message less than a
-        list comprehension of method calls).
+        list comprehension of method calls). The offsets are a `range` while they follow one
+        another, as they do unless compaction or transactions left gaps.
         """
         consume = self._consumer.consume
         msgs = consume(min(max_records, _CHUNK), timeout_ms / 1000.0)
         values: list[bytes | None] = []
-        positions: list[int] = []
+        positions: range | list[int] = range(0)
         while msgs:
             taken = len(msgs)
             if any(map(_ERROR, msgs)):
@@ -151,10 +152,14 @@ class ConfluentReader:
             if msgs:
                 values += map(_VALUE, msgs)
                 first, last = msgs[0].offset(), msgs[-1].offset()
-                if last - first + 1 == len(msgs):  # offsets increase: these are first..last
-                    positions += range(first, last + 1)
+                if last - first + 1 != len(msgs):
+                    positions = [*positions, *(m.offset() for m in msgs)]
+                elif not positions:
+                    positions = range(first, last + 1)
+                elif isinstance(positions, range) and positions.stop == first:
+                    positions = range(positions.start, last + 1)
                 else:
-                    positions += [m.offset() for m in msgs]
+                    positions = [*positions, *range(first, last + 1)]
             room = max_records - len(values)
             if taken < _CHUNK or room <= 0:
                 break

@@ -7,7 +7,7 @@ requests, into one `PredictionRequest` each.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +22,7 @@ __all__ = [
     "LinesChunk",
     "PredictionRequest",
     "RecordList",
+    "positions_array",
 ]
 
 DEAD_LETTER_RAW_LIMIT = 1024
@@ -47,13 +48,24 @@ class LinesChunk:
 
 @dataclass(frozen=True, slots=True)
 class RecordList:
-    """Undecoded records of one message-stream partition, each with its position (offset)."""
+    """Undecoded records of one message-stream partition, each with its position (offset).
+
+    `positions` is a `range` when the offsets follow one another (the usual case: no Python
+    integer per record), else a list.
+    """
 
     partition: str
     values: list[bytes | None]
-    positions: list[int]
+    positions: Sequence[int]
     topic: str = ""
     topic_partition: int = -1
+
+
+def positions_array(positions: Sequence[int]) -> np.ndarray:
+    """Return `positions` (a `RecordList`'s) as an int64 array."""
+    if isinstance(positions, range):
+        return np.arange(positions.start, positions.stop, positions.step, dtype=np.int64)
+    return np.asarray(positions, dtype=np.int64)
 
 
 @dataclass(frozen=True, slots=True)

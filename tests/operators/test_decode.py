@@ -1,10 +1,16 @@
 import json
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from streamml.operators.decode import _decode_records_one_by_one, decode_chunk, decode_records
-from streamml.operators.records import LinesChunk, RecordList
+from streamml.operators.decode import (
+    _decode_records_one_by_one,
+    decode_chunk,
+    decode_records,
+    one_line_values,
+)
+from streamml.operators.records import LinesChunk, RecordList, positions_array
 
 HEADER = ("account", "ts", "code")
 
@@ -240,11 +246,13 @@ def test_json_lines_match_the_specification(lines):
             st.none(),
         ),
         max_size=12,
-    )
+    ),
+    st.booleans(),
 )
-def test_record_batch_equals_record_by_record(values):
+def test_record_batch_equals_record_by_record(values, as_range):
     positions = list(range(100, 100 + len(values)))
-    whole = decode_records(RecordList("kafka:t:0", values, positions))
+    given_positions = range(100, 100 + len(values)) if as_range else positions
+    whole = decode_records(RecordList("kafka:t:0", values, given_positions))
     one_by_one = [
         _decode_records_one_by_one(RecordList("kafka:t:0", [v], [p]))
         for v, p in zip(values, positions, strict=True)
@@ -271,6 +279,30 @@ def test_record_batch_equals_record_by_record(values):
     assert [(x.reason, x.position) for x in whole.dead] == [
         (x.reason, x.position) for d in one_by_one for x in d.dead
     ]
+
+
+@given(
+    st.lists(
+        st.one_of(
+            st.none(),
+            st.binary(max_size=6),
+            st.builds(lambda b: b"{" + b, st.binary(max_size=6)),
+            st.sampled_from([b"{}", b"\n", b"{\n", b"{}\n", b"\n{", b"", b"{ }"]),
+        ),
+        max_size=8,
+    )
+)
+def test_one_line_values_joins_exactly_the_lists_of_one_line_objects(values):
+    one_line = all(v is not None and b"\n" not in v and v.startswith(b"{") for v in values)
+    expected = b"\n".join(values) if values and one_line else None
+    assert one_line_values(values) == expected
+
+
+def test_positions_array_of_a_range_and_a_list():
+    assert positions_array(range(5, 9)).tolist() == [5, 6, 7, 8]
+    assert positions_array(range(3, 3)).tolist() == []
+    assert positions_array([2, 7, 9]).tolist() == [2, 7, 9]
+    assert positions_array(range(5, 9)).dtype == positions_array([1]).dtype == np.int64
 
 
 def test_all_valid_records_take_the_batch_path():

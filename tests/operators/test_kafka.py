@@ -445,3 +445,49 @@ def test_security_settings_translate_to_librdkafka_names():
     }
     with pytest.raises(ValueError, match="sasl_kerberos_domain_name"):
         librdkafka_security({"sasl_kerberos_domain_name": "example"})
+
+
+def test_readers_give_the_offsets_of_a_topic_with_gaps(kafka_broker, make_topic, kafka_client):
+    """Transaction markers take offsets: the readers' offsets are the records' own, gaps and all."""
+    from streamml.operators.kafka_clients import open_reader
+
+    topic = make_topic(1)
+    try:
+        producer = KafkaProducer(bootstrap_servers=kafka_broker, transactional_id=f"tx-{topic}")
+        producer.init_transactions()
+        for i in range(3):
+            producer.begin_transaction()
+            for j in range(40):
+                producer.send(topic, value=b"tx-%d-%d" % (i, j))
+            producer.commit_transaction()
+        producer.close()
+    except Exception as exc:  # the broker may not do transactions
+        pytest.skip(f"transactions not available on this broker: {exc!r}")
+    _produce(kafka_broker, topic, [b"plain-%d" % i for i in range(50)], 1)
+    consumer = KafkaConsumer(bootstrap_servers=kafka_broker, enable_auto_commit=False)
+    tp = TopicPartition(topic, 0)
+    consumer.assign([tp])
+    consumer.seek(tp, 0)
+    expected: list[tuple[int, bytes]] = []
+    while len(expected) < 170:
+        expected += [(r.offset, r.value) for r in consumer.poll(200).get(tp, [])]
+    consumer.close()
+    offsets = [o for o, _ in expected]
+    assert offsets != list(range(offsets[0], offsets[0] + len(offsets)))  # the markers' gaps
+    reader = open_reader(
+        KafkaSourceConfig(brokers=[kafka_broker], topic=topic, client=kafka_client), 0
+    )
+    try:
+        for start, size in ((0, 1000), (0, 7), (41, 30), (offsets[-50], 1000)):
+            reader.seek(start)
+            got: list[tuple[int, bytes | None]] = []
+            want = [(o, v) for o, v in expected if o >= start]
+            for _ in range(200):
+                values, positions = reader.poll(size, 100)
+                assert len(values) == len(positions) <= size
+                got += zip(positions, values, strict=True)
+                if len(got) >= len(want):
+                    break
+            assert got == want
+    finally:
+        reader.close()
