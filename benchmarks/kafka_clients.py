@@ -17,8 +17,10 @@ times, for each client of ``--kafka-client`` in turn, on the same topic:
   end with that client; its state is checked against a brute-force count of sampled accounts
   and its read counter against the records produced.
 
-Each figure is the median of the runs with its spread (min-max); the flow's rate is from its
-first to its last record (process start-up excluded, as in ``bench error-count``).
+Each figure is the median of the runs with its spread (min-max); the flow's rate is over its own
+time, as in ``bench error-count``: from the moment the worker has built the flow (process
+start-up excluded) to its end, so connecting to the broker and finding each partition's end
+count, which the bare consumer's time leaves out.
 """
 
 from __future__ import annotations
