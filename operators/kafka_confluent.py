@@ -61,6 +61,7 @@ _CHUNK = 2_000
 _LOG_LEVEL_WARNING = 4  # syslog levels: librdkafka's connection notices (6) stay quiet
 _ERROR = Message.error  # unbound methods: map() calls them without a bound method per message
 _VALUE = Message.value
+_OFFSET = Message.offset
 
 
 def librdkafka_security(security: Mapping[str, str]) -> dict[str, str]:
@@ -152,14 +153,17 @@ class ConfluentReader:
             if msgs:
                 values += map(_VALUE, msgs)
                 first, last = msgs[0].offset(), msgs[-1].offset()
-                if last - first + 1 != len(msgs):
-                    positions = [*positions, *(m.offset() for m in msgs)]
-                elif not positions:
-                    positions = range(first, last + 1)
-                elif isinstance(positions, range) and positions.stop == first:
-                    positions = range(positions.start, last + 1)
+                contiguous = last - first + 1 == len(msgs)  # then these are first..last
+                if (
+                    contiguous
+                    and isinstance(positions, range)
+                    and (not positions or positions.stop == first)
+                ):
+                    positions = range(positions.start if positions else first, last + 1)
                 else:
-                    positions = [*positions, *range(first, last + 1)]
+                    if isinstance(positions, range):
+                        positions = list(positions)
+                    positions += range(first, last + 1) if contiguous else map(_OFFSET, msgs)
             room = max_records - len(values)
             if taken < _CHUNK or room <= 0:
                 break

@@ -457,19 +457,19 @@ def test_readers_give_the_offsets_of_a_topic_with_gaps(kafka_broker, make_topic,
         producer.init_transactions()
         for i in range(3):
             producer.begin_transaction()
-            for j in range(40):
+            for j in range(2500):  # more than the confluent reader's chunk of 2,000
                 producer.send(topic, value=b"tx-%d-%d" % (i, j))
             producer.commit_transaction()
         producer.close()
     except Exception as exc:  # the broker may not do transactions
         pytest.skip(f"transactions not available on this broker: {exc!r}")
-    _produce(kafka_broker, topic, [b"plain-%d" % i for i in range(50)], 1)
+    _produce(kafka_broker, topic, [b"plain-%d" % i for i in range(2500)], 1)
     consumer = KafkaConsumer(bootstrap_servers=kafka_broker, enable_auto_commit=False)
     tp = TopicPartition(topic, 0)
     consumer.assign([tp])
     consumer.seek(tp, 0)
     expected: list[tuple[int, bytes]] = []
-    while len(expected) < 170:
+    while len(expected) < 10_000:
         expected += [(r.offset, r.value) for r in consumer.poll(200).get(tp, [])]
     consumer.close()
     offsets = [o for o, _ in expected]
@@ -478,16 +478,22 @@ def test_readers_give_the_offsets_of_a_topic_with_gaps(kafka_broker, make_topic,
         KafkaSourceConfig(brokers=[kafka_broker], topic=topic, client=kafka_client), 0
     )
     try:
-        for start, size in ((0, 1000), (0, 7), (41, 30), (offsets[-50], 1000)):
+        # from 500, a chunk of 2,000 ends at the first marker: the next one starts after a gap
+        starts = ((0, 100_000), (0, 7), (41, 3000), (500, 4000), (offsets[-2500], 100_000))
+        for start, size in starts:
             reader.seek(start)
             got: list[tuple[int, bytes | None]] = []
             want = [(o, v) for o, v in expected if o >= start]
-            for _ in range(200):
+            kinds = set()
+            for _ in range(2000):
                 values, positions = reader.poll(size, 100)
                 assert len(values) == len(positions) <= size
                 got += zip(positions, values, strict=True)
+                kinds.add(type(positions))
                 if len(got) >= len(want):
                     break
             assert got == want
+            if kafka_client == "confluent" and start == offsets[-2500]:
+                assert kinds <= {range}  # no gap there: no Python integer per record
     finally:
         reader.close()
