@@ -124,7 +124,39 @@ class _HistoryPartition(_TimedFlushPartition):
         return {name: (w.writer_id, w.seq) for name, w in self.writers.items()}
 
 
-class HistorySink(FixedPartitionedSink[ShardUpdate, dict[str, tuple[str, int]]]):
+class _ShardStoreSink(FixedPartitionedSink[Any, Any]):
+    """A sink with one partition per shard (items keyed ``shard-NNN``), each with its writers.
+
+    Subclasses set `shards`, `recovery_dir` and `flush_interval_s`.
+    """
+
+    shards: int
+    recovery_dir: Path | None
+    flush_interval_s: float
+
+    def list_parts(self) -> list[str]:
+        """Return one partition per shard."""
+        return [shard_key(i) for i in range(self.shards)]
+
+    def part_fn(self, item_key: str) -> int:
+        """Route a shard's items to that shard's partition."""
+        return shard_of_key(item_key)
+
+    def _new_writer_id(self, for_part: str, target: Path) -> str:
+        """Return the writer id of a shard's first start writing under `target`.
+
+        The id the recovery dir recorded at the first start, if any, so that a run resumed
+        before its first snapshot removes what that start wrote.
+        """
+        writer_id = f"{for_part}-{time.time_ns():x}-{os.getpid()}"
+        return first_start(self.recovery_dir, str(target.resolve()) + f"#{for_part}", writer_id)
+
+    def _phase(self, for_part: str) -> float:
+        """Return where in the flush interval the shard's partition starts (0-1)."""
+        return self.part_fn(for_part) / max(1, self.shards)
+
+
+class HistorySink(_ShardStoreSink):
     """Append every accepted event's feature values to the history store, one writer per shard.
 
     Each feature of `features` is written under its own name (with its version); counts as
@@ -154,14 +186,6 @@ class HistorySink(FixedPartitionedSink[ShardUpdate, dict[str, tuple[str, int]]])
         self.rows_per_flush = rows_per_flush
         self.flush_interval_s = flush_interval_s
 
-    def list_parts(self) -> list[str]:
-        """Return one partition per shard."""
-        return [shard_key(i) for i in range(self.shards)]
-
-    def part_fn(self, item_key: str) -> int:
-        """Route a shard's updates to that shard's partition."""
-        return shard_of_key(item_key)
-
     def build_part(
         self, step_id: str, for_part: str, resume_state: dict[str, tuple[str, int]] | None
     ) -> _HistoryPartition:
@@ -171,10 +195,7 @@ class HistorySink(FixedPartitionedSink[ShardUpdate, dict[str, tuple[str, int]]])
             kind = pa.int64() if f.aggregation == "count" else pa.float64()
             resumed = None if resume_state is None else resume_state.get(f.name)
             if resumed is None:
-                writer_id = f"{for_part}-{time.time_ns():x}-{os.getpid()}"
-                target = str((self.root / f.name).resolve()) + f"#{for_part}"
-                writer_id = first_start(self.recovery_dir, target, writer_id)
-                seq = 0
+                writer_id, seq = self._new_writer_id(for_part, self.root / f.name), 0
             else:
                 writer_id, seq = resumed
             writer = HistoryWriter(
@@ -189,8 +210,7 @@ class HistorySink(FixedPartitionedSink[ShardUpdate, dict[str, tuple[str, int]]])
             )
             writer.discard_from(seq)
             writers[f.name] = writer
-        phase = self.part_fn(for_part) / max(1, self.shards)
-        return _HistoryPartition(writers, self.flush_interval_s, phase)
+        return _HistoryPartition(writers, self.flush_interval_s, self._phase(for_part))
 
 
 class _DayStorePartition(_TimedFlushPartition):
@@ -208,7 +228,7 @@ class _DayStorePartition(_TimedFlushPartition):
         return (first.writer_id, *(w.seq for w in self.writers.values()))
 
 
-class DayStoreSink(FixedPartitionedSink[Any, tuple]):
+class DayStoreSink(_ShardStoreSink):
     """Write the records of keyed outputs to day-partitioned Parquet stores, a writer per shard.
 
     `writers` maps an attribute of the items (a list of records) to the writer class that
@@ -237,22 +257,12 @@ class DayStoreSink(FixedPartitionedSink[Any, tuple]):
         self.rows_per_flush = rows_per_flush
         self.flush_interval_s = flush_interval_s
 
-    def list_parts(self) -> list[str]:
-        """Return one partition per shard."""
-        return [shard_key(i) for i in range(self.shards)]
-
-    def part_fn(self, item_key: str) -> int:
-        """Route a shard's outputs to that shard's partition."""
-        return shard_of_key(item_key)
-
     def build_part(
         self, step_id: str, for_part: str, resume_state: tuple | None
     ) -> _DayStorePartition:
         """Open the shard's writers, discarding what was written after the resumed snapshot."""
         if resume_state is None:
-            writer_id = f"{for_part}-{time.time_ns():x}-{os.getpid()}"
-            target = str(self.root.resolve()) + f"#{for_part}"
-            writer_id = first_start(self.recovery_dir, target, writer_id)
+            writer_id = self._new_writer_id(for_part, self.root)
             seqs = [0] * len(self.writers)
         else:
             writer_id, *seqs = resume_state
@@ -262,8 +272,7 @@ class DayStoreSink(FixedPartitionedSink[Any, tuple]):
             writer = cls(self.root, self.pipeline_version, seq=seq, **kw)
             writer.discard_from(seq)
             writers[name] = writer
-        phase = self.part_fn(for_part) / max(1, self.shards)
-        return _DayStorePartition(writers, self.flush_interval_s, phase)
+        return _DayStorePartition(writers, self.flush_interval_s, self._phase(for_part))
 
 
 def PredictionStoreSink(
