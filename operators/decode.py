@@ -446,7 +446,7 @@ _EVENT_SCHEMA = pa.schema([("account", pa.string()), ("ts", pa.int64())])
 def one_line_values(values: list[bytes | None]) -> bytes | None:
     """Return `values` joined by newlines if each is one line starting with "{", else None.
 
-    Checked on the joined bytes, without a Python step per value: exactly one newline between
+    None for no values too. Checked on the joined bytes, without a Python step per value: exactly one newline between
     values, each followed by "{". Then a JSON reader's rows are the values one to one (a value
     holding two objects shows as a row too many).
     """
@@ -471,7 +471,7 @@ _NEWLINE, _LBRACE = ord("\n"), ord("{")
 def _decode_records_arrow(records: RecordList) -> Decoded | None:
     """Decode records whose every value is a valid one-line JSON event with Arrow, else None."""
     values = records.values
-    data = one_line_values(values) if values else None
+    data = one_line_values(values)
     if data is None:
         return None
     columns = _arrow_events(data, len(values))

@@ -296,7 +296,7 @@ def decode_source(schema: SourceSchema, item: LinesChunk | RecordList) -> Decode
     """Decode a chunk of lines or a list of records of the source into events and dead letters."""
     if isinstance(item, RecordList):
         values = item.values
-        data = one_line_values(values) if values else None
+        data = one_line_values(values)
         if data is not None:
             fast = _fast(schema, data, len(values), item.partition, positions_array(item.positions))
             if fast is not None:
