@@ -446,9 +446,9 @@ _EVENT_SCHEMA = pa.schema([("account", pa.string()), ("ts", pa.int64())])
 def one_line_values(values: list[bytes | None]) -> bytes | None:
     """Return `values` joined by newlines if each is one line starting with "{", else None.
 
-    None for no values too. Checked on the joined bytes, without a Python step per value: exactly one newline between
-    values, each followed by "{". Then a JSON reader's rows are the values one to one (a value
-    holding two objects shows as a row too many).
+    None for no values too. Checked on the joined bytes, without a Python step per value:
+    exactly one newline between values, each followed by "{". Then a JSON reader's rows are the
+    values one to one (a value holding two objects shows as a row too many).
     """
     try:
         data = b"\n".join(values)  # type: ignore[arg-type]
